@@ -6,3 +6,17 @@ __all__ = [
     "entropy_from_logits", "selective_logprobs", "shift_for_next_token",
     "masked_mean", "masked_sum", "masked_var", "masked_whiten",
 ]
+
+from rlhfkit.ops.dpo import (  # noqa: E402
+    DPO_LOSSES, DPOMetrics, PreferenceLogps, dpo_metrics, hinge_loss, ipo_loss, sigmoid_loss,
+    simpo_loss,
+)
+from rlhfkit.ops.ranking import (  # noqa: E402
+    RankingLossOutput, pairwise_loss, ranked_pair_mask, ranking_loss,
+)
+
+__all__ += [
+    "DPO_LOSSES", "DPOMetrics", "PreferenceLogps", "dpo_metrics", "hinge_loss", "ipo_loss",
+    "sigmoid_loss", "simpo_loss",
+    "RankingLossOutput", "pairwise_loss", "ranked_pair_mask", "ranking_loss",
+]

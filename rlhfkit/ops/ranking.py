@@ -1,0 +1,79 @@
+"""Reward-model ranking loss over lists ranked best → worst. Pure torch.
+
+For one list y_1 ≻ y_2 ≻ … ≻ y_K with scalar rewards r_1 … r_K (InstructGPT, Ouyang et al.
+2022, eq. 1):
+
+    loss = −1/C(K,2) · Σ_{i<j} log σ(r_i − r_j − m)
+
+with an optional margin m (Llama 2, Touvron et al. 2023, eq. 2) and an optional centering
+penalty coef · mean(r²) that pins the reward's free additive constant near 0 (Eisenstein et
+al. 2023, "Helping or Herding?", §3). K = 2 is the Bradley–Terry pairwise loss.
+
+A batch holds lists of different lengths padded to K: ``list_mask`` (B, K) is True where a
+rank slot exists (valid slots are a prefix; column 0 is the best answer). Padding never
+reaches the arithmetic (``torch.where``, not multiplication), so NaN/inf at padded slots
+cannot leak into the loss or its gradient.
+Tests: tests/ops/test_ranking.py.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from rlhfkit.ops.masked import masked_mean, masked_sum
+
+
+class RankingLossOutput(NamedTuple):
+    loss: torch.Tensor  # () list-weighted ranking loss (+ centering term)
+    pair_accuracy: torch.Tensor  # () share of valid i<j pairs with r_i > r_j (pair-weighted)
+    mean_margin: torch.Tensor  # () mean of r_i − r_j over valid pairs (pair-weighted)
+    num_pairs: torch.Tensor  # () int64, number of valid i<j pairs in the batch
+
+
+def ranked_pair_mask(list_mask: torch.Tensor) -> torch.Tensor:
+    """(B, K) slot mask → (B, K, K) mask, True at [b, i, j] when i < j and both slots exist."""
+    k = list_mask.shape[-1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=list_mask.device).triu(1)  # (K, K) i < j
+    return upper & list_mask[:, :, None] & list_mask[:, None, :]
+
+
+def ranking_loss(rewards: torch.Tensor, list_mask: torch.Tensor,
+                 margin: float | torch.Tensor = 0.0, center_coef: float = 0.0) -> RankingLossOutput:
+    """Ranking loss for rewards (B, K), column 0 = best, ``list_mask`` (B, K) bool.
+
+    Each list b is first averaged over its own C(K_b, 2) pairs, then lists are averaged with
+    equal weight (a 4-answer list does not outweigh a 2-answer one six to one). Lists with
+    fewer than two slots have no pair and are left out of that average. ``margin`` is a float
+    or a per-list (B,) tensor, subtracted inside the sigmoid. ``center_coef`` adds
+    center_coef · mean(r²) over all valid slots of the batch. log σ is computed with
+    ``logsigmoid``, so a gap of ±1000 gives 0 / 2000, never inf/NaN. The metrics are detached
+    and pooled over all valid pairs of the batch.
+    """
+    list_mask = list_mask.bool()
+    safe = torch.where(list_mask, rewards, torch.zeros_like(rewards))  # (B, K) padding → 0
+    pair_mask = ranked_pair_mask(list_mask)  # (B, K, K)
+    diff = safe[:, :, None] - safe[:, None, :]  # (B, K, K) r_i − r_j
+    margin = torch.as_tensor(margin, dtype=rewards.dtype, device=rewards.device)
+    margin = margin.reshape(-1, 1, 1) if margin.ndim else margin  # (B,) → (B, 1, 1)
+    nll = -F.logsigmoid(diff - margin)  # (B, K, K)
+    pairs_per_list = pair_mask.sum((1, 2))  # (B,) = C(K_b, 2)
+    per_list = masked_sum(nll, pair_mask, dim=(1, 2)) / pairs_per_list.clamp(min=1)  # (B,)
+    loss = masked_mean(per_list, pairs_per_list > 0)
+    if center_coef:
+        loss = loss + center_coef * masked_mean(safe ** 2, list_mask)
+    diff = diff.detach()
+    return RankingLossOutput(
+        loss=loss,
+        pair_accuracy=masked_mean((diff > 0).to(rewards.dtype), pair_mask),
+        mean_margin=masked_mean(diff, pair_mask),
+        num_pairs=pair_mask.sum(),
+    )
+
+
+def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor,
+                  margin: float | torch.Tensor = 0.0) -> RankingLossOutput:
+    """Bradley–Terry loss −mean log σ(r_chosen − r_rejected − margin): ``ranking_loss`` at K = 2."""
+    return ranking_loss(torch.stack([chosen, rejected], dim=1),
+                        torch.ones(chosen.shape[0], 2, dtype=torch.bool, device=chosen.device), margin)

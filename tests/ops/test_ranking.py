@@ -1,0 +1,188 @@
+"""Hand-derived checks of rlhfkit/ops/ranking.py.
+
+Notation: sp(x) = log(1 + e^x) = −log σ(−x), so one pair with gap d = r_i − r_j costs sp(−d).
+Values used below (float64):
+    sp(−1) = log(1 + e^−1) = 0.31326168751822286
+    sp(−2) = log(1 + e^−2) = 0.1269280110429725
+    sp(−3) = log(1 + e^−3) = 0.04858735157374206
+    sp(+1) = 1 + sp(−1)    = 1.3132616875182228
+    sp(−½) = log(1 + e^−½) = 0.4740769841801067
+    sp(0)  = log 2         = 0.6931471805599453
+"""
+import math
+
+import pytest
+import torch
+
+from rlhfkit.ops.ranking import pairwise_loss, ranked_pair_mask, ranking_loss
+
+SP_M1 = 0.31326168751822286
+SP_M2 = 0.1269280110429725
+SP_M3 = 0.04858735157374206
+SP_P1 = 1.3132616875182228
+SP_MHALF = 0.4740769841801067
+LOG2 = 0.6931471805599453
+# K = 4 list r = [3, 1, 2, 0] (slot 2 beats slot 1: one misranked pair):
+# pairs (0,1) d=2, (0,2) d=1, (0,3) d=3, (1,2) d=−1, (1,3) d=1, (2,3) d=2
+# loss = (sp(−2) + sp(−1) + sp(−3) + sp(1) + sp(−1) + sp(−2)) / 6 = 2.2422284362143561 / 6
+K4_LOSS = 0.37370473936905935
+
+TOL = dict(rtol=0, atol=1e-12)
+
+
+def t(values, dtype=torch.float64):
+    return torch.tensor(values, dtype=dtype)
+
+
+def full_mask(rewards):
+    return torch.ones_like(rewards, dtype=torch.bool)
+
+
+def test_k2_is_bradley_terry():
+    # r = [1, 0]: one pair, d = 1 → −log σ(1) = log(1 + e^−1)
+    r = t([[1.0, 0.0]])
+    out = ranking_loss(r, full_mask(r))
+    torch.testing.assert_close(out.loss, t(SP_M1), **TOL)
+    torch.testing.assert_close(out.pair_accuracy, t(1.0), **TOL)
+    torch.testing.assert_close(out.mean_margin, t(1.0), **TOL)
+    assert out.num_pairs.item() == 1
+
+
+def test_k3_averages_over_three_pairs():
+    # r = [2, 1, 0]: pairs d = 1, 2, 1 → (2·sp(−1) + sp(−2)) / C(3,2) = 0.7534513860794183 / 3
+    r = t([[2.0, 1.0, 0.0]])
+    out = ranking_loss(r, full_mask(r))
+    torch.testing.assert_close(out.loss, t(0.25115046202647273), **TOL)
+    torch.testing.assert_close(out.mean_margin, t(4.0 / 3.0), **TOL)
+    assert out.num_pairs.item() == 3
+
+
+def test_k4_with_one_misranked_pair():
+    r = t([[3.0, 1.0, 2.0, 0.0]])
+    out = ranking_loss(r, full_mask(r))
+    torch.testing.assert_close(out.loss, t(K4_LOSS), **TOL)
+    torch.testing.assert_close(out.pair_accuracy, t(5.0 / 6.0), **TOL)  # only (1,2) is wrong
+    torch.testing.assert_close(out.mean_margin, t(8.0 / 6.0), **TOL)  # (2+1+3−1+1+2)/6
+    assert out.num_pairs.item() == 6
+
+
+def test_pair_mask_is_i_before_j_among_valid_slots():
+    mask = torch.tensor([[True, True, True, False]])
+    expected = torch.tensor([[[False, True, True, False],
+                              [False, False, True, False],
+                              [False, False, False, False],
+                              [False, False, False, False]]])
+    assert torch.equal(ranked_pair_mask(mask), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_gap_is_exact_and_finite(dtype):
+    # d = 2000: −log σ(2000) = log(1 + e^−2000) = 0 to machine precision.
+    # d = −2000: −log σ(−2000) = 2000 + log(1 + e^−2000) = 2000. A naive log(1 + exp(2000)) is inf.
+    r = torch.tensor([[1000.0, -1000.0], [-1000.0, 1000.0]], dtype=dtype, requires_grad=True)
+    out = ranking_loss(r, full_mask(r))
+    torch.testing.assert_close(out.loss, torch.tensor(1000.0, dtype=dtype), rtol=0, atol=1e-6)
+    per_list = [ranking_loss(r[i:i + 1], full_mask(r[i:i + 1])).loss for i in range(2)]
+    torch.testing.assert_close(per_list[0], torch.tensor(0.0, dtype=dtype), rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_list[1], torch.tensor(2000.0, dtype=dtype), rtol=0, atol=1e-6)
+    out.loss.backward()
+    # ∂/∂r_0 of sp(−d)/2 = −σ(−d)/2: 0 for the right order, −½ for the reversed list.
+    torch.testing.assert_close(r.grad, torch.tensor([[0.0, 0.0], [-0.5, 0.5]], dtype=dtype),
+                               rtol=0, atol=1e-6)
+
+
+def test_mixed_k_batch_equals_mean_of_separate_lists_and_padding_never_leaks():
+    # List 0: K=2, r = [1, 0] → sp(−1); list 1: K=4 (the list above) → K4_LOSS.
+    # List 2: a single answer (no pair) → left out of the list average.
+    # Each list weighs the same: (sp(−1) + K4_LOSS) / 2 = 0.3434832134436411.
+    nan, inf = float("nan"), float("inf")
+    r = t([[1.0, 0.0, nan, inf],
+           [3.0, 1.0, 2.0, 0.0],
+           [5.0, -inf, nan, nan]]).requires_grad_()
+    mask = torch.tensor([[True, True, False, False],
+                         [True, True, True, True],
+                         [True, False, False, False]])
+    out = ranking_loss(r, mask)
+    torch.testing.assert_close(out.loss, t(0.3434832134436411), **TOL)
+    separate = (ranking_loss(t([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)).loss
+                + ranking_loss(t([[3.0, 1.0, 2.0, 0.0]]), torch.ones(1, 4, dtype=torch.bool)).loss) / 2
+    torch.testing.assert_close(out.loss, separate, **TOL)
+    # metrics pool all 1 + 6 pairs: accuracy (1 + 5)/7, mean margin (1 + 8)/7
+    torch.testing.assert_close(out.pair_accuracy, t(6.0 / 7.0), **TOL)
+    torch.testing.assert_close(out.mean_margin, t(9.0 / 7.0), **TOL)
+    assert out.num_pairs.item() == 7
+    out.loss.backward()
+    assert torch.isfinite(r.grad).all()
+    assert torch.equal(r.grad[~mask], torch.zeros(int((~mask).sum()), dtype=torch.float64))
+
+
+def test_padding_with_centering_never_leaks():
+    r = t([[2.0, 0.0, float("nan")]]).requires_grad_()
+    mask = torch.tensor([[True, True, False]])
+    out = ranking_loss(r, mask, center_coef=0.1)
+    # sp(−2) + 0.1 · (2² + 0²)/2 = 0.1269280110429725 + 0.2
+    torch.testing.assert_close(out.loss, t(0.32692801104297253), **TOL)
+    out.loss.backward()
+    assert torch.isfinite(r.grad).all() and r.grad[0, 2] == 0
+
+
+def test_scalar_margin():
+    # r = [1, 0], margin ½: −log σ(1 − ½) = log(1 + e^−½)
+    r = t([[1.0, 0.0]])
+    torch.testing.assert_close(ranking_loss(r, full_mask(r), margin=0.5).loss, t(SP_MHALF), **TOL)
+
+
+def test_per_list_margin():
+    # Two copies of r = [1, 0] with margins 0 and 1: (sp(−1) + sp(0)) / 2 = (0.3132… + log 2)/2
+    r = t([[1.0, 0.0], [1.0, 0.0]])
+    out = ranking_loss(r, full_mask(r), margin=t([0.0, 1.0]))
+    torch.testing.assert_close(out.loss, t(0.5032044340390841), **TOL)
+    # the margin changes the loss only, not the reported reward gap
+    torch.testing.assert_close(out.mean_margin, t(1.0), **TOL)
+
+
+def test_per_list_margin_in_k3():
+    # r = [2, 1, 0] with margin 1: gaps minus 1 are 0, 1, 0 → (2·log 2 + sp(−1)) / 3
+    r = t([[2.0, 1.0, 0.0]])
+    expected = (2 * LOG2 + SP_M1) / 3
+    torch.testing.assert_close(ranking_loss(r, full_mask(r), margin=t([1.0])).loss, t(expected), **TOL)
+
+
+def test_centering_adds_mean_square_reward():
+    # r = [[3, 1], [-1, -3]]: both gaps 2 → sp(−2); mean r² = (9 + 1 + 1 + 9)/4 = 5
+    # loss = sp(−2) + 0.01 · 5 = 0.1769280110429725
+    r = t([[3.0, 1.0], [-1.0, -3.0]])
+    out = ranking_loss(r, full_mask(r), center_coef=0.01)
+    torch.testing.assert_close(out.loss, t(SP_M2 + 0.05), **TOL)
+
+
+def test_ties_are_not_accurate():
+    # r = [0, 0]: loss log 2, the tie counts as a miss
+    r = t([[0.0, 0.0]])
+    out = ranking_loss(r, full_mask(r))
+    torch.testing.assert_close(out.loss, t(LOG2), **TOL)
+    torch.testing.assert_close(out.pair_accuracy, t(0.0), **TOL)
+
+
+def test_shift_invariance():
+    # Only reward differences matter (before centering).
+    r = t([[3.0, 1.0, 2.0, 0.0]])
+    torch.testing.assert_close(ranking_loss(r + 17.0, full_mask(r)).loss, t(K4_LOSS), **TOL)
+
+
+def test_pairwise_loss_is_ranking_at_k2():
+    chosen, rejected = t([1.0, 2.0]), t([0.0, 5.0])
+    # gaps 1 and −3 → (sp(−1) + sp(3)) / 2, sp(3) = 3 + sp(−3)
+    expected = (SP_M1 + 3.0 + SP_M3) / 2
+    out = pairwise_loss(chosen, rejected)
+    torch.testing.assert_close(out.loss, t(expected), **TOL)
+    torch.testing.assert_close(out.pair_accuracy, t(0.5), **TOL)
+    torch.testing.assert_close(pairwise_loss(t([1.0]), t([0.0]), margin=0.5).loss, t(SP_MHALF), **TOL)
+
+
+def test_gradient_pushes_best_up_and_worst_down():
+    # r = [1, 0]: ∂/∂r_0 sp(−(r_0 − r_1)) = −σ(−1) = −0.2689414213699951, ∂/∂r_1 = +σ(−1)
+    r = t([[1.0, 0.0]]).requires_grad_()
+    ranking_loss(r, full_mask(r)).loss.backward()
+    s = 1 / (1 + math.e)
+    torch.testing.assert_close(r.grad, t([[-s, s]]), **TOL)
