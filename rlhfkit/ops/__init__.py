@@ -20,3 +20,15 @@ __all__ += [
     "sigmoid_loss", "simpo_loss",
     "RankingLossOutput", "pairwise_loss", "ranked_pair_mask", "ranking_loss",
 ]
+
+from rlhfkit.ops.ppo import (  # noqa: E402
+    KL_ESTIMATORS, GAEOutput, PolicyLossOutput, RewardOutput, ValueLossOutput, adaptive_kl_update,
+    apply_missing_eos_penalty, compute_rewards, explained_variance, gae, kl_k1, kl_k2, kl_k3,
+    last_token_mask, policy_loss, value_loss,
+)
+
+__all__ += [
+    "KL_ESTIMATORS", "GAEOutput", "PolicyLossOutput", "RewardOutput", "ValueLossOutput",
+    "adaptive_kl_update", "apply_missing_eos_penalty", "compute_rewards", "explained_variance",
+    "gae", "kl_k1", "kl_k2", "kl_k3", "last_token_mask", "policy_loss", "value_loss",
+]
