@@ -1,0 +1,57 @@
+"""Data: local readers, row formats, tokenisation, deterministic batching."""
+from __future__ import annotations
+
+import random
+
+from rlhfkit.data.formats import (PARSERS, PromptExample, RankedExample, SFTExample, parse_prompt,
+                                  parse_ranked, parse_sft)
+from rlhfkit.data.readers import DataError, Record, read_records
+from rlhfkit.data.tokenize import (Encoded, SequenceBatch, collate_sequences, encode, left_pad,
+                                   render_prompt)
+
+
+def load_examples(path: str, kind: str, max_rows: int = 0) -> list:
+    """Parse every row of ``path`` as ``kind`` ('sft', 'ranked' or 'prompt')."""
+    records = read_records(path)
+    if max_rows:
+        records = records[:max_rows]
+    if not records:
+        raise DataError(f"{path}: no rows")
+    return [PARSERS[kind](record) for record in records]
+
+
+def train_eval_split(examples: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic shuffle-then-split: the held-out rows depend only on the seed."""
+    if eval_fraction <= 0:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(round(len(examples) * eval_fraction)))
+    held = set(order[:n_eval])
+    return ([e for i, e in enumerate(examples) if i not in held],
+            [e for i, e in enumerate(examples) if i in held])
+
+
+def load_splits(data_config, kind: str, seed: int) -> tuple[list, list]:
+    """Train and eval examples from a DataConfig (eval file, or a held-out split of train)."""
+    if not data_config.train_path:
+        raise DataError("data.train_path is empty: set it in the config or as "
+                        "data.train_path=FILE")
+    train = load_examples(data_config.train_path, kind)
+    if data_config.eval_path:
+        evaluation = load_examples(data_config.eval_path, kind)
+    else:
+        train, evaluation = train_eval_split(train, data_config.eval_fraction, seed)
+    if data_config.max_rows:
+        train = train[:data_config.max_rows]
+    if data_config.max_eval_rows:
+        evaluation = evaluation[:data_config.max_eval_rows]
+    return train, evaluation
+
+
+__all__ = [
+    "DataError", "Record", "read_records", "SFTExample", "RankedExample", "PromptExample",
+    "parse_sft", "parse_ranked", "parse_prompt", "Encoded", "SequenceBatch", "encode",
+    "collate_sequences", "left_pad", "render_prompt", "load_examples", "train_eval_split",
+    "load_splits",
+]

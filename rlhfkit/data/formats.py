@@ -1,0 +1,151 @@
+"""Row formats → typed examples. Every prompt becomes a tuple of chat messages.
+
+Accepted rows:
+- SFT:        {"prompt": str, "response": str}
+- preference: {"prompt", "chosen", "rejected"} (strings);
+              Anthropic-HH transcripts {"chosen", "rejected"} (whole dialogues: the shared
+              prompt is everything up to the last "\\n\\nAssistant:");
+              sharegpt {"conversations": [{"from", "value"}...], "chosen": {...}, "rejected": {...}}
+- ranked:     {"prompt", "responses": [best, ..., worst]} (K ≥ 2, no ties); preference rows
+              are read as K = 2 lists
+- prompt:     {"prompt": str} (any of the above also gives its prompt)
+A malformed row raises DataError naming file:line, the field and what was expected.
+Tests: tests/test_data.py.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from rlhfkit.data.readers import DataError, Record
+
+Messages = tuple  # of (role, content) pairs
+
+HH_ASSISTANT = "\n\nAssistant:"
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "system": "system"}
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    messages: Messages
+    response: str
+
+
+@dataclass(frozen=True)
+class RankedExample:
+    """K ≥ 2 responses best → worst; a preference pair is K = 2 (chosen, rejected)."""
+    messages: Messages
+    responses: tuple
+
+    @property
+    def chosen(self) -> str:
+        return self.responses[0]
+
+    @property
+    def rejected(self) -> str:
+        return self.responses[-1]
+
+
+@dataclass(frozen=True)
+class PromptExample:
+    messages: Messages
+
+
+def _text(record: Record, field: str, allow_empty: bool = False) -> str:
+    if field not in record.row:
+        raise DataError(f"{record.where()}: missing field '{field}'; row has "
+                        f"{sorted(record.row)}")
+    value = record.row[field]
+    if not isinstance(value, str) or (not allow_empty and not value.strip()):
+        raise DataError(f"{record.where()}: field '{field}': expected a non-empty string, got "
+                        f"{type(value).__name__} {str(value)[:60]!r}")
+    return value
+
+
+def _user(prompt: str) -> Messages:
+    return (("user", prompt),)
+
+
+def split_hh(record: Record, field: str) -> tuple[Messages, str]:
+    """An Anthropic-HH transcript → (prompt messages, final assistant reply)."""
+    text = _text(record, field)
+    cut = text.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise DataError(f"{record.where()}: field '{field}': expected an HH transcript containing "
+                        f"'\\n\\nAssistant:', got {text[:60]!r}")
+    parts = _HH_TURN.split(text[:cut])  # ['', 'Human', ' text', 'Assistant', ' text', ...]
+    messages = tuple(("user" if parts[i] == "Human" else "assistant", parts[i + 1].strip())
+                     for i in range(1, len(parts) - 1, 2))
+    if not messages:
+        raise DataError(f"{record.where()}: field '{field}': no '\\n\\nHuman:' turn before the "
+                        "last assistant reply")
+    return messages, text[cut + len(HH_ASSISTANT):].strip()
+
+
+def _sharegpt_turn(record: Record, turn, field: str) -> tuple[str, str]:
+    if not isinstance(turn, dict) or "value" not in turn or \
+            _SHAREGPT_ROLES.get(turn.get("from", turn.get("role"))) is None:
+        raise DataError(f"{record.where()}: field '{field}': expected a turn "
+                        f"{{\"from\": human|gpt|system, \"value\": str}}, got {str(turn)[:80]}")
+    return _SHAREGPT_ROLES[turn.get("from", turn.get("role"))], str(turn["value"])
+
+
+def _sharegpt(record: Record) -> tuple[Messages, str, str]:
+    conversations = record.row["conversations"]
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError(f"{record.where()}: field 'conversations': expected a non-empty list "
+                        "of turns")
+    messages = tuple(_sharegpt_turn(record, turn, "conversations") for turn in conversations)
+    chosen = _sharegpt_turn(record, record.row.get("chosen"), "chosen")[1]
+    rejected = _sharegpt_turn(record, record.row.get("rejected"), "rejected")[1]
+    return messages, chosen, rejected
+
+
+def parse_sft(record: Record) -> SFTExample:
+    return SFTExample(_user(_text(record, "prompt")), _text(record, "response"))
+
+
+def parse_ranked(record: Record) -> RankedExample:
+    """Ranked list or preference pair (any of the three pair formats) → RankedExample."""
+    row = record.row
+    if "responses" in row:
+        responses = row["responses"]
+        if not isinstance(responses, list) or len(responses) < 2 or \
+                not all(isinstance(r, str) and r.strip() for r in responses):
+            raise DataError(f"{record.where()}: field 'responses': expected a list of ≥ 2 "
+                            "non-empty strings ranked best → worst")
+        messages, ranked = _user(_text(record, "prompt", allow_empty=True)), tuple(responses)
+    elif "conversations" in row:
+        messages, chosen, rejected = _sharegpt(record)
+        ranked = (chosen, rejected)
+    elif "prompt" in row:
+        messages = _user(_text(record, "prompt", allow_empty=True))
+        ranked = (_text(record, "chosen"), _text(record, "rejected"))
+    elif "chosen" in row:
+        messages, chosen = split_hh(record, "chosen")
+        rejected_messages, rejected = split_hh(record, "rejected")
+        if rejected_messages != messages:
+            raise DataError(f"{record.where()}: HH transcripts 'chosen' and 'rejected' must "
+                            "share the dialogue up to the last '\\n\\nAssistant:'")
+        ranked = (chosen, rejected)
+    else:
+        raise DataError(f"{record.where()}: expected a preference row ('prompt'+'chosen'+"
+                        "'rejected', HH 'chosen'+'rejected', or sharegpt 'conversations') or a "
+                        f"ranked list ('prompt'+'responses'); row has {sorted(row)}")
+    if len(set(ranked)) < len(ranked):
+        raise DataError(f"{record.where()}: tie: the same response appears twice in the ranking; "
+                        "expected responses strictly ordered best → worst")
+    return RankedExample(messages, ranked)
+
+
+def parse_prompt(record: Record) -> PromptExample:
+    if "prompt" in record.row:
+        return PromptExample(_user(_text(record, "prompt")))
+    if "conversations" in record.row or "chosen" in record.row:
+        return PromptExample(parse_ranked(record).messages)
+    raise DataError(f"{record.where()}: missing field 'prompt'; row has {sorted(record.row)}")
+
+
+PARSERS = {"sft": parse_sft, "ranked": parse_ranked, "prompt": parse_prompt}

@@ -1,0 +1,95 @@
+"""Prompt rendering (chat template or plain text), tokenisation and padding.
+
+Prompt and response are tokenised separately so the boundary between them is exact: the loss
+mask of a response is known token by token (no re-tokenisation drift at the seam).
+Tests: tests/test_data.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.data.formats import Messages
+
+
+def uses_chat_template(tokenizer, template: str) -> bool:
+    has = getattr(tokenizer, "chat_template", None) is not None
+    if template == "chat" and not has:
+        raise ValueError("data.template='chat' but the tokenizer has no chat template; "
+                         "use data.template=plain or auto")
+    return template != "plain" and has
+
+
+def render_prompt(messages: Messages, tokenizer, template: str = "auto",
+                  system_prompt: str = "") -> str:
+    """Messages → the text the model sees before its reply."""
+    if uses_chat_template(tokenizer, template):
+        chat = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+               [{"role": role, "content": content} for role, content in messages]
+        return tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    if len(messages) == 1 and messages[0][0] == "user":
+        return messages[0][1]
+    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+    turns = "".join(f"\n\n{names[role]}: {content}" for role, content in messages)
+    return turns + "\n\nAssistant:"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt_ids: list
+    response_ids: list
+
+
+def encode(tokenizer, prompt_text: str, response: str | None, max_prompt_length: int,
+           max_length: int, add_eos: bool = True) -> Encoded:
+    """Token ids of prompt (cut from the left) and response (+EOS, cut on the right)."""
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    prompt_ids = prompt_ids[-max_prompt_length:]
+    if response is None:
+        return Encoded(prompt_ids, [])
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if add_eos:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    return Encoded(prompt_ids, response_ids[:max_length - len(prompt_ids)])
+
+
+@dataclass(frozen=True)
+class SequenceBatch:
+    """Right-padded prompt+response sequences.
+
+    input_ids, attention_mask, response_mask: (B, T); response_mask is True at response tokens.
+    """
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+
+    def to(self, device) -> "SequenceBatch":
+        return SequenceBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                                       self.response_mask)))
+
+
+def collate_sequences(encoded: list[Encoded], pad_id: int) -> SequenceBatch:
+    """Concatenate prompt + response per row and right-pad to the longest row."""
+    width = max(len(e.prompt_ids) + len(e.response_ids) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.bool)
+    response = torch.zeros((len(encoded), width), dtype=torch.bool)
+    for row, e in enumerate(encoded):
+        n_prompt, n_total = len(e.prompt_ids), len(e.prompt_ids) + len(e.response_ids)
+        ids[row, :n_total] = torch.tensor(e.prompt_ids + e.response_ids, dtype=torch.long)
+        attention[row, :n_total] = True
+        response[row, n_prompt:n_total] = True
+    return SequenceBatch(ids, attention, response)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask (B, T): what generation with a KV cache wants."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            attention[row, width - len(seq):] = True
+    return ids, attention

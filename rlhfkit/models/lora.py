@@ -1,0 +1,37 @@
+"""LoRA through peft, and the reference policy as the adapter switched off.
+
+Tests: tests/test_models.py (adapter-disabled reference equals a frozen copy).
+"""
+from __future__ import annotations
+
+import contextlib
+
+from rlhfkit.config import LoraConfig
+
+
+def apply_lora(model, lora: LoraConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap ``model`` in a peft LoRA adapter. For sequence scorers (task_type 'SEQ_CLS') peft
+    keeps the ``score`` head fully trainable."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules), task_type=task_type)
+    return get_peft_model(model, peft_config)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """The base weights alone: a LoRA policy's reference without a second copy in memory."""
+    with model.disable_adapter():
+        yield model
+
+
+def merged_copy_state(model):
+    """For a peft model: the merged (base + adapter) plain transformers model, in place."""
+    return model.merge_and_unload() if is_peft(model) else model

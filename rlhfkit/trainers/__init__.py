@@ -1,0 +1,1 @@
+"""One module per stage (sft, reward, ppo, dpo): a config, a step function and a loop."""

@@ -1,0 +1,263 @@
+"""What every stage's loop shares: accelerator, batching, metrics, checkpoints, final save.
+
+No behaviour lives in a base class: stages call these functions.
+- Batches come from a seeded stream of permutations, so the rows of step s depend only on
+  (seed, s): resuming at step s needs no sampler state.
+- Checkpoints (``checkpoint-<step>/``) hold models, optimisers, schedulers and every process's
+  RNG state (``accelerator.save_state``) plus ``trainer_state.json``; ``resume=true`` loads the
+  newest and cuts metrics.jsonl back to that step, so a resumed run's file equals an
+  uninterrupted run's (tests/stages/test_sft.py::test_resume_equals_uninterrupted).
+- Loss normalisation across processes is explicit: a stage counts its units (tokens, pairs)
+  over all processes and micro-batches with ``global_count`` and divides by that.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhfkit.config import dump_yaml
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class Run:
+    """The handles of one run. ``metrics`` writes metrics.jsonl and TensorBoard (main process)."""
+    config: object
+    accelerator: object
+    output_dir: Path
+    metrics: "MetricsLog"
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+
+def start_run(config) -> Run:
+    """Accelerator, seeds, output_dir with config.yaml, metrics log."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from rlhfkit.models import resolve_device, resolve_dtype
+
+    device = resolve_device(config.model.device)
+    mixed = "bf16" if config.train.mixed_precision == "bf16" else "no"
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    set_seed(config.train.seed)
+    output_dir = Path(config.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(dump_yaml(config))
+    accelerator.wait_for_everyone()
+    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process)
+    return Run(config, accelerator, output_dir, metrics, accelerator.device,
+               resolve_dtype(config.model.dtype, accelerator.device))
+
+
+# ----------------------------------------------------------------------------- batching
+def batch_rows(n_rows: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Row indices of global batch ``step`` (0-based) from a stream of seeded permutations."""
+    rows, start = [], step * batch_size
+    while len(rows) < batch_size:
+        epoch, offset = divmod(start + len(rows), n_rows)
+        order = list(range(n_rows))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        rows.extend(order[offset:offset + batch_size - len(rows)])
+    return rows
+
+
+def micro_batches(rows: list[int], rank: int, world_size: int, micro_batch_size: int
+                  ) -> list[list[int]]:
+    """This process's slice of a global batch, cut into micro-batches for accumulation."""
+    mine = rows[rank::world_size]
+    size = micro_batch_size or len(mine)
+    return [mine[i:i + size] for i in range(0, len(mine), size)]
+
+
+def total_steps(train_config, n_rows: int) -> int:
+    if train_config.max_steps:
+        return train_config.max_steps
+    return max(1, math.ceil(train_config.num_epochs * n_rows / train_config.batch_size))
+
+
+def global_count(accelerator, local: torch.Tensor | float) -> torch.Tensor:
+    """Sum of a count (tokens, pairs) over all processes."""
+    value = torch.as_tensor(local, dtype=torch.float32, device=accelerator.device)
+    return accelerator.reduce(value, reduction="sum") if accelerator.num_processes > 1 else value
+
+
+def global_sum(accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Sum each metric tensor over processes and return plain floats (one reduce)."""
+    keys = sorted(values)
+    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys]).to(
+        accelerator.device)
+    if accelerator.num_processes > 1:
+        stacked = accelerator.reduce(stacked, reduction="sum")
+    return dict(zip(keys, stacked.tolist()))
+
+
+# ----------------------------------------------------------------------------- optimisation
+def make_optimizer(model_or_params, train_config):
+    params = [p for p in (model_or_params.parameters() if hasattr(model_or_params, "parameters")
+                          else model_or_params) if p.requires_grad]
+    return torch.optim.AdamW(params, lr=train_config.learning_rate,
+                             betas=(train_config.adam_beta1, train_config.adam_beta2),
+                             weight_decay=train_config.weight_decay, foreach=True)
+
+
+def make_scheduler(optimizer, train_config, steps: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(train_config.lr_scheduler, optimizer,
+                         num_warmup_steps=train_config.warmup_steps, num_training_steps=steps)
+
+
+# ----------------------------------------------------------------------------- metrics
+class MetricsLog:
+    """metrics.jsonl (one JSON object per logging step) + TensorBoard events."""
+
+    def __init__(self, output_dir: Path, enabled: bool):
+        self.path = output_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self._writer = None
+        self._tb_dir = output_dir / "tensorboard"
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines written after ``step`` (by a run that crashed past its last checkpoint)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: _plain(v) for k, v in values.items()}}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self._tb_dir))
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(output_dir) -> list[dict]:
+    path = Path(output_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def progress(run: Run, total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not run.is_main,
+                dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    found = [p for p in Path(output_dir).glob(CHECKPOINT_PREFIX + "*")
+             if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / "trainer_state.json").exists()]
+    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+def save_checkpoint(run: Run, step: int, extra: dict | None = None, keep: int = 2) -> Path:
+    """Everything needed to continue exactly: prepared models, optimisers, schedulers, RNG."""
+    path = run.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    run.accelerator.save_state(str(path))
+    if run.is_main:
+        state = {"step": step, "extra": extra or {}, "time": time.time()}
+        (path / "trainer_state.json").write_text(json.dumps(state))  # written last: complete
+        old = sorted((p for p in run.output_dir.glob(CHECKPOINT_PREFIX + "*")
+                      if p.name[len(CHECKPOINT_PREFIX):].isdigit() and p != path),
+                     key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+        for stale in old[:max(0, len(old) - (keep - 1))]:
+            shutil.rmtree(stale, ignore_errors=True)
+    run.accelerator.wait_for_everyone()
+    return path
+
+
+def maybe_resume(run: Run) -> tuple[int, dict]:
+    """(step to continue from, extra state) — (0, {}) when not resuming or nothing saved."""
+    if not run.config.resume:
+        return 0, {}
+    path = newest_checkpoint(run.output_dir)
+    if path is None:
+        return 0, {}
+    run.accelerator.load_state(str(path))
+    state = json.loads((path / "trainer_state.json").read_text())
+    run.metrics.truncate_after(state["step"])
+    return state["step"], state.get("extra", {})
+
+
+def should(every: int, step: int, last: int) -> bool:
+    """True on every ``every``-th step and on the last one."""
+    return step == last or (every > 0 and step % every == 0)
+
+
+# ----------------------------------------------------------------------------- final model
+def save_final(run: Run, model, tokenizer, name: str = "final") -> Path:
+    """``final/`` loads with plain ``from_pretrained``; LoRA runs also keep ``final/adapter/``."""
+    from rlhfkit.models import is_peft
+
+    run.accelerator.wait_for_everyone()
+    target = run.output_dir / name
+    if run.is_main:
+        model = run.accelerator.unwrap_model(model)
+        if is_peft(model):
+            model.save_pretrained(str(target / "adapter"))
+            model = model.merge_and_unload()
+        model.save_pretrained(str(target), safe_serialization=True)
+        tokenizer.save_pretrained(str(target))
+    run.accelerator.wait_for_everyone()
+    return target
+
+
+@dataclass
+class Timer:
+    """Seconds spent per named phase (generate / score / update …)."""
+    totals: dict = field(default_factory=dict)
+
+    def phase(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.start
+        return _Phase()

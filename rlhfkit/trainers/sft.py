@@ -1,0 +1,171 @@
+"""Stage 1: supervised fine-tuning. Next-token loss on response tokens only.
+
+loss = Σ_{response tokens} −log π(y_t | x, y_<t) / (response tokens in the global batch)
+The denominator counts tokens over every process and accumulation micro-step
+(``global_count``), so 2 processes × 4 rows equal 1 process × 8 rows exactly
+(tests/stages/test_distributed.py) and accumulation 1×8 equals 8×1.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.config import StageConfig, option
+from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
+from rlhfkit.models import apply_lora, load_causal_lm, load_tokenizer
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.ops import masked_sum
+from rlhfkit.trainers import common
+
+
+@dataclass(frozen=True)
+class SFTConfig(StageConfig):
+    output_dir: str = option("runs/sft", "Everything the run writes goes here.")
+    sample_prompts: tuple = option(
+        (), "Prompts answered greedily before and after training (printed and saved to "
+            "samples.jsonl).", factory=tuple)
+    sample_max_new_tokens: int = option(48, "Tokens generated per sample prompt.", min=1)
+
+
+def encode_examples(examples, tokenizer, data_config) -> list:
+    return [encode(tokenizer, render_prompt(e.messages, tokenizer, data_config.template,
+                                            data_config.system_prompt),
+                   e.response, data_config.max_prompt_length, data_config.max_length)
+            for e in examples]
+
+
+def sft_loss_sums(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ response-token NLL, response-token count) of one micro-batch."""
+    out = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+    return -masked_sum(out.logprobs, out.mask), out.mask.sum()
+
+
+def train_step(run, model, optimizer, scheduler, encoded, rows, micro_batch_size, pad_id) -> dict:
+    """One optimiser step over the global batch ``rows``; returns globally reduced metrics."""
+    chunks = common.micro_batches(rows, run.rank, run.world_size, micro_batch_size)
+    batches = [collate_sequences([encoded[i] for i in chunk], pad_id).to(run.device)
+               for chunk in chunks]
+    # Response tokens predicted (mask shifted by one) over all processes and micro-batches.
+    n_tokens = common.global_count(run.accelerator, sum(b.response_mask[:, 1:].sum() for b in batches))
+    total = torch.zeros((), device=run.device)
+    for index, batch in enumerate(batches):
+        last_micro = index == len(batches) - 1  # gradients are all-reduced on the last only
+        context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
+        with context, run.accelerator.autocast():
+            nll_sum, _ = sft_loss_sums(model, batch)
+            # DDP averages gradients over processes, hence × world_size.
+            run.accelerator.backward(nll_sum * run.world_size / n_tokens)
+        total += nll_sum.detach()
+    grad_norm = clip(run, model)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    sums = common.global_sum(run.accelerator, {"nll": total})
+    return {"loss": sums["nll"] / n_tokens.item(), "grad_norm": grad_norm,
+            "lr": scheduler.get_last_lr()[0], "tokens": int(n_tokens.item())}
+
+
+def clip(run, model) -> float:
+    max_norm = run.config.train.max_grad_norm
+    if max_norm <= 0:
+        return 0.0
+    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+
+
+@torch.no_grad()
+def evaluate(run, model, encoded, pad_id, batch_size: int = 8) -> dict:
+    """Token-weighted held-out loss, each process taking its share of the rows."""
+    model.eval()
+    nll, count = torch.zeros((), device=run.device), torch.zeros((), device=run.device)
+    mine = list(range(len(encoded)))[run.rank::run.world_size]
+    for start in range(0, len(mine), batch_size):
+        batch = collate_sequences([encoded[i] for i in mine[start:start + batch_size]],
+                                  pad_id).to(run.device)
+        with run.accelerator.autocast():
+            batch_nll, batch_count = sft_loss_sums(model, batch)
+        nll, count = nll + batch_nll.float(), count + batch_count
+    model.train()
+    sums = common.global_sum(run.accelerator, {"nll": nll, "count": count})
+    return {"eval_loss": sums["nll"] / max(sums["count"], 1.0)}
+
+
+@torch.no_grad()
+def greedy_samples(run, model, tokenizer, config: SFTConfig) -> list[dict]:
+    """Greedy answers to the configured sample prompts (main process only)."""
+    if not config.sample_prompts or not run.is_main:
+        return []
+    from rlhfkit.data.formats import PromptExample
+    model = run.accelerator.unwrap_model(model)
+    model.eval()
+    samples = []
+    for prompt in config.sample_prompts:
+        text = render_prompt(PromptExample((("user", prompt),)).messages, tokenizer,
+                             config.data.template, config.data.system_prompt)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(run.device)
+        out = model.generate(**ids, max_new_tokens=config.sample_max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        samples.append({"prompt": prompt, "response": tokenizer.decode(
+            out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)})
+    model.train()
+    return samples
+
+
+def build_model(run, config: SFTConfig, tokenizer):
+    model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.model.lora.enabled:
+        model = apply_lora(model, config.model.lora)
+    return model
+
+
+def run(config: SFTConfig) -> dict:
+    """Train, checkpoint, evaluate, save ``final/``; returns the last metrics."""
+    run_ = common.start_run(config)
+    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "sft", config.train.seed)
+    train_encoded = encode_examples(train_examples, tokenizer, config.data)
+    eval_encoded = encode_examples(eval_examples, tokenizer, config.data)
+    model = build_model(run_, config, tokenizer)
+    before = greedy_samples(run_, model.to(run_.device), tokenizer, config)
+    steps = common.total_steps(config.train, len(train_encoded))
+    optimizer = common.make_optimizer(model, config.train)
+    scheduler = common.make_scheduler(optimizer, config.train, steps)
+    model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
+    start, _ = common.maybe_resume(run_)
+    micro = config.train.micro_batch_size
+    bar = common.progress(run_, steps, start, "sft")
+    last = {}
+    model.train()
+    for step in range(start + 1, steps + 1):
+        rows = common.batch_rows(len(train_encoded), config.train.batch_size, step - 1,
+                                 config.train.seed)
+        last = train_step(run_, model, optimizer, scheduler, train_encoded, rows, micro,
+                          tokenizer.pad_token_id)
+        if eval_encoded and common.should(config.train.eval_every, step, steps):
+            last.update(evaluate(run_, model, eval_encoded, tokenizer.pad_token_id))
+        if common.should(config.train.log_every, step, steps):
+            run_.metrics.log(step, last)
+        if common.should(config.train.save_every, step, steps):
+            common.save_checkpoint(run_, step)
+        bar.set_postfix(loss=f"{last['loss']:.4f}")
+        bar.update(1)
+    bar.close()
+    after = greedy_samples(run_, model, tokenizer, config)
+    report_samples(run_, before, after)
+    common.save_final(run_, model, tokenizer)
+    run_.metrics.close()
+    return last
+
+
+def report_samples(run, before: list[dict], after: list[dict]) -> None:
+    if not run.is_main or not before:
+        return
+    with (run.output_dir / "samples.jsonl").open("w") as handle:
+        for b, a in zip(before, after):
+            handle.write(json.dumps({"prompt": b["prompt"], "before": b["response"],
+                                     "after": a["response"]}) + "\n")
+            print(f"\n### {b['prompt']}\n--- before: {b['response']}\n--- after:  {a['response']}")

