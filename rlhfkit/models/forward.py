@@ -51,3 +51,31 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         entropy = torch.zeros(mask.shape, dtype=torch.float32, device=picked.device)
         entropy = entropy.masked_scatter(mask, entropy_from_logits(logits))
     return ResponseLogprobs(logprobs, mask, entropy)
+
+
+def _scalar_parts(model):
+    """(decoder, score head) of a sequence-classification model, peft-wrapped or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner, inner.base_model_prefix), inner.score
+
+
+def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The scalar head at every position (B, T): a critic's values V_t."""
+    decoder, head = _scalar_parts(model)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask.long(),
+                     position_ids=position_ids_from(attention_mask), use_cache=False)
+    return head(hidden.last_hidden_state).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row (B,), for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return torch.where(attention_mask.bool(), positions, -1).max(dim=1).values.clamp(min=0)
+
+
+def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward-model score (B,): the head read at the last real token, found from the attention
+    mask (not from pad ids: SmolLM2's pad token is its EOS). Same score for left and right
+    padding (tests/test_models.py::test_sequence_score_padding_invariant)."""
+    values = token_scores(model, input_ids, attention_mask)
+    return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
