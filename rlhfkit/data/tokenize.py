@@ -46,6 +46,9 @@ def encode(tokenizer, prompt_text: str, response: str | None, max_prompt_length:
     """Token ids of prompt (cut from the left) and response (+EOS, cut on the right)."""
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     prompt_ids = prompt_ids[-max_prompt_length:]
+    if not prompt_ids:  # an empty prompt: BOS gives the first response token a predecessor
+        prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None
+                      else tokenizer.eos_token_id]
     if response is None:
         return Encoded(prompt_ids, [])
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
