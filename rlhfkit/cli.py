@@ -12,6 +12,7 @@ from rlhfkit.models.loading import ModelLoadError
 # stage → (module, config class). Each module has ``run(config)``.
 STAGES = {
     "sft": ("rlhfkit.trainers.sft", "SFTConfig"),
+    "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
 }
 
 

@@ -1,0 +1,468 @@
+"""Stage 4: direct preference optimisation (DPO) and its family (cDPO, IPO, SimPO, SLiC hinge).
+
+Per pair (x, y_w, y_l): sequence log-probs π_w, π_l of the chosen and rejected responses,
+summed over response tokens only (prompt and padding never count), from ONE forward pass over
+the concatenated batch [chosen rows; rejected rows] (2B, T); the reference policy's ref_w, ref_l;
+and a per-pair loss ℓ from ``rlhfkit.ops.dpo.DPO_LOSSES`` (hand values: tests/ops/test_dpo.py).
+
+    loss = Σ_pairs ℓ_i / (pairs in the global batch)
+
+The denominator counts pairs over every process and accumulation micro-step
+(``common.global_count``): 2 processes × 4 pairs equal 1 process × 8 pairs.
+
+Where ref_w, ref_l come from (``dpo.reference``):
+  precomputed  computed once before training with the frozen reference and stored with the
+               dataset (cached in output_dir/ref_logps.pt, which ``resume=true`` reuses):
+               no reference forward pass during training. Equals ``copy``
+               (tests/stages/test_dpo.py::test_precomputed_reference_equals_on_the_fly).
+  copy         a frozen copy of the reference, forwarded on every batch.
+  adapter      the LoRA policy with its adapter switched off: the base weights, no second copy
+               (tests/stages/test_dpo.py::test_adapter_reference_equals_frozen_copy).
+  none         reference-free (SimPO).
+Sequence log-probs do not depend on padding or on the other rows of a batch
+(tests/stages/test_dpo.py::test_seq_logprobs_padding_invariant).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from rlhfkit.config import StageConfig, Validated, option, require
+from rlhfkit.data import Encoded, collate_sequences, encode, load_examples, load_splits
+from rlhfkit.data import render_prompt
+from rlhfkit.models import adapter_disabled, apply_lora, is_peft, load_causal_lm, load_tokenizer
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.ops import DPO_LOSSES, PreferenceLogps, dpo_metrics, masked_sum
+from rlhfkit.trainers import common
+
+REFERENCES = ("auto", "precomputed", "copy", "adapter", "none")
+REF_CACHE = "ref_logps.pt"
+
+
+@dataclass(frozen=True)
+class DPOPart(Validated):
+    loss_type: str = option("sigmoid", "Loss from rlhfkit.ops.dpo.DPO_LOSSES: sigmoid (DPO; cDPO "
+                            "with label_smoothing), ipo, simpo (reference-free), hinge (SLiC).",
+                            choices=tuple(DPO_LOSSES))
+    beta: float = option(0.1, "β: the strength of the KL tie to the reference (DPO, hinge), "
+                         "IPO's τ, SimPO's reward scale.", min=0)
+    label_smoothing: float = option(0.0, "cDPO ε: probability that a preference label is "
+                                    "flipped (sigmoid only).", min=0, max=0.5)
+    gamma: float = option(0.0, "SimPO target reward margin γ (simpo only).", min=0)
+    reference: str = option("auto", "Where the reference log-probs come from: precomputed (once, "
+                            "before training), copy (frozen copy every step), adapter (LoRA base "
+                            "with the adapter off), none (reference-free); auto = none for simpo, "
+                            "else precomputed.", choices=REFERENCES)
+    ref_model: str = option("", "Reference model (HF id, path or alias); empty = the policy's "
+                            "initial weights (model.name).")
+    eval_batch_size: int = option(8, "Pairs per forward pass in evaluation and precomputation.",
+                                  min=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.beta > 0, "beta", self.beta, "a number > 0")
+
+    @property
+    def reference_mode(self) -> str:
+        """The reference actually used ('auto' resolved)."""
+        if self.reference != "auto":
+            return self.reference
+        return "none" if self.loss_type == "simpo" else "precomputed"
+
+
+@dataclass(frozen=True)
+class DPOConfig(StageConfig):
+    output_dir: str = option("runs/dpo", "Everything the run writes goes here.")
+    eval_only: bool = option(False, "No training: loss and metrics of policy model.name against "
+                             "dpo.ref_model on data.eval_path (or all of data.train_path), "
+                             "written to output_dir and printed.")
+    dpo: DPOPart = option(None, "DPO settings.", factory=DPOPart)
+
+    def __post_init__(self):
+        super().__post_init__()
+        mode = self.dpo.reference_mode
+        require(mode != "none" or self.dpo.loss_type == "simpo", "dpo.reference", mode,
+                f"a reference for loss_type={self.dpo.loss_type!r}: only simpo is reference-free")
+        if mode == "adapter":
+            require(self.model.lora.enabled and not self.eval_only, "dpo.reference", mode,
+                    "model.lora.enabled=true in training (the reference is the LoRA base)")
+            require(not self.dpo.ref_model, "dpo.ref_model", self.dpo.ref_model,
+                    "empty with reference=adapter (the reference is the policy's own base)")
+
+
+# ----------------------------------------------------------------------------- data
+class EncodedPair(NamedTuple):
+    chosen: Encoded
+    rejected: Encoded
+
+
+@dataclass
+class PreferenceData:
+    """Encoded pairs, and the reference's sequence log-probs (N, 2) when precomputed."""
+    pairs: list
+    ref: torch.Tensor | None = None  # (N, 2): [:, 0] ref_w, [:, 1] ref_l
+
+
+def encode_pairs(examples, tokenizer, data_config) -> list[EncodedPair]:
+    out = []
+    for example in examples:
+        prompt = render_prompt(example.messages, tokenizer, data_config.template,
+                               data_config.system_prompt)
+        out.append(EncodedPair(*(encode(tokenizer, prompt, response, data_config.max_prompt_length,
+                                        data_config.max_length)
+                                 for response in (example.chosen, example.rejected))))
+    return out
+
+
+def pair_batch(pairs: list[EncodedPair], pad_id: int):
+    """Chosen rows then rejected rows, right-padded together: (2B, T)."""
+    return collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+
+
+def seq_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(seq_logprobs (2B,) = Σ_t log π over response tokens, response lengths (2B,))."""
+    out = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+    return masked_sum(out.logprobs, out.mask, dim=1), out.mask.sum(1)
+
+
+# ----------------------------------------------------------------------------- reference
+@dataclass
+class Reference:
+    """How ref_w, ref_l are obtained for a batch; ``mode`` picks from REFERENCE_LOGPS."""
+    mode: str
+    ref_policy: object = None  # the frozen copy (mode 'copy')
+
+    @torch.no_grad()
+    def logps(self, policy, data: PreferenceData, idx: list[int], batch) -> torch.Tensor | None:
+        """Reference sequence log-probs (2B,) in the policy's row order, or None."""
+        return REFERENCE_LOGPS[self.mode](self, policy, data, idx, batch)
+
+
+def _precomputed(ref: Reference, policy, data, idx, batch):
+    table = data.ref[idx].to(batch.input_ids.device)  # (B, 2)
+    return torch.cat([table[:, 0], table[:, 1]])
+
+
+def _frozen_copy(ref: Reference, policy, data, idx, batch):
+    return seq_logprobs(ref.ref_policy, batch)[0]
+
+
+def _adapter_off(ref: Reference, policy, data, idx, batch):
+    with adapter_disabled(policy) as base:
+        return seq_logprobs(base, batch)[0]
+
+
+REFERENCE_LOGPS = {"precomputed": _precomputed, "copy": _frozen_copy, "adapter": _adapter_off,
+                   "none": lambda *args: None}
+
+
+def load_frozen(name: str, tokenizer, run, cache_dir: str):
+    model = load_causal_lm(name, tokenizer, run.dtype, cache_dir).to(run.device)
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def precompute_reference(run, ref_policy, pairs: list, batch_size: int, pad_id: int
+                         ) -> torch.Tensor:
+    """(N, 2) reference sequence log-probs of every pair; each process scores its share."""
+    from accelerate.utils import gather_object
+
+    mine = list(range(len(pairs)))[run.rank::run.world_size]
+    rows = []
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        batch = pair_batch([pairs[i] for i in idx], pad_id).to(run.device)
+        with run.accelerator.autocast():
+            logps = seq_logprobs(ref_policy, batch)[0].float().cpu()
+        rows += [(i, logps[k].item(), logps[k + len(idx)].item()) for k, i in enumerate(idx)]
+    if run.world_size > 1:
+        rows = gather_object(rows)
+    table = torch.zeros(len(pairs), 2, dtype=torch.float32)
+    for i, chosen, rejected in rows:
+        table[i, 0], table[i, 1] = chosen, rejected
+    return table
+
+
+def fingerprint(name: str, run, *splits) -> str:
+    """Hash of the reference name, dtype and every token id: a stale cache never matches."""
+    digest = hashlib.sha256(f"{name}|{run.dtype}".encode())
+    for pairs in splits:
+        for pair in pairs:
+            for enc in pair:
+                digest.update(json.dumps([enc.prompt_ids, enc.response_ids]).encode())
+    return digest.hexdigest()
+
+
+def attach_reference_logps(run, config: DPOConfig, policy, tokenizer, train, evaluation) -> None:
+    """Precompute (or, on resume, reload) ref log-probs of both splits before training starts.
+
+    Runs before the checkpoint is loaded, so without ``dpo.ref_model`` the policy still holds
+    its initial weights and is the reference (a LoRA policy with its adapter off).
+    """
+    name = config.dpo.ref_model or config.model.name
+    key = fingerprint(name, run, train.pairs, evaluation.pairs)
+    path = run.output_dir / REF_CACHE
+    if config.resume and path.exists():
+        cached = torch.load(path)
+        if cached["fingerprint"] == key:
+            train.ref, evaluation.ref = cached["train"], cached["eval"]
+            return
+    if config.dpo.ref_model:
+        ref_policy, context = load_frozen(name, tokenizer, run, config.model.cache_dir), \
+            contextlib.nullcontext()
+    else:
+        ref_policy = policy.to(run.device).eval()
+        context = adapter_disabled(policy) if is_peft(policy) else contextlib.nullcontext()
+    size, pad_id = config.dpo.eval_batch_size, tokenizer.pad_token_id
+    with context:
+        train.ref = precompute_reference(run, ref_policy, train.pairs, size, pad_id)
+        evaluation.ref = precompute_reference(run, ref_policy, evaluation.pairs, size, pad_id)
+    policy.train()
+    if run.is_main:
+        torch.save({"fingerprint": key, "train": train.ref, "eval": evaluation.ref}, path)
+    run.accelerator.wait_for_everyone()
+
+
+# ----------------------------------------------------------------------------- loss and metrics
+def preference_logps(policy_seq: torch.Tensor, lengths: torch.Tensor,
+                     ref_seq: torch.Tensor | None) -> PreferenceLogps:
+    """Split (2B,) chosen-then-rejected tensors into the (B,) fields of PreferenceLogps."""
+    n = policy_seq.shape[0] // 2
+    ref_w, ref_l = (None, None) if ref_seq is None else (ref_seq[:n], ref_seq[n:])
+    return PreferenceLogps(policy_seq[:n], policy_seq[n:], ref_w, ref_l, lengths[:n], lengths[n:])
+
+
+def metric_sums(logps: PreferenceLogps, losses: torch.Tensor, beta: float) -> dict:
+    """Per-batch sums of the logged metrics (divided by the global pair count later)."""
+    if logps.ref_chosen is None:  # SimPO's implicit reward β·π/|y| (Meng et al. 2024, eq. 4)
+        w = logps.policy_chosen / logps.chosen_len.clamp(min=1)
+        l_ = logps.policy_rejected / logps.rejected_len.clamp(min=1)
+        rewards = dpo_metrics(PreferenceLogps(w, l_, torch.zeros_like(w), torch.zeros_like(l_)),
+                              beta)
+    else:
+        rewards = dpo_metrics(logps, beta)
+    per_token_w = logps.policy_chosen / logps.chosen_len.clamp(min=1)
+    per_token_l = logps.policy_rejected / logps.rejected_len.clamp(min=1)
+    sums = {name: value.sum() for name, value in rewards._asdict().items()}
+    sums.update(loss=losses.detach().sum(), chosen_logps=logps.policy_chosen.detach().sum(),
+                rejected_logps=logps.policy_rejected.detach().sum(),
+                # Does the policy alone rank chosen first (per-token average log-prob)? Unlike
+                # reward_accuracy it is informative before training, when rewards are all 0.
+                logp_accuracy=(per_token_w > per_token_l).float().sum())
+    return sums
+
+
+def batch_loss(run, model, reference: Reference, data: PreferenceData, idx: list[int],
+               pad_id: int) -> tuple[torch.Tensor, PreferenceLogps, dict]:
+    """Per-pair losses (B,) of the pairs ``idx``, their log-probs and metric sums."""
+    dpo = run.config.dpo
+    batch = pair_batch([data.pairs[i] for i in idx], pad_id).to(run.device)
+    with run.accelerator.autocast():
+        policy_seq, lengths = seq_logprobs(model, batch)  # one pass: chosen rows, rejected rows
+        # The adapter reference needs the peft model itself, not its DDP wrapper.
+        ref_seq = reference.logps(run.accelerator.unwrap_model(model), data, idx, batch)
+    logps = preference_logps(policy_seq.float(), lengths,
+                             None if ref_seq is None else ref_seq.float())
+    losses = DPO_LOSSES[dpo.loss_type](logps, beta=dpo.beta,
+                                       label_smoothing=dpo.label_smoothing, gamma=dpo.gamma)
+    return losses, logps, metric_sums(logps, losses, dpo.beta)
+
+
+def _add(totals: dict, sums: dict) -> None:
+    for key, value in sums.items():
+        totals[key] = totals.get(key, 0.0) + value.detach().float()
+
+
+# ----------------------------------------------------------------------------- step, eval
+def train_step(run, model, optimizer, scheduler, reference, data, rows, pad_id) -> dict:
+    """One optimiser step over the global batch ``rows``; returns globally reduced metrics."""
+    chunks = common.micro_batches(rows, run.rank, run.world_size, run.config.train.micro_batch_size)
+    n_pairs = common.global_count(run.accelerator, sum(len(c) for c in chunks))
+    totals: dict = {}
+    for index, chunk in enumerate(chunks):
+        last_micro = index == len(chunks) - 1  # gradients are all-reduced on the last only
+        context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
+        with context:
+            losses, _, sums = batch_loss(run, model, reference, data, chunk, pad_id)
+            # Σ over this process's pairs / global pairs; DDP averages over processes, hence × W.
+            run.accelerator.backward(losses.sum() * run.world_size / n_pairs)
+        _add(totals, sums)
+    max_norm = run.config.train.max_grad_norm
+    grad_norm = float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm)) \
+        if max_norm > 0 else 0.0
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    count = n_pairs.item()
+    metrics = {k: v / count for k, v in common.global_sum(run.accelerator, totals).items()}
+    return {**metrics, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+            "pairs": int(count)}
+
+
+@torch.no_grad()
+def evaluate(run, model, reference, data: PreferenceData, pad_id: int, prefix: str = "eval_",
+             per_pair: list | None = None) -> dict:
+    """Pair-averaged loss and metrics on ``data``, each process taking its share of the pairs.
+
+    ``per_pair``, when given, receives one dict per pair (all processes' pairs, on every process).
+    """
+    was_training = model.training
+    model.eval()
+    totals: dict = {"count": torch.zeros(())}
+    mine = list(range(len(data.pairs)))[run.rank::run.world_size]
+    size, rows = run.config.dpo.eval_batch_size, []
+    for start in range(0, len(mine), size):
+        idx = mine[start:start + size]
+        losses, logps, sums = batch_loss(run, model, reference, data, idx, pad_id)
+        _add(totals, {**sums, "count": torch.tensor(float(len(idx)))})
+        if per_pair is not None:
+            rows += pair_rows(idx, logps, losses)
+    model.train(was_training)
+    sums = common.global_sum(run.accelerator, {k: torch.as_tensor(v) for k, v in totals.items()})
+    if per_pair is not None:
+        from accelerate.utils import gather_object
+        per_pair.extend(sorted(gather_object(rows) if run.world_size > 1 else rows,
+                               key=lambda r: r["index"]))
+    count = max(sums.pop("count"), 1.0)
+    return {prefix + k: v / count for k, v in sums.items()}
+
+
+def pair_rows(idx: list[int], logps: PreferenceLogps, losses: torch.Tensor) -> list[dict]:
+    """Per-pair log-probs and loss, for comparing against other implementations pair by pair."""
+    rows = []
+    for k, i in enumerate(idx):
+        row = {"index": i, "policy_chosen": logps.policy_chosen[k].item(),
+               "policy_rejected": logps.policy_rejected[k].item(),
+               "chosen_len": int(logps.chosen_len[k]), "rejected_len": int(logps.rejected_len[k]),
+               "loss": losses[k].item()}
+        if logps.ref_chosen is not None:
+            row.update(ref_chosen=logps.ref_chosen[k].item(),
+                       ref_rejected=logps.ref_rejected[k].item())
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- runs
+def build_policy(run, config: DPOConfig, tokenizer):
+    model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.model.lora.enabled:
+        model = apply_lora(model, config.model.lora)
+    return model
+
+
+def make_reference(run, config: DPOConfig, policy, tokenizer, train, evaluation) -> Reference:
+    mode = config.dpo.reference_mode
+    if mode == "precomputed":
+        attach_reference_logps(run, config, policy, tokenizer, train, evaluation)
+    if mode == "copy":
+        name = config.dpo.ref_model or config.model.name
+        return Reference(mode, load_frozen(name, tokenizer, run, config.model.cache_dir))
+    return Reference(mode)
+
+
+def run(config: DPOConfig) -> dict:
+    """Train (or only evaluate), checkpoint, save ``final/``; returns the last metrics."""
+    if config.eval_only:
+        return run_eval_only(config)
+    run_ = common.start_run(config)
+    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    pad_id = tokenizer.pad_token_id
+    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
+    train = PreferenceData(encode_pairs(train_examples, tokenizer, config.data))
+    evaluation = PreferenceData(encode_pairs(eval_examples, tokenizer, config.data))
+    model = build_policy(run_, config, tokenizer)
+    clock = time.perf_counter()
+    reference = make_reference(run_, config, model, tokenizer, train, evaluation)
+    timing = {"reference_s": time.perf_counter() - clock}
+    steps = common.total_steps(config.train, len(train.pairs))
+    optimizer = common.make_optimizer(model, config.train)
+    scheduler = common.make_scheduler(optimizer, config.train, steps)
+    model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
+    start, _ = common.maybe_resume(run_)
+    policy = run_.accelerator.unwrap_model(model)  # adapter_disabled needs the peft model
+    before = {}
+    if evaluation.pairs and start == 0:
+        before = evaluate(run_, policy, reference, evaluation, pad_id)
+        run_.metrics.log(0, before)
+    last = train_loop(run_, model, optimizer, scheduler, reference, train, evaluation, pad_id,
+                      start, steps, timing)
+    report(run_, before, last, timing)
+    common.save_final(run_, model, tokenizer)
+    run_.metrics.close()
+    return last
+
+
+def train_loop(run, model, optimizer, scheduler, reference, train, evaluation, pad_id,
+               start: int, steps: int, timing: dict) -> dict:
+    config = run.config
+    bar = common.progress(run, steps, start, "dpo")
+    policy = run.accelerator.unwrap_model(model)
+    last, clock, eval_s = {}, time.perf_counter(), 0.0
+    model.train()
+    for step in range(start + 1, steps + 1):
+        rows = common.batch_rows(len(train.pairs), config.train.batch_size, step - 1,
+                                 config.train.seed)
+        last = train_step(run, model, optimizer, scheduler, reference, train, rows, pad_id)
+        if evaluation.pairs and common.should(config.train.eval_every, step, steps):
+            eval_clock = time.perf_counter()
+            last.update(evaluate(run, policy, reference, evaluation, pad_id))
+            eval_s += time.perf_counter() - eval_clock
+        if common.should(config.train.log_every, step, steps):
+            run.metrics.log(step, last)
+        if common.should(config.train.save_every, step, steps):
+            common.save_checkpoint(run, step)
+        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['reward_accuracy']:.2f}")
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - clock
+    timing.update(steps=steps - start, eval_s=eval_s, train_s=elapsed - eval_s,
+                  s_per_step=(elapsed - eval_s) / max(steps - start, 1))
+    return last
+
+
+def report(run, before: dict, after: dict, timing: dict) -> None:
+    """Print held-out metrics before/after and write timing.json (kept out of metrics.jsonl,
+    whose content must not depend on the machine: resume equality compares it)."""
+    if not run.is_main:
+        return
+    (run.output_dir / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
+    keys = ("eval_loss", "eval_reward_accuracy", "eval_reward_margin", "eval_logp_accuracy")
+    for key in keys:
+        if key in after:
+            was = f"{before[key]:.4f} → " if key in before else ""
+            print(f"{key}: {was}{after[key]:.4f}")
+    print(f"seconds per step: {timing['s_per_step']:.2f} (reference precompute "
+          f"{timing['reference_s']:.1f} s, eval {timing['eval_s']:.1f} s)")
+
+
+def run_eval_only(config: DPOConfig) -> dict:
+    """Loss and metrics of policy ``model.name`` against the reference, no training."""
+    run_ = common.start_run(config)
+    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    path = config.data.eval_path or config.data.train_path
+    examples = load_examples(path, "ranked", config.data.max_eval_rows)
+    data = PreferenceData(encode_pairs(examples, tokenizer, config.data))
+    policy = load_frozen(config.model.name, tokenizer, run_, config.model.cache_dir)
+    reference = Reference("none")
+    if config.dpo.reference_mode != "none":
+        ref_policy = load_frozen(config.dpo.ref_model or config.model.name, tokenizer, run_,
+                                 config.model.cache_dir)
+        reference = Reference("copy", ref_policy)
+    per_pair: list = []
+    metrics = evaluate(run_, policy, reference, data, tokenizer.pad_token_id, per_pair=per_pair)
+    if run_.is_main:
+        run_.metrics.log(0, metrics)
+        (run_.output_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        with (run_.output_dir / "eval_pairs.jsonl").open("w") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in per_pair)
+        print(json.dumps(metrics, indent=1))
+    run_.metrics.close()
+    return metrics
