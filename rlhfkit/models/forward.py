@@ -1,9 +1,12 @@
-"""Forward passes every stage shares: per-token log-probs of response tokens.
+"""Forward passes every stage shares: response-token log-probs, critic values, RM scores.
 
-The decoder runs over the whole sequence, but the lm-head (hidden → 49,152 logits) and the
-log-softmax run only where a response token is predicted: prompt and padding positions never
-produce logits. Equal to the straightforward full-logits path to 1e-5
-(tests/test_models.py::test_response_logprobs_match_full_logits).
+Every pass goes through the model's own ``forward`` so DDP, FSDP and DeepSpeed wrappers see it.
+- Log-probs: ``logits_to_keep`` limits the lm-head (hidden → 49,152 logits) to the positions
+  that predict a response token in some row, so prompt positions never produce logits; the
+  log-softmax is then reduced chunk by chunk (ops.selective_logprobs). Equal to the full-logits
+  path to 1e-5 (tests/test_models.py::test_response_logprobs_match_full_logits).
+- Values: a forward hook on the score head captures its per-token output (B, T) before the
+  model pools it.
 """
 from __future__ import annotations
 
@@ -25,46 +28,53 @@ def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def last_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Decoder output (B, T, H) without the lm-head."""
-    decoder = model.get_decoder()
-    out = decoder(input_ids=input_ids, attention_mask=attention_mask.long(),
-                  position_ids=position_ids_from(attention_mask), use_cache=False)
-    return out.last_hidden_state
+def unwrap(model):
+    """The module under a DDP/accelerate wrapper (peft wrappers are kept)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_mask: torch.Tensor, with_entropy: bool = False,
                       temperature: float = 1.0) -> ResponseLogprobs:
-    """log π(y_t | x, y_<t) for every response token, lm-head applied at those positions only."""
-    hidden = last_hidden(model, input_ids, attention_mask)  # (B, T, H)
+    """log π(y_t | x, y_<t) for every response token; logits only where some row needs them."""
     mask = response_mask[:, 1:].bool()  # position t predicts token t+1: the off-by-one
-    labels = input_ids[:, 1:][mask]  # (N,)
-    logits = model.get_output_embeddings()(hidden[:, :-1][mask])  # (N, V): response rows only
+    keep = mask.any(0).nonzero().squeeze(-1)  # (K,) positions any row needs
+    out = model(input_ids=input_ids, attention_mask=attention_mask.long(),
+                position_ids=position_ids_from(attention_mask), logits_to_keep=keep,
+                use_cache=False)
+    logits = out.logits  # (B, K, V)
     if temperature != 1.0:
         logits = logits / temperature
-    picked = selective_logprobs(logits, labels)
-    logprobs = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
-    logprobs = logprobs.masked_scatter(mask, picked)
+    labels = input_ids[:, 1:][:, keep]  # (B, K)
+    kept_mask = mask[:, keep]
+    zeros = torch.zeros(mask.shape, dtype=torch.float32, device=logits.device)
+    picked = torch.where(kept_mask, selective_logprobs(logits, labels), 0.0)
+    logprobs = zeros.to(picked.dtype).index_copy(1, keep, picked)
     entropy = None
     if with_entropy:
-        entropy = torch.zeros(mask.shape, dtype=torch.float32, device=picked.device)
-        entropy = entropy.masked_scatter(mask, entropy_from_logits(logits))
+        kept_entropy = torch.where(kept_mask, entropy_from_logits(logits), 0.0)
+        entropy = zeros.to(kept_entropy.dtype).index_copy(1, keep, kept_entropy)
     return ResponseLogprobs(logprobs, mask, entropy)
 
 
-def _scalar_parts(model):
-    """(decoder, score head) of a sequence-classification model, peft-wrapped or not."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(inner, inner.base_model_prefix), inner.score
+def _score_head(model):
+    inner = unwrap(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return inner.score
 
 
 def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position (B, T): a critic's values V_t."""
-    decoder, head = _scalar_parts(model)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask.long(),
-                     position_ids=position_ids_from(attention_mask), use_cache=False)
-    return head(hidden.last_hidden_state).squeeze(-1).float()
+    captured = []
+    handle = _score_head(model).register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask.long(),
+              position_ids=position_ids_from(attention_mask), use_cache=False)
+    finally:
+        handle.remove()
+    return captured[-1].squeeze(-1).float()
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

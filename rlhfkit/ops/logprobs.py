@@ -21,13 +21,14 @@ def selective_logprobs(logits: torch.Tensor, labels: torch.Tensor,
     """
     flat_logits = logits.reshape(-1, logits.shape[-1])  # (N, V)
     flat_labels = labels.reshape(-1)  # (N,)
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits reduce in fp32
     out = []
     for start in range(0, flat_logits.shape[0], chunk_size):
-        rows = flat_logits[start:start + chunk_size]
+        rows = flat_logits[start:start + chunk_size].to(dtype)
         picked = rows.gather(-1, flat_labels[start:start + chunk_size, None]).squeeze(-1)
-        out.append(picked.float() - torch.logsumexp(rows.float(), dim=-1))
+        out.append(picked - torch.logsumexp(rows, dim=-1))
     if not out:
-        return flat_logits.new_zeros(labels.shape, dtype=torch.float32)
+        return flat_logits.new_zeros(labels.shape, dtype=dtype)
     return torch.cat(out).reshape(labels.shape)
 
 
@@ -47,7 +48,7 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -
     flat = logits.reshape(-1, logits.shape[-1])
     out = []
     for start in range(0, flat.shape[0], chunk_size):
-        rows = flat[start:start + chunk_size].float()
+        rows = flat[start:start + chunk_size].to(torch.promote_types(flat.dtype, torch.float32))
         probs = torch.softmax(rows, dim=-1)
         out.append(torch.logsumexp(rows, dim=-1) - (probs * rows).sum(-1))
     if not out:

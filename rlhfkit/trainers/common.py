@@ -60,7 +60,10 @@ def start_run(config) -> Run:
 
     device = resolve_device(config.model.device)
     mixed = "bf16" if config.train.mixed_precision == "bf16" else "no"
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    # step_scheduler_with_optimizer=False: otherwise accelerate steps the LR schedule once per
+    # process per step, and 2 processes would decay it twice as fast as 1.
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
+                              step_scheduler_with_optimizer=False)
     set_seed(config.train.seed)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:

@@ -1,0 +1,69 @@
+"""Config loading, overrides, validation messages and --help (rlhfkit/config.py)."""
+import dataclasses
+
+import pytest
+
+from rlhfkit.config import ConfigError, help_lines, load_config, parse_overrides
+from rlhfkit.trainers.sft import SFTConfig
+
+
+def test_yaml_then_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: tiny-llama\ntrain:\n  max_steps: 5\n  learning_rate: 1e-4\n")
+    config = load_config(SFTConfig, str(path), ["train.max_steps=3", "model.lora.enabled=true",
+                                                "model.lora.target_modules=q_proj,v_proj"])
+    assert config.train.max_steps == 3
+    assert config.train.learning_rate == 1e-4  # YAML's "1e-4" string becomes a float
+    assert config.model.lora.enabled is True
+    assert config.model.lora.target_modules == ("q_proj", "v_proj")
+
+
+def test_config_is_frozen():
+    config = load_config(SFTConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.max_steps = 4
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr_scheduler=fast", "train.lr_scheduler='fast' is invalid: expected one of 'cosine'"),
+    ("train.batch_size=0", "train.batch_size=0 is invalid: expected a number >= 1"),
+    ("train.max_steps=abc", "train.max_steps='abc' is invalid: expected an integer"),
+    ("model.lora.r=0", "model.lora.r=0 is invalid: expected a number >= 1"),
+    ("model.dtype=int8", "model.dtype='int8' is invalid: expected one of 'auto'"),
+    ("resume=maybe", "resume='maybe' is invalid: expected true or false"),
+    ("train.max_step=3", "unknown key 'train.max_step': allowed keys at this level are"),
+    ("data.max_length=10", "data.max_length=10 is invalid: expected > data.max_prompt_length"),
+    ("train", "override 'train' is invalid: expected key=value"),
+])
+def test_invalid_values_name_key_value_and_allowed(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, None, [override])
+    assert message in str(err.value)
+
+
+def test_unreadable_config_file():
+    with pytest.raises(ConfigError, match="cannot read config file /nonexistent.yaml"):
+        load_config(SFTConfig, "/nonexistent.yaml")
+
+
+def test_parse_overrides_nests_and_types():
+    assert parse_overrides(["a.b=3", "a.c=x", "d=true"]) == {"a": {"b": 3, "c": "x"}, "d": True}
+
+
+def test_help_lists_every_key_with_default_and_doc():
+    text = "\n".join(help_lines(SFTConfig))
+    for key in ("output_dir", "model.name", "model.lora.r", "data.train_path",
+                "train.learning_rate", "train.lr_scheduler", "resume"):
+        assert f"  {key} = " in text
+    assert "'cosine' [one of 'cosine', 'linear', 'constant']" in text
+    assert "Peak learning rate." in text
+
+
+def test_cli_help_and_config_error_exit(capsys):
+    from rlhfkit.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["sft", "--help"])
+    assert "train.warmup_steps = 0" in capsys.readouterr().out
+    assert main(["sft", "train.batch_size=-1"]) == 2
+    assert "train.batch_size=-1 is invalid" in capsys.readouterr().err
