@@ -1,0 +1,118 @@
+"""A self-contained HTML report of an RLHF run: curves, before/after table, token-level view.
+
+Everything is inlined (plots as base64 PNG, CSS in the page), so ``report.html`` opens from
+disk in any browser with no network. Tests: tests/test_report.py.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+
+# (title, metric keys tried in order) for the curves over PPO iterations.
+CURVES = (
+    ("Reward-model score", ("score_mean",)),
+    ("KL to reference (nats / response)", ("kl_mean", "kl")),
+    ("Policy entropy (nats / token)", ("entropy", "entropy_mean")),
+    ("Response length (tokens)", ("response_length_mean", "length_mean")),
+)
+
+
+def _series(rows: list[dict], keys: tuple) -> tuple[list, list, str]:
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if points:
+            return [p[0] for p in points], [p[1] for p in points], key
+    return [], [], keys[0]
+
+
+def plot_png(rows: list[dict], title: str, keys: tuple) -> str | None:
+    """One curve as a base64 PNG, or None when the metric is absent."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, values, key = _series(rows, keys)
+    if not steps:
+        return None
+    fig, ax = plt.subplots(figsize=(4.6, 2.8), dpi=100)
+    ax.plot(steps, values, marker="o", markersize=3, color="#2b6cb0")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("PPO iteration", fontsize=8)
+    ax.set_ylabel(key, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _color(value: float, scale: float) -> str:
+    """Blue for negative, red for positive, white at 0; alpha grows with |value| / scale."""
+    alpha = min(1.0, abs(value) / scale) * 0.75 if scale > 0 else 0.0
+    rgb = "220,38,38" if value > 0 else "37,99,235"
+    return f"rgba({rgb},{alpha:.2f})"
+
+
+def token_view(rollout: dict, field: str) -> str:
+    """One rollout's response tokens coloured by a per-token quantity (hover shows the value)."""
+    values = rollout.get(field) or []
+    tokens = rollout.get("tokens") or []
+    scale = max((abs(v) for v in values), default=0.0)
+    spans = "".join(
+        f'<span class="tok" style="background:{_color(v, scale)}" '
+        f'title="{html.escape(field)} = {v:.4f}">{html.escape(t)}</span>'
+        for t, v in zip(tokens, values))
+    return f'<div class="tokens"><b>{html.escape(field)}</b> (max |v| {scale:.3g}): {spans}</div>'
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value))
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1a202c}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.35em .6em;vertical-align:top;text-align:left}
+th{background:#f0f4f8}.plots img{margin:.3em}.tok{white-space:pre-wrap;border-radius:2px}
+.tokens{font-family:ui-monospace,monospace;font-size:.85em;margin:.4em 0 .8em;line-height:1.7}
+.prompt{color:#4a5568;font-style:italic}.note{color:#4a5568;font-size:.9em}
+"""
+
+
+def build_report(title: str, summary: list[list], summary_headers: list[str],
+                 metrics_rows: list[dict], samples: list[dict], rollouts: list[dict],
+                 notes: str = "") -> str:
+    """The whole page. ``samples``: {prompt, before, before_score, after, after_score}."""
+    plots = [plot_png(metrics_rows, name, keys) for name, keys in CURVES]
+    plot_html = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots if p)
+    sample_rows = [[s["prompt"], s["before"], s.get("before_score", ""), s["after"],
+                    s.get("after_score", "")] for s in samples]
+    token_html = "".join(
+        f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
+        f'<div class="prompt">{html.escape(r.get("prompt", ""))}</div>'
+        + "".join(token_view(r, field) for field in ("kl", "values", "advantages"))
+        for r in rollouts)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1><p class="note">{html.escape(notes)}</p>
+<h2>Before and after</h2>{_table(summary_headers, summary)}
+<h2>Training curves</h2><div class="plots">{plot_html}</div>
+<h2>Samples on held-out prompts</h2>
+{_table(["prompt", "before PPO", "score", "after PPO", "score"], sample_rows)}
+<h2>Inside a rollout</h2><p class="note">Response tokens coloured by the per-token KL
+penalty term (log π − log π_ref), the critic's value V_t and the GAE advantage A_t: red
+positive, blue negative; hover a token for its number.</p>{token_html}
+</body></html>"""

@@ -1,0 +1,22 @@
+"""The HTML report is self-contained and shows curves, samples and the token view."""
+from rlhfkit.report import build_report, token_view
+
+
+def test_token_view_colours_and_escapes():
+    out = token_view({"tokens": ["<b>", " good"], "kl": [0.5, -1.0]}, "kl")
+    assert "&lt;b&gt;" in out and "<b>\"" not in out
+    assert "rgba(220,38,38,0.38)" in out  # +0.5 of max 1.0 → red at alpha 0.375
+    assert "rgba(37,99,235,0.75)" in out  # −1.0 → blue at full alpha
+
+
+def test_report_has_plots_table_and_no_external_resources():
+    rows = [{"step": i, "score_mean": i / 10, "kl_mean": i / 100, "entropy": 2.0,
+             "response_length_mean": 20} for i in range(1, 6)]
+    page = build_report("Demo", [["positive share", 0.4, 0.9]], ["metric", "before", "after"],
+                        rows, [{"prompt": "This film", "before": "was bad", "before_score": -1.0,
+                                "after": "was great", "after_score": 2.0}],
+                        [{"iteration": 3, "prompt": "p", "tokens": ["a"], "kl": [0.1],
+                          "values": [0.2], "advantages": [-0.3], "score": 1.0}])
+    assert page.count("data:image/png;base64,") == 4
+    assert "was great" in page and "positive share" in page and "Iteration 3" in page
+    assert "http://" not in page and "https://" not in page
