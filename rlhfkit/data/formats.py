@@ -84,6 +84,24 @@ def split_hh(record: Record, field: str) -> tuple[Messages, str]:
     return messages, text[cut + len(HH_ASSISTANT):].strip()
 
 
+def split_hh_common(record: Record) -> tuple[Messages, str, str]:
+    """HH pair whose replies themselves contain a turn marker (5 of the 2,312 harmless-base test
+    rows): the prompt ends at the last "\\n\\nAssistant:" both transcripts share, as in TRL's
+    ``extract_prompt``; everything after it is the reply. Tests: tests/data/test_hh_split.py."""
+    chosen, rejected = record.row["chosen"], record.row["rejected"]
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, shared)  # the marker lies wholly in the shared prefix
+    replies = chosen[cut + len(HH_ASSISTANT):].strip(), rejected[cut + len(HH_ASSISTANT):].strip()
+    if cut < 0 or not all(replies):
+        raise DataError(f"{record.where()}: HH transcripts 'chosen' and 'rejected' must "
+                        "share the dialogue up to an '\\n\\nAssistant:'")
+    messages, _ = split_hh(Record(record.source, record.line,
+                                  {"chosen": chosen[:cut + len(HH_ASSISTANT)]}), "chosen")
+    return (messages, *replies)
+
+
 def _sharegpt_turn(record: Record, turn, field: str) -> tuple[str, str]:
     if not isinstance(turn, dict) or "value" not in turn or \
             _SHAREGPT_ROLES.get(turn.get("from", turn.get("role"))) is None:
@@ -127,8 +145,7 @@ def parse_ranked(record: Record) -> RankedExample:
         messages, chosen = split_hh(record, "chosen")
         rejected_messages, rejected = split_hh(record, "rejected")
         if rejected_messages != messages:
-            raise DataError(f"{record.where()}: HH transcripts 'chosen' and 'rejected' must "
-                            "share the dialogue up to the last '\\n\\nAssistant:'")
+            messages, chosen, rejected = split_hh_common(record)
         ranked = (chosen, rejected)
     else:
         raise DataError(f"{record.where()}: expected a preference row ('prompt'+'chosen'+"
