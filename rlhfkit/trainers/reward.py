@@ -1,0 +1,273 @@
+"""Stage 2: reward model from human rankings (pairs and ranked lists of K ≥ 2).
+
+The reward model (RM) maps (prompt, response) to one scalar: a sequence-classification head
+read at the last real token (models.forward.sequence_scores). For a list ranked best → worst
+it minimises (InstructGPT, Ouyang et al. 2022, eq. 1; ops.ranking.ranking_loss)
+
+    loss = −1/C(K,2) · Σ_{i<j} log σ(r_i − r_j − margin)
+
+Each list is scored in ONE forward pass over its K responses: the lists of a micro-batch are
+flattened to sequences (B·K_b rows), scored, and put back into a (B, K_max) grid with a
+``list_mask`` (``score_lists``; tests/stages/test_reward.py::test_score_lists_masks_short_lists).
+Normalisation is explicit: every list weighs 1 / (lists in the global batch, counted over all
+processes and micro-steps with ``common.global_count``), so 2 processes × 4 lists equal
+1 process × 8 lists. ``final/`` holds the merged model with its trained score head and
+``reward_stats.json`` (reward mean/std and the text rendering later stages must reuse).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.config import StageConfig, option, require
+from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
+from rlhfkit.models import apply_lora, load_scalar_model, load_tokenizer
+from rlhfkit.models.forward import sequence_scores
+from rlhfkit.ops.masked import masked_sum
+from rlhfkit.ops.ranking import ranking_loss
+from rlhfkit.trainers import common
+
+STATS_FILE = "reward_stats.json"
+
+
+@dataclass(frozen=True)
+class RMConfig(StageConfig):
+    output_dir: str = option("runs/rm", "Everything the run writes goes here.")
+    margin: float = option(0.0, "Margin m inside log σ(r_i − r_j − m) (Llama 2, eq. 2).")
+    center_coef: float = option(0.0, "Reward centering: adds center_coef · mean(r²) over the "
+                                "batch's responses (Eisenstein et al. 2023).", min=0)
+    freeze_layers: int = option(0, "Freeze the token embeddings and the lowest N decoder layers "
+                                "(0 = train everything); the score head always trains.", min=0)
+    eval_batch_size: int = option(32, "Sequences per forward pass in evaluation.", min=1)
+    stats_rows: int = option(512, "Lists scored for reward_stats.json when there is no held-out "
+                             "split (otherwise the final evaluation's rewards are used).", min=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(not (self.freeze_layers and self.model.lora.enabled), "freeze_layers",
+                self.freeze_layers, "0 when model.lora.enabled (LoRA already freezes the base)")
+
+
+# ----------------------------------------------------------------------------- data
+def encode_lists(examples, tokenizer, data_config) -> list[list]:
+    """RankedExample → its K encoded (prompt + response + EOS) sequences, best first."""
+    encoded = []
+    for example in examples:
+        prompt = render_prompt(example.messages, tokenizer, data_config.template,
+                               data_config.system_prompt)
+        encoded.append([encode(tokenizer, prompt, response, data_config.max_prompt_length,
+                               data_config.max_length) for response in example.responses])
+    return encoded
+
+
+def score_lists(model, lists: list[list], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over all responses of ``lists`` → (rewards, list_mask), both (B, K_max).
+
+    Slot k of row b holds the k-th best response's reward; slots past K_b are 0 and masked out.
+    """
+    flat = [seq for seqs in lists for seq in seqs]
+    batch = collate_sequences(flat, pad_id).to(device)
+    scores = sequence_scores(model, batch.input_ids, batch.attention_mask)  # (Σ K_b,)
+    sizes = torch.tensor([len(seqs) for seqs in lists], device=device)
+    list_mask = torch.arange(int(sizes.max()), device=device)[None, :] < sizes[:, None]  # (B, K)
+    # masked_scatter fills True slots in row-major order: the order of ``flat``.
+    rewards = scores.new_zeros(list_mask.shape).masked_scatter(list_mask, scores)
+    return rewards, list_mask
+
+
+def list_sums(rewards: torch.Tensor, list_mask: torch.Tensor, max_k: int,
+              margin: float = 0.0) -> dict[str, torch.Tensor]:
+    """Detached sums whose global totals give the logged metrics (see ``finish_metrics``)."""
+    rewards, list_mask = rewards.detach().float(), list_mask.bool()
+    out = ranking_loss(rewards, list_mask, margin)
+    n_lists = (list_mask.sum(1) >= 2).sum()
+    sums = {"lists": n_lists.float(), "loss_sum": out.loss * n_lists,
+            "pairs": out.num_pairs.float(), "correct": out.pair_accuracy * out.num_pairs,
+            "margin_sum": out.mean_margin * out.num_pairs, "slots": list_mask.sum().float(),
+            "r_sum": masked_sum(rewards, list_mask), "r2_sum": masked_sum(rewards ** 2, list_mask)}
+    padded = torch.zeros(rewards.shape[0], max_k, device=rewards.device)
+    padded_mask = torch.zeros(rewards.shape[0], max_k, dtype=torch.bool, device=rewards.device)
+    padded[:, :rewards.shape[1]], padded_mask[:, :rewards.shape[1]] = rewards, list_mask
+    for k in range(max_k):  # fixed keys 1..max_k: every process reduces the same tensors
+        sums[f"rank_sum_{k + 1}"] = masked_sum(padded[:, k], padded_mask[:, k])
+        sums[f"rank_n_{k + 1}"] = padded_mask[:, k].sum().float()
+    return sums
+
+
+def _sum_keys(max_k: int) -> list[str]:
+    return (["lists", "loss_sum", "pairs", "correct", "margin_sum", "slots", "r_sum", "r2_sum"]
+            + [f"rank_{kind}_{k}" for k in range(1, max_k + 1) for kind in ("sum", "n")])
+
+
+def add_sums(total: dict, part: dict) -> dict:
+    return {k: total.get(k, 0.0) + v for k, v in part.items()}
+
+
+def finish_metrics(sums: dict[str, float], prefix: str = "") -> dict:
+    """Global sums → loss, pair_accuracy, mean_margin, reward_mean/std, reward_rank_k."""
+    pairs, slots = max(sums["pairs"], 1.0), max(sums["slots"], 1.0)
+    mean = sums["r_sum"] / slots
+    metrics = {"loss": sums["loss_sum"] / max(sums["lists"], 1.0),
+               "pair_accuracy": sums["correct"] / pairs, "mean_margin": sums["margin_sum"] / pairs,
+               "reward_mean": mean,
+               "reward_std": max(sums["r2_sum"] / slots - mean ** 2, 0.0) ** 0.5}
+    k = 1
+    while f"rank_n_{k}" in sums:
+        if sums[f"rank_n_{k}"] > 0:
+            metrics[f"reward_rank_{k}"] = sums[f"rank_sum_{k}"] / sums[f"rank_n_{k}"]
+        k += 1
+    return {prefix + key: value for key, value in metrics.items()}
+
+
+# ----------------------------------------------------------------------------- training
+def train_step(run, model, optimizer, scheduler, encoded, rows, max_k, pad_id) -> dict:
+    """One optimiser step over the global batch ``rows`` (list indices); globally reduced."""
+    config = run.config
+    chunks = common.micro_batches(rows, run.rank, run.world_size, config.train.micro_batch_size)
+    mine = [i for chunk in chunks for i in chunk]
+    n_lists = common.global_count(run.accelerator, len(mine))  # lists in the global batch
+    n_slots = common.global_count(run.accelerator, sum(len(encoded[i]) for i in mine))
+    sums: dict = {}
+    for index, chunk in enumerate(chunks):
+        last_micro = index == len(chunks) - 1  # gradients are all-reduced on the last only
+        context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
+        with context, run.accelerator.autocast():
+            rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
+                                             run.device)
+            rewards = rewards.float()
+            out = ranking_loss(rewards, list_mask, config.margin)
+            # Σ over this chunk's lists / global lists (+ centering Σ r² / global responses);
+            # DDP averages gradients over processes, hence × world_size.
+            loss = out.loss * len(chunk) / n_lists
+            if config.center_coef:
+                loss = loss + config.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
+            run.accelerator.backward(loss * run.world_size)
+        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, config.margin))
+    grad_norm = clip(run, model)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics = finish_metrics(common.global_sum(run.accelerator, sums))
+    return {**metrics, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
+
+
+def clip(run, model) -> float:
+    max_norm = run.config.train.max_grad_norm
+    if max_norm <= 0:
+        return 0.0
+    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+
+
+@torch.no_grad()
+def evaluate(run, model, encoded, max_k, pad_id, prefix: str = "eval_") -> tuple[dict, dict]:
+    """Held-out metrics (each process scores its share of lists) and the global sums."""
+    model.eval()
+    mine = list(range(len(encoded)))[run.rank::run.world_size]
+    sums: dict = {}
+    start = 0
+    while start < len(mine):  # batches of whole lists, about eval_batch_size sequences each
+        chunk, width = [], 0
+        while start < len(mine) and (not chunk or width + len(encoded[mine[start]])
+                                     <= run.config.eval_batch_size):
+            chunk.append(mine[start])
+            width += len(encoded[mine[start]])
+            start += 1
+        with run.accelerator.autocast():
+            rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
+                                             run.device)
+        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.margin))
+    if not mine:  # this process had no list: contribute zeros to the reduce
+        sums = {k: torch.zeros((), device=run.device) for k in _sum_keys(max_k)}
+    model.train()
+    totals = common.global_sum(run.accelerator, sums)
+    return finish_metrics(totals, prefix), totals
+
+
+# ----------------------------------------------------------------------------- model
+def freeze_lower_layers(model, n_layers: int) -> None:
+    """Freeze the embeddings and decoder layers [0, n_layers): their backward is never run."""
+    decoder = getattr(model, model.base_model_prefix)
+    layers = decoder.layers
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers={n_layers} is invalid: the model has {len(layers)} "
+                         "decoder layers")
+    decoder.embed_tokens.requires_grad_(False)
+    for layer in layers[:n_layers]:
+        layer.requires_grad_(False)
+
+
+def build_model(run, config: RMConfig, tokenizer):
+    model = load_scalar_model(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.freeze_layers:
+        freeze_lower_layers(model, config.freeze_layers)
+    if config.model.lora.enabled:
+        # SEQ_CLS: peft wraps ``score`` in modules_to_save, so the head trains fully
+        # (tests/stages/test_reward.py::test_lora_keeps_score_head_trainable).
+        model = apply_lora(model, config.model.lora, task_type="SEQ_CLS")
+    return model
+
+
+def reward_stats(totals: dict, source: str, data_config) -> dict:
+    """What later stages need to normalise scores and render text like the RM saw it."""
+    metrics = finish_metrics(totals)
+    return {"mean": metrics["reward_mean"], "std": metrics["reward_std"],
+            "count": int(totals["slots"]), "source": source,
+            "template": data_config.template, "system_prompt": data_config.system_prompt,
+            "max_prompt_length": data_config.max_prompt_length,
+            "max_length": data_config.max_length}
+
+
+def save_stats(run, stats: dict) -> None:
+    if run.is_main:
+        (run.output_dir / "final" / STATS_FILE).write_text(json.dumps(stats, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- loop
+def run(config: RMConfig) -> dict:
+    """Train, checkpoint, evaluate, save ``final/`` + reward_stats.json; returns last metrics."""
+    run_ = common.start_run(config)
+    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
+    train_encoded = encode_lists(train_examples, tokenizer, config.data)
+    eval_encoded = encode_lists(eval_examples, tokenizer, config.data)
+    max_k = max(len(seqs) for seqs in train_encoded + eval_encoded)
+    model = build_model(run_, config, tokenizer)
+    steps = common.total_steps(config.train, len(train_encoded))
+    optimizer = common.make_optimizer(model, config.train)
+    scheduler = common.make_scheduler(optimizer, config.train, steps)
+    model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
+    start, _ = common.maybe_resume(run_)
+    pad_id = tokenizer.pad_token_id
+    bar = common.progress(run_, steps, start, "rm")
+    last, eval_totals = {}, None
+    model.train()
+    for step in range(start + 1, steps + 1):
+        rows = common.batch_rows(len(train_encoded), config.train.batch_size, step - 1,
+                                 config.train.seed)
+        last = train_step(run_, model, optimizer, scheduler, train_encoded, rows, max_k, pad_id)
+        if eval_encoded and common.should(config.train.eval_every, step, steps):
+            eval_metrics, eval_totals = evaluate(run_, model, eval_encoded, max_k, pad_id)
+            last.update(eval_metrics)
+        if common.should(config.train.log_every, step, steps):
+            run_.metrics.log(step, last)
+        if common.should(config.train.save_every, step, steps):
+            common.save_checkpoint(run_, step)
+        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['pair_accuracy']:.2f}")
+        bar.update(1)
+    bar.close()
+    # reward_stats.json: rewards of the final evaluation, or of the first stats_rows training
+    # lists when there is no held-out split.
+    source = "eval" if eval_encoded else "train"
+    if eval_totals is None:  # no held-out split, or resumed at the last step
+        stats_lists = eval_encoded or train_encoded[:config.stats_rows]
+        _, eval_totals = evaluate(run_, model, stats_lists, max_k, pad_id)
+    common.save_final(run_, model, tokenizer)
+    save_stats(run_, reward_stats(eval_totals, source, config.data))
+    run_.metrics.close()
+    return last
+
