@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from rlhfkit.config import ConfigError, help_lines, load_config
@@ -12,6 +13,7 @@ from rlhfkit.models.loading import ModelLoadError
 # stage → (module, config class). Each module has ``run(config)``.
 STAGES = {
     "sft": ("rlhfkit.trainers.sft", "SFTConfig"),
+    "rm": ("rlhfkit.trainers.reward", "RMConfig"),
     "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
 }
 
@@ -25,10 +27,36 @@ def _stage_parser(stage: str, config_cls) -> argparse.ArgumentParser:
         epilog="keys (name = default [allowed]):\n" + keys)
 
 
+def score_main(argv: list[str]) -> int:
+    """``rlhfkit score --model DIR --data FILE [--output FILE]``: one score per row."""
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit score", description="Score every row of FILE with a reward model saved by "
+        "`rlhfkit rm` (its final/ folder): {\"score\"} per prompt+response row, {\"scores\"} "
+        "(best first) per pair or ranked list; a summary goes to stderr.")
+    parser.add_argument("--model", required=True, help="reward model folder (final/)")
+    parser.add_argument("--data", required=True, help="JSONL/JSON(.gz) rows to score")
+    parser.add_argument("--output", default=None, help="output JSONL (default: stdout)")
+    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = parser.parse_args(argv)
+    from rlhfkit.scoring import score_file
+
+    try:
+        summary = score_file(args.model, args.data, args.output, args.batch_size, args.device)
+    except (DataError, ModelLoadError) as err:
+        print(f"rlhfkit score: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "score":
+        return score_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         print("usage: rlhfkit {" + ",".join(STAGES) + "} --config FILE.yaml [key=value ...]\n"
+              "       rlhfkit score --model DIR --data FILE [--output FILE]\n"
               "       rlhfkit <stage> --help   lists every key with its default and doc")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     stage, rest = argv[0], argv[1:]
