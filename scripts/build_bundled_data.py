@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # use this checkout's rlhfkit even when it is not installed
 
-from rlhfkit.data.imdb import clean_text, load_reviews, make_openings, make_ranked_lists  # noqa: E402
+from rlhfkit.data.imdb import clean_text, load_reviews, make_openings, make_pairs, make_ranked_lists  # noqa: E402
 
 IMDB_TRAIN_PER_RATING = 750  # x 8 ratings = 6,000 reviews
 IMDB_TEST_PER_RATING = 375   # x 8 = 3,000: 1,500 disjoint pos/neg pairs, up to 750 disjoint K=4 lists
@@ -42,6 +42,12 @@ TINY_RANKED = {3: 16, 4: 16}       # k -> lists; 32 rows
 TINY_RANKED_MAX_CHARS = 200
 TINY_RANKED_SOURCE_MAX_CHARS = 300  # only short reviews, so the cut text still carries the review's tone
 TINY_REVIEW_PROMPT = "Movie review:"
+# Reward-model / DPO sets (prompt-free). 400 characters are <= 126 SmolLM2 tokens for 8,994 of the
+# 9,000 reviews, so review + BOS + EOS fits examples/rm_imdb.yaml's max_length 128 whole: the score
+# is read at the EOS of text the model saw entirely, not where truncation happened to cut.
+IMDB_RM_MAX_CHARS = 400
+IMDB_RM_PAIRS = {"train": 3000, "test": 1000}  # train: all 3,000 pos/neg pairs, disjoint reviews
+IMDB_RM_RANKED_TEST = (4, 250)  # k, lists
 
 
 # ---------------------------------------------------------------- io
@@ -196,8 +202,22 @@ def build_imdb(shared: Path, out: Path, seed: int) -> list[dict]:
         openings = make_openings(rest, n_words=OPENING_WORDS)[:n_open]
         write_jsonl(openings, out / f"imdb/openings_{split}.jsonl")
     shutil.copyfile(shared / "sentiment_en/imdb/aclImdb_README.txt", out / "imdb/aclImdb_README.txt")
+    build_imdb_rm(splits["train"][0], splits["test"][0], out, seed)
     train_rest = splits["train"][1][N_OPENINGS_TRAIN * 2:]  # well past the openings' reviews
     return [r for r in train_rest if len(r["text"]) <= TINY_RANKED_SOURCE_MAX_CHARS]
+
+
+def build_imdb_rm(train: list[dict], test: list[dict], out: Path, seed: int) -> None:
+    """Prompt-free positive (>= 7 stars) vs negative (<= 4) pairs, reviews cut at a word boundary
+    to IMDB_RM_MAX_CHARS, no review in two pairs of one file; K=4 held-out lists of distinct
+    ratings. The test files both draw from reviews_test (each is an independent eval set)."""
+    for split, reviews in (("train", train), ("test", test)):
+        rows = make_pairs(reviews, n=IMDB_RM_PAIRS[split], seed=f"{seed}/imdb/pairs_{split}",
+                          max_chars=IMDB_RM_MAX_CHARS)
+        write_jsonl(rows, out / f"imdb/pairs_{split}.jsonl.gz")
+    k, n = IMDB_RM_RANKED_TEST
+    rows = make_ranked_lists(test, k=k, n=n, seed=f"{seed}/imdb/ranked{k}_test", max_chars=IMDB_RM_MAX_CHARS)
+    write_jsonl(rows, out / f"imdb/ranked{k}_test.jsonl.gz")
 
 
 # ---------------------------------------------------------------- main
