@@ -208,3 +208,31 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert (killed_dir / "run" / "metrics.jsonl").read_text() == clean
     assert json.loads((killed_dir / "run" / "final" / "reward_stats.json").read_text()) == \
         json.loads((clean_dir / "run" / "final" / "reward_stats.json").read_text())
+
+
+def test_two_processes_equal_one(repo_root, tmp_path):
+    """torchrun × 2 (gloo) on rm_tiny (K = 3 and 4 mixed, so processes hold different numbers
+    of responses): the same loss and metrics as one process, because every list weighs
+    1 / (lists in the global batch) counted over both processes."""
+    import os
+    import subprocess
+    import sys
+
+    def launch(out, nproc):
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] \
+            if nproc > 1 else [sys.executable]
+        cmd = prefix + ["-m", "rlhfkit", "rm", "--config", "examples/rm_tiny.yaml",
+                        f"output_dir={out}", "train.max_steps=3", "train.eval_every=3"]
+        result = subprocess.run(cmd, cwd=repo_root, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return common.read_metrics(out)
+
+    one, two = launch(tmp_path / "one", 1), launch(tmp_path / "two", 2)
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key in ("loss", "pair_accuracy", "mean_margin", "reward_mean", "reward_std",
+                    "reward_rank_1", "reward_rank_4", "lr"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert one[-1]["eval_pair_accuracy"] == pytest.approx(two[-1]["eval_pair_accuracy"], abs=1e-9)
+    assert one[-1]["eval_loss"] == pytest.approx(two[-1]["eval_loss"], abs=1e-5)
