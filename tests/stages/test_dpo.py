@@ -1,0 +1,201 @@
+"""DPO stage on tiny-llama: references agree, padding invariance, resume, artefacts, eval_only.
+
+The loss functions themselves have hand values in tests/ops/test_dpo.py.
+"""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from rlhfkit.config import ConfigError, LoraConfig, load_config
+from rlhfkit.data import Encoded
+from rlhfkit.models import apply_lora, load_causal_lm
+from rlhfkit.trainers import common, dpo
+
+TINY = "examples/dpo_tiny.yaml"
+FAST = ("train.warmup_steps=0", "train.save_every=0", "train.eval_every=0")
+
+
+def config(repo_root, out, *overrides):
+    return load_config(dpo.DPOConfig, str(repo_root / TINY),
+                       [f"output_dir={out}", f"data.train_path={repo_root}/data/tiny/pairs.jsonl",
+                        *overrides])
+
+
+def losses(out):
+    return [row["loss"] for row in common.read_metrics(out) if "loss" in row]
+
+
+@pytest.fixture(scope="module")
+def trained(repo_root, tmp_path_factory):
+    """The tiny example, shortened: 12 steps with evaluation at 0, 6 and 12."""
+    out = tmp_path_factory.mktemp("dpo") / "tiny"
+    dpo.run(config(repo_root, out, "train.max_steps=12", "train.eval_every=6"))
+    return out
+
+
+def test_tiny_example_loss_falls_and_artefacts_load(trained):
+    from transformers import AutoModelForCausalLM
+
+    for name in ("config.yaml", "metrics.jsonl", "ref_logps.pt", "timing.json",
+                 "final/config.json", "checkpoint-12"):
+        assert (trained / name).exists(), name
+    rows = common.read_metrics(trained)
+    assert [r["step"] for r in rows] == list(range(13))
+    before, after = rows[0], rows[-1]
+    # Step 0 is the held-out evaluation before training: policy == reference.
+    assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert before["eval_reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[1]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert sum(losses(trained)[-3:]) / 3 < math.log(2) - 0.1
+    assert after["reward_accuracy"] > 0.5 and after["reward_margin"] > 0
+    assert after["eval_loss"] < before["eval_loss"]
+    for key in ("chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps",
+                "logp_accuracy", "grad_norm", "lr", "pairs"):
+        assert key in after, key
+    AutoModelForCausalLM.from_pretrained(trained / "final")
+
+
+def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    dpo.run(config(repo_root, out, *FAST, "train.max_steps=3", "model.lora.enabled=true",
+                   "model.lora.r=4", "train.learning_rate=1e-2", "dpo.reference=adapter"))
+    merged = AutoModelForCausalLM.from_pretrained(out / "final")
+    base = load_causal_lm("tiny-llama", tokenizer)
+    with_adapter = PeftModel.from_pretrained(base, out / "final/adapter").merge_and_unload()
+    for (name, p), q in zip(merged.named_parameters(), with_adapter.parameters()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert losses(out)[-1] < math.log(2)
+
+
+def test_precomputed_reference_equals_on_the_fly(repo_root, tmp_path):
+    """Reference log-probs stored before training give the losses of a frozen copy per step."""
+    args = (*FAST, "train.max_steps=3")
+    dpo.run(config(repo_root, tmp_path / "pre", *args, "dpo.reference=precomputed"))
+    dpo.run(config(repo_root, tmp_path / "copy", *args, "dpo.reference=copy"))
+    pre, copy = losses(tmp_path / "pre"), losses(tmp_path / "copy")
+    assert len(pre) == 3 and pre[-1] < pre[0]  # the policy moved away from the reference
+    assert pre == pytest.approx(copy, abs=1e-5)
+
+
+def _pairs(tokenizer):
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return [dpo.EncodedPair(Encoded(ids("Movie review:"), ids(" Great fun.") + [2]),
+                            Encoded(ids("Movie review:"), ids(" Dull and far too long.") + [2])),
+            dpo.EncodedPair(Encoded(ids("Phone review:"), ids(" The battery lasts for days, "
+                                                         "and the screen is sharp.") + [2]),
+                            Encoded(ids("Phone review:"), ids(" Broke.") + [2]))]
+
+
+def test_adapter_reference_equals_frozen_copy(tokenizer):
+    """Adapter switched off == the base weights, even once the adapter has moved."""
+    base = load_causal_lm("tiny-llama", tokenizer)
+    policy = apply_lora(load_causal_lm("tiny-llama", tokenizer), LoraConfig(r=4))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter: the policy now differs from the base
+    batch = dpo.pair_batch(_pairs(tokenizer), tokenizer.pad_token_id)
+    data = dpo.PreferenceData(_pairs(tokenizer))
+    off = dpo.Reference("adapter").logps(policy, data, [0, 1], batch)
+    frozen = dpo.Reference("copy", base).logps(policy, data, [0, 1], batch)
+    assert torch.allclose(off, frozen, atol=1e-5)
+    assert not torch.allclose(dpo.seq_logprobs(policy, batch)[0], frozen, atol=1e-2)
+
+
+def test_seq_logprobs_padding_invariant(tokenizer):
+    """Extra padding, other rows and row order never change a pair's sequence log-probs."""
+    model = load_causal_lm("tiny-llama", tokenizer)
+    pad = tokenizer.pad_token_id
+    short, long_ = _pairs(tokenizer)
+    alone, lengths = dpo.seq_logprobs(model, dpo.pair_batch([short], pad))  # (2,)
+    mixed = dpo.seq_logprobs(model, dpo.pair_batch([long_, short], pad))[0]  # (4,)
+    assert torch.allclose(mixed[[1, 3]], alone, atol=1e-5)
+    batch = dpo.pair_batch([short], pad)
+    extra = 7  # append pure padding columns
+    padded = type(batch)(torch.cat([batch.input_ids, torch.full((2, extra), pad)], 1),
+                         torch.cat([batch.attention_mask, torch.zeros(2, extra, dtype=bool)], 1),
+                         torch.cat([batch.response_mask, torch.zeros(2, extra, dtype=bool)], 1))
+    assert torch.allclose(dpo.seq_logprobs(model, padded)[0], alone, atol=1e-5)
+    # Summed over response tokens only (EOS included): " Great fun." + EOS, etc.
+    assert lengths.tolist() == [len(short.chosen.response_ids), len(short.rejected.response_ids)]
+
+
+def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch):
+    """Dies after the checkpoint at 3, resumes: same metrics.jsonl, reference not recomputed."""
+    args = ("train.max_steps=6", "train.save_every=3", "train.eval_every=2",
+            "train.warmup_steps=0")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    dpo.run(config(repo_root, whole, *args))
+    dpo.run(config(repo_root, broken, *args))
+    # Simulate a crash during step 6: checkpoint-6 and final/ never written, step 6 not logged.
+    shutil.rmtree(broken / "checkpoint-6")
+    shutil.rmtree(broken / "final")
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")  # steps 0..5
+    monkeypatch.setattr(dpo, "precompute_reference", lambda *a, **k: pytest.fail("recomputed"))
+    dpo.run(config(repo_root, broken, *args, "resume=true"))
+    assert common.read_metrics(broken) == common.read_metrics(whole)
+
+
+def test_eval_only_matches_naive_logprobs(repo_root, trained, tokenizer, capsys):
+    """eval_only scores a trained policy against the initial model: per-pair log-probs equal a
+    naive full-logits log_softmax, and the loss is the mean of DPO's −log σ(βz)."""
+    from transformers import AutoModelForCausalLM
+
+    out = trained.parent / "eval_only"
+    metrics = dpo.run(config(repo_root, out, "eval_only=true", f"model.name={trained}/final",
+                             "dpo.ref_model=tiny-llama", "data.max_eval_rows=5"))
+    assert '"eval_loss"' in capsys.readouterr().out  # printed as JSON
+    rows = [json.loads(line) for line in (out / "eval_pairs.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(5))
+    assert common.read_metrics(out)[0]["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    z = [(r["policy_chosen"] - r["ref_chosen"]) - (r["policy_rejected"] - r["ref_rejected"])
+         for r in rows]
+    expected = sum(math.log1p(math.exp(-0.1 * v)) for v in z) / 5  # −log σ(βz), β = 0.1
+    assert metrics["eval_loss"] == pytest.approx(expected, abs=1e-6)
+    assert metrics["eval_loss"] < math.log(2)
+
+    policy = AutoModelForCausalLM.from_pretrained(trained / "final")
+    cfg = config(repo_root, out)
+    from rlhfkit.data import load_examples
+    pair = dpo.encode_pairs(load_examples(cfg.data.train_path, "ranked", 1), tokenizer, cfg.data)[0]
+    ids = torch.tensor([pair.chosen.prompt_ids + pair.chosen.response_ids])
+    logp = torch.log_softmax(policy(input_ids=ids).logits[0, :-1], -1)
+    targets = ids[0, 1:]
+    naive = logp[torch.arange(len(targets)), targets][len(pair.chosen.prompt_ids) - 1:].sum()
+    assert rows[0]["policy_chosen"] == pytest.approx(naive.item(), abs=1e-4)
+
+
+def test_eval_only_policy_as_reference_is_log2(repo_root, tmp_path):
+    metrics = dpo.run(config(repo_root, tmp_path / "e", "eval_only=true", "data.max_eval_rows=4"))
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["eval_reward_accuracy"] == 0.0
+
+
+def test_simpo_runs_reference_free(repo_root, tmp_path, monkeypatch, tokenizer):
+    monkeypatch.setattr(dpo, "precompute_reference", lambda *a, **k: pytest.fail("no reference"))
+    out = tmp_path / "simpo"
+    dpo.run(config(repo_root, out, *FAST, "train.max_steps=3", "dpo.loss_type=simpo",
+                   "dpo.beta=2.0", "dpo.gamma=0.5"))
+    rows = common.read_metrics(out)
+    assert all(math.isfinite(r["loss"]) for r in rows[1:]) and "eval_reward_margin" in rows[-1]
+    # SimPO's reward is β × per-token log-prob: about 2 × −log(49152) = −21.6 for a random model.
+    assert rows[1]["chosen_rewards"] == pytest.approx(-2 * math.log(len(tokenizer)), abs=3)
+
+
+def test_reference_choices_are_checked(repo_root, tmp_path):
+    with pytest.raises(ConfigError, match="dpo.reference='none' is invalid"):
+        config(repo_root, tmp_path, "dpo.reference=none")
+    with pytest.raises(ConfigError, match="dpo.reference='adapter' is invalid.*lora"):
+        config(repo_root, tmp_path, "dpo.reference=adapter")
+    with pytest.raises(ConfigError, match="dpo.loss_type='kto' is invalid: expected one of"):
+        config(repo_root, tmp_path, "dpo.loss_type=kto")
+    simpo = config(repo_root, tmp_path, "dpo.loss_type=simpo")
+    assert simpo.dpo.reference_mode == "none"
+    assert config(repo_root, tmp_path).dpo.reference_mode == "precomputed"
