@@ -97,13 +97,15 @@ def list_sums(rewards: torch.Tensor, list_mask: torch.Tensor, max_k: int,
     return sums
 
 
-def _sum_keys(max_k: int) -> list[str]:
-    return (["lists", "loss_sum", "pairs", "correct", "margin_sum", "slots", "r_sum", "r2_sum"]
+def zero_sums(max_k: int, device) -> dict[str, torch.Tensor]:
+    """The keys of ``list_sums`` at 0: a process with no list still joins the reduce."""
+    keys = (["lists", "loss_sum", "pairs", "correct", "margin_sum", "slots", "r_sum", "r2_sum"]
             + [f"rank_{kind}_{k}" for k in range(1, max_k + 1) for kind in ("sum", "n")])
+    return {key: torch.zeros((), device=device) for key in keys}
 
 
 def add_sums(total: dict, part: dict) -> dict:
-    return {k: total.get(k, 0.0) + v for k, v in part.items()}
+    return {k: total[k] + v for k, v in part.items()}
 
 
 def finish_metrics(sums: dict[str, float], prefix: str = "") -> dict:
@@ -130,7 +132,7 @@ def train_step(run, model, optimizer, scheduler, encoded, rows, max_k, pad_id) -
     mine = [i for chunk in chunks for i in chunk]
     n_lists = common.global_count(run.accelerator, len(mine))  # lists in the global batch
     n_slots = common.global_count(run.accelerator, sum(len(encoded[i]) for i in mine))
-    sums: dict = {}
+    sums = zero_sums(max_k, run.device)
     for index, chunk in enumerate(chunks):
         last_micro = index == len(chunks) - 1  # gradients are all-reduced on the last only
         context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
@@ -166,7 +168,7 @@ def evaluate(run, model, encoded, max_k, pad_id, prefix: str = "eval_") -> tuple
     """Held-out metrics (each process scores its share of lists) and the global sums."""
     model.eval()
     mine = list(range(len(encoded)))[run.rank::run.world_size]
-    sums: dict = {}
+    sums = zero_sums(max_k, run.device)
     start = 0
     while start < len(mine):  # batches of whole lists, about eval_batch_size sequences each
         chunk, width = [], 0
@@ -179,8 +181,6 @@ def evaluate(run, model, encoded, max_k, pad_id, prefix: str = "eval_") -> tuple
             rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
                                              run.device)
         sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.margin))
-    if not mine:  # this process had no list: contribute zeros to the reduce
-        sums = {k: torch.zeros((), device=run.device) for k in _sum_keys(max_k)}
     model.train()
     totals = common.global_sum(run.accelerator, sums)
     return finish_metrics(totals, prefix), totals
