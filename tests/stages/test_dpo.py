@@ -199,3 +199,27 @@ def test_reference_choices_are_checked(repo_root, tmp_path):
     simpo = config(repo_root, tmp_path, "dpo.loss_type=simpo")
     assert simpo.dpo.reference_mode == "none"
     assert config(repo_root, tmp_path).dpo.reference_mode == "precomputed"
+
+
+def test_two_processes_equal_one(repo_root, tmp_path):
+    """torchrun × 2 (gloo on CPU) == one process: the loss divides by the global pair count."""
+    import os
+    import subprocess
+    import sys
+
+    def launch(out, nproc):
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+        cmd = prefix + ["-m", "rlhfkit", "dpo", "--config", TINY, f"output_dir={out}",
+                        *FAST, "train.max_steps=3", "train.eval_every=3"]
+        result = subprocess.run(cmd, cwd=repo_root, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return common.read_metrics(out)
+
+    one, two = launch(tmp_path / "one", 1), launch(tmp_path / "two", 2)
+    assert len(one) == len(two) == 4
+    for a, b in zip(one, two):
+        assert a.get("pairs") == b.get("pairs")
+        for key in ("loss", "reward_margin", "eval_loss"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (a["step"], key)
