@@ -1,0 +1,169 @@
+"""What every workload script shares: fixed inputs, the worker protocol, FLOP counts, versions.
+
+Imports only torch and the standard library, so it loads in the main interpreter (rlhfkit side)
+and in bench/.venv-trl (TRL side) alike.
+
+Worker protocol (one process per side, so peak RSS is that side's alone):
+  worker → stdout  ``@@BENCH {"ready": ...}`` once the model and trainer are built
+  driver → stdin   ``go``            run one step (the first ``warmup`` are not reported as timed)
+  worker → stdout  ``@@BENCH {"step": i, "seconds": s, ...}``
+  worker → stdout  ``@@BENCH {"final": ..., "peak_rss_mb": ...}`` after the last step, then exits
+Everything else a library prints goes to the worker's log. The driver (bench/run.py) keeps the
+sides alive together and sends ``go`` round-robin, so A and B alternate step by step.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+PREFIX = "@@BENCH "
+MODEL_DIR = Path(os.environ.get("RLHFKIT_CACHE", Path.home() / ".cache" / "rlhfkit")) \
+    / "smollm2-135m-instruct"
+FIRST_ORDINARY_ID = 100  # SmolLM2's special tokens are ids < 17: random ids never hit them
+SEED = 1234
+
+
+# ----------------------------------------------------------------------------- inputs
+def random_ids(n_rows: int, length: int, seed: int, vocab_size: int = 49152) -> list[list[int]]:
+    """Seeded random token ids (n_rows, length) as lists: identical on both sides."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(FIRST_ORDINARY_ID, vocab_size, (n_rows, length), generator=gen)
+    return ids.tolist()
+
+
+def pairs(n_pairs: int, prompt_len: int, response_len: int, seed: int = SEED) -> list[dict]:
+    """Preference pairs of fixed lengths: {"prompt", "chosen", "rejected"} token-id lists."""
+    prompts = random_ids(n_pairs, prompt_len, seed)
+    chosen = random_ids(n_pairs, response_len, seed + 1)
+    rejected = random_ids(n_pairs, response_len, seed + 2)
+    return [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, chosen, rejected)]
+
+
+def sft_rows(n_rows: int, prompt_len: int, response_len: int, seed: int = SEED) -> list[dict]:
+    """SFT rows of fixed lengths: {"prompt", "response"} token-id lists."""
+    prompts = random_ids(n_rows, prompt_len, seed)
+    responses = random_ids(n_rows, response_len, seed + 1)
+    return [{"prompt": p, "response": r} for p, r in zip(prompts, responses)]
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def param_counts(config_path: Path = MODEL_DIR / "config.json") -> dict:
+    """N (all weights, the tied embedding counted once, as the lm-head) and N without it.
+
+    Counted from the config so both sides and the table agree without loading a model.
+    """
+    c = json.loads(config_path.read_text())
+    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    heads, kv_heads = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
+    head_dim = c.get("head_dim", h // heads)
+    attn = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2  # q, o + k, v
+    mlp = 3 * h * inter
+    norms = 2 * h
+    body = layers * (attn + mlp + norms) + h  # + final norm
+    embed = c["vocab_size"] * h
+    return {"n_total": body + embed, "n_body": body, "n_embed": embed}
+
+
+# ----------------------------------------------------------------------------- process facts
+def peak_rss_mb() -> float:
+    """VmHWM of this process (the peak resident set since it started), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def allocator_in_use() -> str:
+    """'tcmalloc' when it is mapped into this process, 'glibc+tunables' or 'glibc'."""
+    maps = Path("/proc/self/maps").read_text()
+    if "tcmalloc" in maps:
+        return "tcmalloc"
+    return "glibc+tunables" if "malloc" in os.environ.get("GLIBC_TUNABLES", "") else "glibc"
+
+
+def versions(*names: str) -> dict:
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "accelerate", "peft", *names):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def setup(threads: int) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+
+
+# ----------------------------------------------------------------------------- protocol
+def emit(payload: dict) -> None:
+    sys.stdout.write(PREFIX + json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def wait_for_go() -> None:
+    line = sys.stdin.readline()
+    if line.strip() != "go":
+        raise SystemExit(f"bench worker: expected 'go', got {line!r}")
+
+
+def ready(side: str, extra_versions: tuple = (), **facts) -> None:
+    emit({"ready": True, "side": side, "pid": os.getpid(), "versions": versions(*extra_versions),
+          "allocator": allocator_in_use(), "threads": torch.get_num_threads(), **facts})
+
+
+class StepClock:
+    """Times steps between ``start`` (after the driver's go) and ``stop``; reports each."""
+
+    def __init__(self):
+        self.index = 0
+        self._start = None
+
+    def start(self) -> None:
+        wait_for_go()
+        self._start = time.perf_counter()
+
+    def stop(self, **facts) -> None:
+        seconds = time.perf_counter() - self._start
+        emit({"step": self.index, "seconds": seconds, **facts})
+        self.index += 1
+
+
+def serve(step, n_steps: int) -> None:
+    """Run ``step()`` n_steps times, each on the driver's go; ``step`` may return a dict of facts."""
+    clock = StepClock()
+    for _ in range(n_steps):
+        clock.start()
+        facts = step() or {}
+        clock.stop(**facts)
+
+
+def finish(**facts) -> None:
+    emit({"final": True, "peak_rss_mb": peak_rss_mb(), **facts})
+
+
+def worker_args(argv=None):
+    """The arguments every workload script takes (the driver passes them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", required=True, choices=("rlhfkit", "trl"))
+    parser.add_argument("--variant", default="", help="workload variant (e.g. dpo reference mode)")
+    parser.add_argument("--steps", type=int, default=4, help="steps in all, warm-up included")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="shrink lengths for smoke tests (0.25 = quarter-length sequences)")
+    parser.add_argument("--workdir", default="/tmp/rlhfkit-bench")
+    return parser.parse_args(argv)
+
+
+def scaled(n: int, scale: float) -> int:
+    return max(2, int(round(n * scale)))
