@@ -24,7 +24,7 @@ import torch
 
 from rlhfkit.config import StageConfig, option, require
 from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
-from rlhfkit.models import apply_lora, load_scalar_model, load_tokenizer
+from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_tokenizer
 from rlhfkit.models.forward import sequence_scores
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
@@ -192,7 +192,7 @@ def freeze_lower_layers(model, n_layers: int) -> None:
     decoder = getattr(model, model.base_model_prefix)
     layers = decoder.layers
     if n_layers > len(layers):
-        raise ValueError(f"freeze_layers={n_layers} is invalid: the model has {len(layers)} "
+        raise ModelLoadError(f"freeze_layers={n_layers} is invalid: the model has {len(layers)} "
                          "decoder layers")
     decoder.embed_tokens.requires_grad_(False)
     for layer in layers[:n_layers]:
