@@ -121,18 +121,42 @@ def ready(side: str, extra_versions: tuple = (), **facts) -> None:
 
 
 class StepClock:
-    """Times steps between ``start`` (after the driver's go) and ``stop``; reports each."""
+    """Times steps between ``start`` (after the driver's go) and ``stop``; reports each.
+
+    With BENCH_PROFILE=<file> in the environment, step BENCH_PROFILE_STEP (default 1, after
+    the warm-up) runs under torch.profiler and its op table (self CPU time, memory) is written
+    to <file>: the same code path as the timed steps, on either side.
+    """
 
     def __init__(self):
         self.index = 0
         self._start = None
+        self._profile_path = os.environ.get("BENCH_PROFILE")
+        self._profile_step = int(os.environ.get("BENCH_PROFILE_STEP", "1"))
+        self._profiler = None
 
     def start(self) -> None:
         wait_for_go()
+        if self._profile_path and self.index == self._profile_step:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                     record_shapes=True)
+            self._profiler.__enter__()
         self._start = time.perf_counter()
 
     def stop(self, **facts) -> None:
         seconds = time.perf_counter() - self._start
+        if self._profiler is not None:
+            self._profiler.__exit__(None, None, None)
+            averages = self._profiler.key_averages()
+            Path(self._profile_path).write_text(
+                f"step {self.index}: {seconds:.2f} s\n"
+                + averages.table(sort_by="self_cpu_time_total", row_limit=30) + "\n"
+                + averages.table(sort_by="self_cpu_memory_usage", row_limit=15) + "\n"
+                + self._profiler.key_averages(group_by_input_shape=True).table(
+                    sort_by="self_cpu_time_total", row_limit=25))
+            self._profiler = None
         emit({"step": self.index, "seconds": seconds, **facts})
         self.index += 1
 
