@@ -60,7 +60,8 @@ def param_counts(config_path: Path = MODEL_DIR / "config.json") -> dict:
     """
     c = json.loads(config_path.read_text())
     h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    heads, kv_heads = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
+    heads = c["num_attention_heads"]
+    kv_heads = c.get("num_key_value_heads", heads)
     head_dim = c.get("head_dim", h // heads)
     attn = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2  # q, o + k, v
     mlp = 3 * h * inter
@@ -162,7 +163,7 @@ class StepClock:
 
 
 def serve(step, n_steps: int) -> None:
-    """Run ``step()`` n_steps times, each on the driver's go; ``step`` may return a dict of facts."""
+    """Run ``step()`` n_steps times, each on the driver's go; it may return a dict of facts."""
     clock = StepClock()
     for _ in range(n_steps):
         clock.start()

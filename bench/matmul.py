@@ -66,9 +66,10 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.threads, args.size, args.repeats)
     print(json.dumps(result))
-    print(f"matmul {args.size}³, {args.threads} threads: fp32 {result['fp32_gflops']:.0f} GFLOP/s, "
-          f"bf16 {result['bf16_gflops']:.1f} GFLOP/s ({result['bf16_size']}³); CPU {result['cpu']} "
-          f"{' '.join(result['flags'])}")
+    print(f"matmul {args.size}³, {args.threads} threads: "
+          f"fp32 {result['fp32_gflops']:.0f} GFLOP/s, "
+          f"bf16 {result['bf16_gflops']:.1f} GFLOP/s ({result['bf16_size']}³); "
+          f"CPU {result['cpu']} {' '.join(result['flags'])}")
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ def run_rlhfkit(args) -> None:
     run = common.start_run(config)
     tokenizer = ours.tokenizer()
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    lists = [[ours.encoded(p["prompt"], p["chosen"], eos), ours.encoded(p["prompt"], p["rejected"], eos)]
-             for p in data(args)]
+    lists = [[ours.encoded(p["prompt"], p["chosen"], eos),
+              ours.encoded(p["prompt"], p["rejected"], eos)] for p in data(args)]
     model, optimizer, scheduler = ours.prepare(run, reward.build_model(run, config, tokenizer))
     harness.ready("rlhfkit", ("rlhfkit",))
 

@@ -134,7 +134,8 @@ class Worker:
                 if not line:
                     self.proc.wait()
                     tail = self.log.read_text()[-3000:]
-                    raise RuntimeError(f"{self.side} worker exited ({self.proc.returncode}):\n{tail}")
+                    raise RuntimeError(
+                        f"{self.side} worker exited ({self.proc.returncode}):\n{tail}")
                 if line.startswith(harness.PREFIX):
                     return json.loads(line[len(harness.PREFIX):])
                 log.write(line)
@@ -164,17 +165,23 @@ def run_workload(workload: Workload, args, log_dir: Path) -> dict:
     workers = []
     for group in groups:
         started = [start(side, workload, args, log_dir) for side in group]
-        for worker in started:
-            worker.ready = worker.message()
-        for round_ in range(args.warmup + args.repeats):
-            shift = round_ % len(started)
-            for worker in started[shift:] + started[:shift]:
-                step = worker.go()
-                print(f"  {workload.name:16s} {worker.side:9s} step {step['step']}: "
-                      f"{step['seconds']:.2f} s", flush=True)
-        for worker in started:
-            worker.final = worker.message()
-            worker.proc.wait()
+        try:
+            for worker in started:
+                worker.ready = worker.message()
+            for round_ in range(args.warmup + args.repeats):
+                shift = round_ % len(started)
+                for worker in started[shift:] + started[:shift]:
+                    step = worker.go()
+                    print(f"  {workload.name:16s} {worker.side:9s} step {step['step']}: "
+                          f"{step['seconds']:.2f} s", flush=True)
+            for worker in started:
+                worker.final = worker.message()
+                worker.proc.wait()
+        finally:  # a side that failed leaves the others waiting for a go: end them
+            for worker in started:
+                if worker.proc.poll() is None:
+                    worker.proc.kill()
+                    worker.proc.wait()
         workers += started
     return summarise(workload, workers, args)
 
@@ -257,6 +264,8 @@ def main() -> None:
     parser.add_argument("--sides", default="rlhfkit,trl,trl+alloc")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per side")
+    parser.add_argument("--repeats-for", default="",
+                        help="per-workload timed steps, e.g. ppo=2,dpo_copy=4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="sequence-length scale (smoke)")
     parser.add_argument("--sequential", action="store_true",
@@ -270,11 +279,24 @@ def main() -> None:
     log_dir = out_dir / f"logs-{stamp}"
     log_dir.mkdir(parents=True, exist_ok=True)
     by_name = {w.name: w for w in WORKLOADS}
-    record = {"started": load_snapshot(), "args": vars(args), "matmul": ceiling(args.threads, 3 if args.scale < 1 else 10)}
+    repeats_for = {k: int(v) for k, v in (item.split("=") for item in args.repeats_for.split(",")
+                                          if item)}
+    record = {"started": load_snapshot(), "args": vars(args),
+              "matmul": ceiling(args.threads, 3 if args.scale < 1 else 10)}
     peak = record["matmul"]["fp32_gflops"]
     print(f"fp32 matmul peak {peak:.0f} GFLOP/s, bf16 {record['matmul']['bf16_gflops']:.0f}; "
           f"load {record['started']['loadavg']}", flush=True)
     results = []
+
+    def save() -> str:  # after every workload, so an interrupted run keeps what it measured
+        record.update(finished=load_snapshot(), results=results)
+        record["versions"] = {r["workload"]: {s: v["ready"].get("versions") for s, v in
+                                              r.get("sides", {}).items()} for r in results}
+        markdown = table(results, peak, args.sides)
+        (out_dir / f"{stamp}.json").write_text(json.dumps(record, indent=1) + "\n")
+        (out_dir / f"{stamp}.md").write_text(markdown + "\n")
+        return markdown
+
     for name in args.workloads.split(","):
         if name in NOT_MEASURABLE:
             results.append({"workload": name, "skipped": NOT_MEASURABLE[name]})
@@ -285,17 +307,15 @@ def main() -> None:
             continue
         clock = time.perf_counter()
         try:
-            results.append(run_workload(workload, args, log_dir))
+            own = argparse.Namespace(**{**vars(args),
+                                        "repeats": repeats_for.get(name, args.repeats)})
+            results.append(run_workload(workload, own, log_dir))
         except RuntimeError as err:  # a side that cannot run yet (a stage still being written)
             print(f"  {name}: failed: {str(err)[-600:]}", flush=True)
             results.append({"workload": name, "skipped": str(err).splitlines()[0]})
         results[-1]["wall_s"] = time.perf_counter() - clock
-    record.update(finished=load_snapshot(), results=results)
-    record["versions"] = {r["workload"]: {s: v["ready"].get("versions") for s, v in
-                                          r.get("sides", {}).items()} for r in results}
-    markdown = table(results, peak, args.sides)
-    (out_dir / f"{stamp}.json").write_text(json.dumps(record, indent=1) + "\n")
-    (out_dir / f"{stamp}.md").write_text(markdown + "\n")
+        save()
+    markdown = save()
     print()
     print(markdown)
     print(f"\nresults: {out_dir / stamp}.json; load before {record['started']['loadavg']}, "

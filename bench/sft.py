@@ -47,7 +47,8 @@ def run_trl(args) -> None:
     data = rows(args)
     ids = [r["prompt"] + r["response"][:-1] + [eos] for r in data]
     masks = [[0] * len(r["prompt"]) + [1] * len(r["response"]) for r in data]
-    dataset = Dataset.from_dict({"input_ids": ids * args.steps, "completion_mask": masks * args.steps})
+    dataset = Dataset.from_dict({"input_ids": ids * args.steps,
+                                 "completion_mask": masks * args.steps})
     config = SFTConfig(**theirs.common_args(args.workdir, BATCH, args.steps),
                        completion_only_loss=True, packing=False, padding_free=False,
                        max_length=None)
