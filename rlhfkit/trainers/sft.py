@@ -136,6 +136,8 @@ def run(config: SFTConfig) -> dict:
     scheduler = common.make_scheduler(optimizer, config.train, steps)
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
     start, _ = common.maybe_resume(run_)
+    if eval_encoded and start == 0:  # the held-out loss before training, logged as step 0
+        run_.metrics.log(0, evaluate(run_, model, eval_encoded, tokenizer.pad_token_id))
     micro = config.train.micro_batch_size
     bar = common.progress(run_, steps, start, "sft")
     last = {}

@@ -43,10 +43,10 @@ def test_full_run_writes_artefacts_and_loss_falls(repo_root, tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "final/config.json", "checkpoint-12"):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").glob("events.*"))
-    rows = common.read_metrics(out)
+    before, *rows = common.read_metrics(out)
+    assert before["step"] == 0 and rows[-1]["eval_loss"] < before["eval_loss"]
     assert [r["step"] for r in rows] == list(range(1, 13))
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.0
-    assert "eval_loss" in rows[-1]
     AutoModelForCausalLM.from_pretrained(out / "final")
 
 
@@ -64,7 +64,7 @@ def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer):
     for (name, p), q in zip(merged.named_parameters(), with_adapter.parameters()):
         assert torch.allclose(p, q, atol=1e-6), name
     rows = common.read_metrics(out)
-    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["loss"] < rows[1]["loss"]
 
 
 def test_resume_equals_uninterrupted(repo_root, tmp_path):
@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path):
     shutil.rmtree(broken / "checkpoint-6")
     shutil.rmtree(broken / "final")
     lines = (broken / "metrics.jsonl").read_text().splitlines()
-    (broken / "metrics.jsonl").write_text("\n".join(lines[:5]) + "\n")
+    (broken / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")  # steps 0..5
     sft.run(config(repo_root, broken, *args, "resume=true"))
     assert common.read_metrics(broken) == common.read_metrics(whole)
 
@@ -86,7 +86,8 @@ def test_accumulation_equals_one_big_batch(repo_root, tmp_path):
     """Micro-batches of 2 × 4 accumulation steps == one batch of 8 (global token count)."""
     sft.run(config(repo_root, tmp_path / "a", "train.max_steps=3"))
     sft.run(config(repo_root, tmp_path / "b", "train.max_steps=3", "train.micro_batch_size=2"))
-    a, b = common.read_metrics(tmp_path / "a"), common.read_metrics(tmp_path / "b")
+    a, b = common.read_metrics(tmp_path / "a")[1:], common.read_metrics(tmp_path / "b")[1:]
+    assert len(a) == len(b) == 3
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
 
