@@ -15,6 +15,7 @@ STAGES = {
     "sft": ("rlhfkit.trainers.sft", "SFTConfig"),
     "rm": ("rlhfkit.trainers.reward", "RMConfig"),
     "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
+    "ppo": ("rlhfkit.trainers.ppo", "PPOConfig"),
 }
 
 

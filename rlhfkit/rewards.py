@@ -1,0 +1,169 @@
+"""Reward sources for PPO step 2: the score of each whole response, no gradients.
+
+A score comes from a frozen reward model (a ``final/`` folder written by ``rlhfkit rm``), from a
+Python function ``'module:function'`` called as ``function(prompts, responses, **kwargs) ->
+list[float]``, or from both, summed with weights::
+
+    score = reward.model_weight · RM(prompt, response)
+          + reward.function_weight · f(prompt, response)
+
+Prompts are the raw prompt texts (no chat template), responses the decoded response texts.
+``reward.normalize`` standardises the RM score with the mean/std the RM stage saved in
+``reward_stats.json`` next to its weights (rlhfkit/scoring.py reads it).
+
+The example functions at the bottom are documented reward functions for examples and tests.
+"""
+from __future__ import annotations
+
+import importlib
+import re
+import zlib
+from typing import Callable
+
+import torch
+
+class RewardError(ValueError):
+    """A reward source that cannot be loaded or returned the wrong thing."""
+
+
+# ----------------------------------------------------------------------------- python functions
+def load_function(spec: str) -> Callable:
+    """'package.module:function' → the function, or RewardError saying what is wrong."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise RewardError(f"reward.function={spec!r} is invalid: expected 'module:function', "
+                          "e.g. 'rlhfkit.rewards:char_share'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RewardError(f"reward.function={spec!r}: cannot import {module_name}: {err}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise RewardError(f"reward.function={spec!r}: {module_name} has no function {attr!r}")
+    return function
+
+
+class FunctionReward:
+    """A Python reward function; checks it returns one finite float per response."""
+
+    def __init__(self, spec: str, kwargs: dict | None = None):
+        self.spec, self.function, self.kwargs = spec, load_function(spec), dict(kwargs or {})
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        values = list(self.function(list(prompts), list(responses), **self.kwargs))
+        if len(values) != len(responses):
+            raise RewardError(f"reward function {self.spec} returned {len(values)} values for "
+                              f"{len(responses)} responses; expected one float per response")
+        scores = torch.tensor([float(v) for v in values], dtype=torch.float32)  # (B,)
+        if not torch.isfinite(scores).all():
+            raise RewardError(f"reward function {self.spec} returned a non-finite value")
+        return scores
+
+
+# ----------------------------------------------------------------------------- reward models
+class ModelReward:
+    """A frozen reward model (``rlhfkit.scoring.RewardScorer``: the text is rendered exactly as
+    in the RM's training, from its reward_stats.json, and re-tokenised with the RM's tokenizer).
+
+    model_input 'pair' scores (prompt, response) as a prompted RM saw them; 'text' scores
+    prompt + response as one text with an empty prompt, for prompt-free RMs (the IMDB
+    sentiment RM judges whole reviews: opening + continuation).
+    """
+
+    def __init__(self, path: str, device: str = "auto", dtype: str = "auto",
+                 model_input: str = "pair", batch_size: int = 16, normalize: bool = False):
+        from rlhfkit.scoring import RewardScorer
+
+        self.scorer = RewardScorer.from_pretrained(path, device, dtype)
+        self.scorer.model.requires_grad_(False)
+        self.model_input, self.batch_size, self.normalize = model_input, batch_size, normalize
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        if self.model_input == "text":
+            prompts, responses = [""] * len(prompts), [p + r for p, r in zip(prompts, responses)]
+        scores = self.scorer(list(prompts), list(responses), self.batch_size, self.normalize)
+        return torch.tensor(scores, dtype=torch.float32)  # (B,)
+
+
+class RewardSources:
+    """Weighted sum of named reward sources; ``score`` also returns each part for metrics."""
+
+    def __init__(self, sources: list[tuple[str, float, Callable]]):
+        if not sources:
+            raise RewardError("no reward source: set reward.model_path (a reward model folder) "
+                              "and/or reward.function ('module:function')")
+        self.sources = sources
+
+    def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict]:
+        """(total (B,), {name: (B,)}) on CPU."""
+        parts = {name: source(prompts, responses) for name, _, source in self.sources}
+        total = sum(weight * parts[name] for name, weight, _ in self.sources)
+        return total, parts
+
+
+def build_reward_sources(reward_config, device: str = "auto", dtype: str = "auto"
+                         ) -> RewardSources:
+    """The sources a ``reward`` config part names (model and/or function); the reward model
+    goes on ``device`` (e.g. this process's 'cuda:1') in ``dtype`` ('auto', 'float32', …)."""
+    sources = []
+    if reward_config.model_path:
+        sources.append(("model", reward_config.model_weight, ModelReward(
+            reward_config.model_path, device, dtype,
+            reward_config.model_input, reward_config.batch_size, reward_config.normalize)))
+    if reward_config.function:
+        sources.append(("function", reward_config.function_weight,
+                        FunctionReward(reward_config.function, reward_config.function_kwargs)))
+    return RewardSources(sources)
+
+
+# ----------------------------------------------------------------------------- example functions
+def char_share(prompts: list[str], responses: list[str], chars: str = "aeiou") -> list[float]:
+    """Share of the response's non-space characters that are in ``chars`` (0 for an empty one).
+    Example: ``reward.function: rlhfkit.rewards:char_share``, ``reward.function_kwargs:
+    {chars: aeiou}``."""
+    wanted = set(chars)
+    shares = []
+    for response in responses:
+        letters = [c for c in response if not c.isspace()]
+        shares.append(sum(c in wanted for c in letters) / len(letters) if letters else 0.0)
+    return shares
+
+
+_POSITIVE = set("good great excellent wonderful amazing best love loved loves lovely beautiful "
+                "brilliant fantastic fun funny enjoy enjoyed perfect superb masterpiece favorite "
+                "favourite touching recommend delightful charming fine nice moving powerful "
+                "stunning awesome happy gem classic entertaining impressive".split())
+_NEGATIVE = set("bad worst awful terrible boring waste poor horrible stupid dull hate hated "
+                "disappointing disappointed mess worse pointless lame annoying ridiculous weak "
+                "fails failed sadly unfortunately badly garbage crap avoid nothing".split())
+_WORD = re.compile(r"[a-z']+")
+
+
+def lexicon_sentiment(prompts: list[str], responses: list[str]) -> list[float]:
+    """(positive − negative words) / √(words + 1) from small built-in word lists: a crude,
+    dependency-free positive-sentiment score for trying PPO on review openings without a
+    trained reward model (a learned RM is the real thing: examples/ppo_smollm2.yaml)."""
+    scores = []
+    for response in responses:
+        words = _WORD.findall(response.lower())
+        balance = sum(w in _POSITIVE for w in words) - sum(w in _NEGATIVE for w in words)
+        scores.append(balance / (len(words) + 1) ** 0.5)
+    return scores
+
+
+def compressibility(prompts: list[str], responses: list[str]) -> list[float]:
+    """1 − (deflated size / raw size) of the response's UTF-8 bytes: about 0 for varied text,
+    towards 1 for text that repeats itself (0 for an empty response).
+
+    The tiny example's reward (examples/ppo_tiny.yaml). A random tiny model samples almost
+    uniformly over 49,152 tokens, so a reward on particular tokens gives it nothing to learn
+    from; but its tied embeddings make repeating the current token its likeliest move, and
+    "repeat more" is one direction shared by every prompt: the score rises within a minute.
+    """
+    scores = []
+    for response in responses:
+        raw = response.encode("utf-8")
+        packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: no header to pay for
+        packed = packer.compress(raw) + packer.flush()
+        scores.append(1.0 - len(packed) / len(raw) if raw else 0.0)
+    return scores

@@ -1,0 +1,122 @@
+"""The four roles of PPO and how they are built: ``policy`` (the actor, trainable),
+``value_model`` (the critic), ``reward_model`` (frozen, rlhfkit/rewards.py) and ``ref_policy``
+(frozen: a copy of the initial policy, or the LoRA policy with its adapter switched off —
+no second copy of the weights; tests/stages/test_ppo.py::test_adapter_reference_equals_frozen_copy).
+
+Critic layouts: ``separate`` — a value model initialised from the reward model, with its own
+optimiser (DeepSpeed-Chat style); ``shared`` — a value head on the policy's last hidden state,
+trained through the policy's optimiser (loss = actor + vf_coef · critic).
+Trainable parts are wrapped in modules whose ``forward`` does the whole pass, so DDP (and
+accelerate's other wrappers) see every forward.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit.models import adapter_disabled, apply_lora, load_causal_lm, load_scalar_model
+from rlhfkit.models.forward import response_logprobs, token_scores
+from rlhfkit.rewards import build_reward_sources
+from rlhfkit.trainers import common
+
+
+class ActorModule(torch.nn.Module):
+    """The policy, plus the value head in the shared layout: one module, so DDP sees one forward."""
+
+    def __init__(self, policy, value_head: torch.nn.Module | None = None):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, input_ids, attention_mask, response_mask, with_entropy=False,
+                temperature=1.0):
+        """(ResponseLogprobs over (B, T−1), values (B, T) or None)."""
+        if self.value_head is None:
+            return response_logprobs(self.policy, input_ids, attention_mask, response_mask,
+                                     with_entropy, temperature), None
+        captured = []  # the decoder's last hidden state (B, T, H), shared by both heads
+        hook = self.policy.get_decoder().register_forward_hook(
+            lambda module, args, out: captured.append(out[0]))
+        try:
+            out = response_logprobs(self.policy, input_ids, attention_mask, response_mask,
+                                    with_entropy, temperature)
+        finally:
+            hook.remove()
+        return out, self.value_head(captured[-1]).squeeze(-1).float()
+
+
+class CriticModule(torch.nn.Module):
+    """The separate value model: V_t = its scalar head at every position (B, T)."""
+
+    def __init__(self, value_model):
+        super().__init__()
+        self.value_model = value_model
+
+    def forward(self, input_ids, attention_mask):
+        return token_scores(self.value_model, input_ids, attention_mask)
+
+
+@dataclass
+class Roles:
+    actor: torch.nn.Module            # prepared ActorModule (policy [+ value head])
+    critic: torch.nn.Module | None    # prepared CriticModule; None in the shared layout
+    ref_policy: torch.nn.Module | None  # frozen copy; None = the policy with its adapter off
+    reward: object                    # rewards.RewardSources
+    optimizers: list
+    schedulers: list
+
+    def policy(self, accelerator):
+        return accelerator.unwrap_model(self.actor).policy
+
+    @contextlib.contextmanager
+    def reference(self, accelerator):
+        """The ref_policy: the frozen copy, or the policy with its adapter off meanwhile."""
+        if self.ref_policy is not None:
+            yield self.ref_policy
+            return
+        policy = self.policy(accelerator)
+        with adapter_disabled(policy):
+            yield policy
+
+
+def build_value_model(run, config, tokenizer):
+    name = config.critic.model_name or config.reward.model_path or config.model.name
+    value_model = load_scalar_model(name, tokenizer, run.dtype, config.model.cache_dir)
+    if config.model.lora.enabled and config.critic.lora:
+        value_model = apply_lora(value_model, config.model.lora, task_type="SEQ_CLS")
+    return value_model
+
+
+def build_roles(run, config, tokenizer, iterations: int) -> Roles:
+    """policy (actor), value_model (critic), ref_policy and reward sources, prepared."""
+    policy = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    if config.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    ref_policy = None
+    if config.reference_mode == "copy":  # frozen before any update: the initial policy
+        ref_policy = copy.deepcopy(policy).eval().requires_grad_(False).to(run.device)
+    if config.model.lora.enabled:
+        policy = apply_lora(policy, config.model.lora)
+    shared = config.critic.layout == "shared"
+    value_head = None
+    if shared:  # zero-initialised: V = 0 everywhere at the start
+        value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(run.dtype)
+        torch.nn.init.zeros_(value_head.weight)
+        torch.nn.init.zeros_(value_head.bias)
+    modules = [ActorModule(policy, value_head)]
+    train_configs = [config.train]
+    if not shared:
+        modules.append(CriticModule(build_value_model(run, config, tokenizer)))
+        train_configs.append(dataclasses.replace(
+            config.train, learning_rate=config.critic.learning_rate or config.train.learning_rate))
+    updates = iterations * config.ppo.ppo_epochs * config.ppo.minibatches
+    optimizers = [common.make_optimizer(m, t) for m, t in zip(modules, train_configs)]
+    schedulers = [common.make_scheduler(o, t, updates) for o, t in zip(optimizers, train_configs)]
+    prepared = run.accelerator.prepare(*modules, *optimizers, *schedulers)
+    n = len(modules)
+    reward = build_reward_sources(config.reward, str(run.device), config.model.dtype)
+    return Roles(prepared[0], prepared[1] if n == 2 else None, ref_policy, reward,
+                 list(prepared[n:2 * n]), list(prepared[2 * n:]))

@@ -1,0 +1,134 @@
+"""PPO step 1, the rollout: the policy samples responses to left-padded prompts with the KV cache.
+
+Layout of a rollout (pinned by tests/stages/test_ppo.py::test_rollout_layout_and_eos_mask):
+prompts are left-padded to one width P, so response token j sits at column P + j in every row::
+
+    input_ids (B, P + R):   [pad pad prompt prompt | resp resp EOS pad]
+    response_mask (B, R):                           [True True True False]
+
+- ``response_mask`` is True up to and including the first EOS; what ``generate`` writes after
+  it (padding; SmolLM2's pad id *is* its EOS id) is False and never counts anywhere.
+- Response views are column slices: log-probs of the response tokens are
+  ``response_logprobs(...).logprobs[:, P - 1:]`` (position t predicts token t + 1) and the
+  critic's V_j, the value of the state *before* token j, is ``token_scores(...)[:, P - 1:-1]``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from rlhfkit.data import left_pad
+
+
+class Rollout(NamedTuple):
+    input_ids: torch.Tensor       # (B, P + R) left-padded prompt, response, padding after EOS
+    attention_mask: torch.Tensor  # (B, P + R) bool: real prompt tokens and real response tokens
+    response_mask: torch.Tensor   # (B, R) bool: response tokens up to and including the first EOS
+    prompt_width: int             # P
+
+    @property
+    def response_ids(self) -> torch.Tensor:  # (B, R)
+        return self.input_ids[:, self.prompt_width:]
+
+    @property
+    def sequence_response_mask(self) -> torch.Tensor:
+        """(B, P + R) bool: ``response_mask`` placed in the full sequence (prompt columns False)."""
+        prompt_part = torch.zeros_like(self.attention_mask[:, :self.prompt_width])
+        return torch.cat([prompt_part, self.response_mask], dim=1)
+
+    def select(self, rows) -> "Rollout":
+        return Rollout(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
+                       self.prompt_width)
+
+
+def response_mask_from(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, R) bool, True up to and including the first EOS of each row."""
+    is_eos = response_ids == eos_id
+    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # EOS strictly before t
+    return eos_before == 0
+
+
+def ended_with_eos(rollout: Rollout, eos_id: int) -> torch.Tensor:
+    """(B,) bool: the response stopped at EOS (False = cut at max_new_tokens)."""
+    return ((rollout.response_ids == eos_id) & rollout.response_mask).any(dim=1)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float,
+             top_p: float, top_k: int, pad_id: int, eos_id: int) -> Rollout:
+    """Sample one response per prompt (eval mode, no gradients, KV cache, stop at EOS);
+    temperature 0 = greedy. top_k 0 and top_p 1 switch those filters off.
+
+    Sampling draws from torch's global generator: the trainer seeds it per iteration, so the
+    rollouts of an iteration depend only on (seed, iteration, process) and the weights.
+    """
+    from transformers import GenerationConfig
+
+    ids, prompt_mask = left_pad(prompt_ids, pad_id)  # (B, P)
+    device = next(model.parameters()).device
+    ids, prompt_mask = ids.to(device), prompt_mask.to(device)
+    settings = GenerationConfig(
+        do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
+        top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+        eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(input_ids=ids, attention_mask=prompt_mask.long(),
+                             generation_config=settings)  # (B, P + R)
+    finally:
+        model.train(was_training)
+    width = ids.shape[1]
+    response_mask = response_mask_from(out[:, width:], eos_id)  # (B, R)
+    return Rollout(out, torch.cat([prompt_mask, response_mask], dim=1), response_mask, width)
+
+
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """Response texts (real tokens only, special tokens such as EOS dropped)."""
+    return [tokenizer.decode(ids[mask], skip_special_tokens=True)
+            for ids, mask in zip(rollout.response_ids.cpu(), rollout.response_mask.cpu())]
+
+
+def token_strings(tokenizer, rollout: Rollout, row: int) -> list[str]:
+    """Each real response token of ``row`` decoded on its own (for the per-token report view)."""
+    ids = rollout.response_ids[row][rollout.response_mask[row]].tolist()
+    return [tokenizer.decode([i]) for i in ids]
+
+
+# ----------------------------------------------------------------------------- logs of rollouts
+class JsonlLog:
+    """An append-only JSONL file whose rows carry an ``iteration``; a resumed run cuts the rows
+    written after its checkpoint so the file equals an uninterrupted run's."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = Path(path), enabled
+
+    def truncate_after(self, iteration: int) -> None:
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("iteration", 0) <= iteration]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, rows: list[dict]) -> None:
+        if not self.enabled or not rows:
+            return
+        with self.path.open("a") as handle:
+            for row in rows:
+                handle.write(json.dumps(row) + "\n")
+
+
+def sample_table(rows: list[dict], width: int = 60) -> str:
+    """A plain-text table of prompt / response / score rows for the console."""
+    def cut(text: str) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[:width - 1] + "…"
+
+    lines = [f"{'prompt':<{width}} | {'response':<{width}} | score"]
+    lines.append("-" * len(lines[0]))
+    lines += [f"{cut(r['prompt']):<{width}} | {cut(r['response']):<{width}} | {r['score']:+.3f}"
+              for r in rows]
+    return "\n".join(lines)

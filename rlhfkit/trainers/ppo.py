@@ -1,0 +1,515 @@
+"""Stage 3: PPO with four roles — policy (actor), value_model (critic), reward_model, ref_policy.
+
+One iteration = the six steps of the algorithm, numbered where they happen (``ppo_iteration``):
+  1. Rollout: sample prompts; the policy generates responses (rlhfkit/rollout.py).
+  2. Scoring, no gradients: old ``logprobs``, ``ref_logprobs``, critic values V_t, and the score
+     of each whole response (reward model and/or Python function: rlhfkit/rewards.py).
+  3. Rewards: r_t = −kl_coef·KL_t, clipped score added at the last real token (ops.compute_rewards).
+  4. Advantages: GAE, returns = A + V, advantages whitened over the global batch (ops.gae).
+  5. Update: ppo_epochs over shuffled minibatches of the clipped actor and critic losses
+     (ops.policy_loss / ops.value_loss); two critic layouts: ``separate`` value model with its
+     own optimiser (default) or ``shared`` backbone + value head (loss = actor + vf_coef·critic).
+  6. KL control: fixed kl_coef, or the adaptive controller (ops.adaptive_kl_update), whose state
+     is saved in checkpoints.
+Every tensor is over response tokens only: (B, R) with ``response_mask`` (padding and tokens
+after EOS never count: tests/stages/test_ppo.py::test_padding_and_after_eos_never_leak).
+Losses divide by the response tokens of the minibatch over all processes (``global_count``).
+Reproducible: the sampling RNG is seeded per (seed, iteration, process) and checkpoints also
+hold every RNG state, so ``resume=true`` gives the uninterrupted run's metrics
+(tests/stages/test_ppo.py::test_resume_equals_uninterrupted).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from rlhfkit import rollout as rollouts
+from rlhfkit.config import StageConfig, Validated, option, require
+from rlhfkit.data import encode, load_splits, render_prompt
+from rlhfkit.models import load_tokenizer
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.ops import (KL_ESTIMATORS, adaptive_kl_update, apply_missing_eos_penalty,
+                         compute_rewards, explained_variance, gae, masked_mean, masked_sum,
+                         masked_var, masked_whiten, policy_loss, value_loss)
+from rlhfkit.roles import Roles, build_roles
+from rlhfkit.trainers import common
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class RolloutPart(Validated):
+    max_new_tokens: int = option(32, "Response tokens generated at most (then cut, no EOS).", min=1)
+    temperature: float = option(1.0, "Sampling temperature (> 0); log-probs use the same one.",
+                                min=0)
+    top_p: float = option(1.0, "Nucleus sampling (1 = off).", min=0, max=1)
+    top_k: int = option(0, "Top-k sampling (0 = off).", min=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        require(self.top_p > 0, "top_p", self.top_p, "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RewardPart(Validated):
+    model_path: str = option("", "Reward model folder (the final/ of `rlhfkit rm`); empty = none.")
+    model_weight: float = option(1.0, "Weight of the reward-model score in the sum.")
+    function: str = option("", "Python reward 'module:function(prompts, responses, **kwargs) -> "
+                           "list[float]'; empty = none. Example: rlhfkit.rewards:char_share.")
+    function_kwargs: dict = option(None, "Keyword arguments passed to the function.",
+                                   factory=dict)
+    function_weight: float = option(1.0, "Weight of the function's score in the sum.")
+    model_input: str = option("pair", "What the reward model reads: pair = (prompt, response) "
+                              "rendered as in its training; text = prompt + response as one "
+                              "text (prompt-free RMs, e.g. the IMDB sentiment RM).",
+                              choices=("pair", "text"))
+    normalize: bool = option(False, "Standardise the RM score with the mean/std in its "
+                             "reward_stats.json.")
+    reward_clip: float = option(5.0, "The score is clipped to ±reward_clip.", min=0)
+    missing_eos_penalty: float = option(0.0, "Subtracted from the score of responses cut at "
+                                        "max_new_tokens without EOS (0 = off).", min=0)
+    batch_size: int = option(16, "Rows per reward-model forward pass.", min=1)
+
+
+@dataclass(frozen=True)
+class PPOPart(Validated):
+    kl_coef: float = option(0.05, "β of the per-token KL penalty (initial value when adaptive).",
+                            min=0)
+    kl_estimator: str = option("k1", "KL_t estimator: k1 = log-ratio, k2 = ½ log-ratio², "
+                               "k3 = (r−1) − log r.", choices=tuple(KL_ESTIMATORS))
+    sequence_kl: bool = option(False, "Subtract kl_coef · mean KL once at the last token instead "
+                               "of a per-token penalty.")
+    kl_controller: str = option("fixed", "fixed kl_coef, or adaptive (Ziegler et al. 2019).",
+                                choices=("fixed", "adaptive"))
+    target_kl: float = option(6.0, "Adaptive controller: target KL per response (nats).", min=0)
+    kl_horizon: int = option(10000, "Adaptive controller: horizon in samples.", min=1)
+    gamma: float = option(1.0, "Discount γ.", min=0, max=1)
+    gae_lambda: float = option(0.95, "GAE λ.", min=0, max=1)
+    whiten_advantages: bool = option(True, "Whiten advantages over the global batch.")
+    ppo_epochs: int = option(4, "Passes over each rollout batch.", min=1)
+    minibatches: int = option(1, "Minibatches per pass (train.batch_size must divide).", min=1)
+    clip_eps: float = option(0.2, "ε of the clipped policy ratio.", min=0)
+    clip_eps_value: float = option(0.2, "ε_v of the clipped value update.", min=0)
+    vf_coef: float = option(0.1, "Critic loss weight in the shared layout.", min=0)
+    entropy_coef: float = option(0.0, "Entropy bonus weight (0 = off).", min=0)
+    reference: str = option("auto", "ref_policy: copy (frozen copy of the initial policy), "
+                            "adapter (LoRA base with the adapter off, no second copy); "
+                            "auto = adapter with LoRA, else copy.",
+                            choices=("auto", "copy", "adapter"))
+
+
+@dataclass(frozen=True)
+class CriticPart(Validated):
+    layout: str = option("separate", "separate = value model with its own optimiser; shared = "
+                         "value head on the policy backbone.", choices=("separate", "shared"))
+    model_name: str = option("", "Separate critic's initial weights; empty = the reward model "
+                             "(reward.model_path), else model.name with a fresh head.")
+    learning_rate: float = option(0.0, "Separate critic's learning rate (0 = train.learning_rate).",
+                                  min=0)
+    lora: bool = option(True, "With model.lora.enabled, train the separate critic as a LoRA "
+                        "adapter (+ its head) too; false = all its weights.")
+
+
+@dataclass(frozen=True)
+class PPOConfig(StageConfig):
+    output_dir: str = option("runs/ppo", "Everything the run writes goes here.")
+    rollout: RolloutPart = option(None, "Generation settings (step 1).", factory=RolloutPart)
+    reward: RewardPart = option(None, "Reward sources (step 2).", factory=RewardPart)
+    ppo: PPOPart = option(None, "PPO settings (steps 3–6).", factory=PPOPart)
+    critic: CriticPart = option(None, "Critic layout and model.", factory=CriticPart)
+    sample_every: int = option(10, "Print a sample table and write samples.jsonl / rollouts.jsonl "
+                               "every N iterations (and the last; 0 = last only).", min=0)
+    num_samples: int = option(4, "Rollouts shown per sample table / rollouts.jsonl.", min=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.train.batch_size % self.ppo.minibatches == 0, "train.batch_size",
+                self.train.batch_size, f"a multiple of ppo.minibatches ({self.ppo.minibatches})")
+        require(bool(self.reward.model_path or self.reward.function), "reward.model_path",
+                self.reward.model_path, "a reward model folder, or set reward.function")
+        require(self.ppo.reference != "adapter" or self.model.lora.enabled, "ppo.reference",
+                self.ppo.reference, "copy or auto when model.lora.enabled is false")
+
+    @property
+    def reference_mode(self) -> str:
+        if self.ppo.reference != "auto":
+            return self.ppo.reference
+        return "adapter" if self.model.lora.enabled else "copy"
+
+
+# ----------------------------------------------------------------------------- step 2: scoring
+class Scored(NamedTuple):
+    logprobs: torch.Tensor      # (B, R) old policy log-probs of the sampled tokens
+    ref_logprobs: torch.Tensor  # (B, R) reference log-probs
+    values: torch.Tensor        # (B, R) V_t before each response token
+    entropy: torch.Tensor       # (B, R) policy entropy at each response position
+    scores: torch.Tensor        # (B,) summed score (before the missing-EOS penalty and clipping)
+    parts: dict                 # {source name: (B,)}
+    responses: list             # response texts
+
+
+@torch.no_grad()
+def score_rollout(run, roles: Roles, config: PPOConfig, tokenizer, rollout, prompts) -> Scored:
+    """2. Scoring on prompt + response, no gradients, in chunks of train.micro_batch_size."""
+    temperature, P = config.rollout.temperature, rollout.prompt_width
+    size = config.train.micro_batch_size or rollout.input_ids.shape[0]
+    pieces = []
+    models = [m for m in (roles.actor, roles.critic) if m is not None]
+    for model in models:
+        model.eval()
+    for start in range(0, rollout.input_ids.shape[0], size):
+        mb = rollout.select(slice(start, start + size))
+        ids, attn, seq_mask = mb.input_ids, mb.attention_mask, mb.sequence_response_mask
+        with run.accelerator.autocast():
+            out, shared_values = roles.actor(ids, attn, seq_mask, True, temperature)
+            with roles.reference(run.accelerator) as ref_policy:
+                ref_out = response_logprobs(ref_policy, ids, attn, seq_mask, False, temperature)
+            values = shared_values if roles.critic is None else roles.critic(ids, attn)
+        pieces.append((out.logprobs[:, P - 1:], ref_out.logprobs[:, P - 1:],
+                       values[:, P - 1:-1], out.entropy[:, P - 1:]))
+    for model in models:
+        model.train()
+    logprobs, ref_logprobs, values, entropy = (torch.cat(p).float() for p in zip(*pieces))
+    responses = rollouts.decode_responses(tokenizer, rollout)
+    scores, parts = roles.reward.score(prompts, responses)
+    return Scored(logprobs, ref_logprobs, values, entropy, scores.to(run.device), parts, responses)
+
+
+# ----------------------------------------------------------------------------- steps 3 and 4
+class PPOBatch(NamedTuple):
+    rollout: rollouts.Rollout
+    logprobs: torch.Tensor    # (B, R) old
+    values: torch.Tensor      # (B, R) old
+    advantages: torch.Tensor  # (B, R) as used in the loss (whitened when asked)
+    returns: torch.Tensor     # (B, R) A + V
+
+    def select(self, rows) -> "PPOBatch":
+        return PPOBatch(self.rollout.select(rows), *(t[rows] for t in self[1:]))
+
+
+def gather_rows(run, tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of every process, in rank order, right-padded to a common width (dim 1)."""
+    if run.world_size == 1:
+        return tensor
+    dtype = tensor.dtype
+    tensor = tensor.float() if dtype == torch.bool else tensor
+    padded = run.accelerator.pad_across_processes(tensor, dim=1) if tensor.dim() > 1 else tensor
+    return run.accelerator.gather(padded).to(dtype)
+
+
+def whiten_global(run, advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """masked_whiten with statistics over the global batch, this process's rows returned."""
+    everything = masked_whiten(gather_rows(run, advantages), gather_rows(run, response_mask))
+    B, R = advantages.shape
+    return everything[run.rank * B:(run.rank + 1) * B, :R]
+
+
+def rewards_and_advantages(run, config: PPOConfig, rollout, scored: Scored, kl_coef: float,
+                           ended: torch.Tensor):
+    """3. Rewards and 4. Advantages → (PPOBatch, RewardOutput, raw GAE output)."""
+    mask = rollout.response_mask
+    scores = scored.scores
+    if config.reward.missing_eos_penalty > 0:
+        scores = apply_missing_eos_penalty(scores, ended, config.reward.missing_eos_penalty)
+    # 3. r_t = −kl_coef·KL_t; the clipped score is added at the last real token.
+    rewards = compute_rewards(scores, scored.logprobs, scored.ref_logprobs, mask, kl_coef,
+                              config.ppo.kl_estimator, config.ppo.sequence_kl,
+                              config.reward.reward_clip)
+    # 4. GAE backwards over response tokens (V after the last token = 0); returns = A + V.
+    raw = gae(rewards.rewards, scored.values, mask, config.ppo.gamma, config.ppo.gae_lambda)
+    advantages = whiten_global(run, raw.advantages, mask) if config.ppo.whiten_advantages \
+        else raw.advantages
+    batch = PPOBatch(rollout, scored.logprobs, scored.values, advantages, raw.returns)
+    return batch, rewards, raw
+
+
+# ----------------------------------------------------------------------------- step 5: update
+def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens):
+    """Actor and critic losses of one micro-batch, each a share of the minibatch's global mean."""
+    P, mask = mb.rollout.prompt_width, mb.rollout.response_mask
+    ids, attn = mb.rollout.input_ids, mb.rollout.attention_mask
+    out, shared_values = roles.actor(ids, attn, mb.rollout.sequence_response_mask,
+                                     config.ppo.entropy_coef > 0, config.rollout.temperature)
+    actor = policy_loss(out.logprobs[:, P - 1:], mb.logprobs, mb.advantages, mask,
+                        config.ppo.clip_eps, n_tokens)
+    entropy = torch.zeros((), device=ids.device)
+    if config.ppo.entropy_coef > 0:
+        entropy = masked_sum(out.entropy[:, P - 1:], mask) / n_tokens
+    values = shared_values if roles.critic is None else roles.critic(ids, attn)
+    critic = value_loss(values[:, P - 1:-1], mb.values, mb.returns, mask,
+                        config.ppo.clip_eps_value, n_tokens)
+    return actor, critic, entropy
+
+
+def minibatch_step(run, roles: Roles, config: PPOConfig, batch: PPOBatch, rows) -> dict:
+    """One optimiser step per model on minibatch ``rows`` (micro-batches accumulate)."""
+    mask = batch.rollout.response_mask
+    n_tokens = common.global_count(run.accelerator, mask[rows].sum())
+    size = config.train.micro_batch_size or len(rows)
+    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    models = [m for m in (roles.actor, roles.critic) if m is not None]
+    sums = {k: torch.zeros((), device=run.device) for k in
+            ("actor_loss", "critic_loss", "entropy_bonus", "clipfrac", "approx_kl",
+             "value_clipfrac")}
+    for index, chunk in enumerate(chunks):
+        mb = batch.select(chunk)
+        with contextlib.ExitStack() as stack:
+            if index < len(chunks) - 1:  # gradients are all-reduced on the last micro-batch only
+                for model in models:
+                    stack.enter_context(run.accelerator.no_sync(model))
+            with run.accelerator.autocast():
+                actor, critic, entropy = minibatch_losses(roles, config, mb, n_tokens)
+            actor_total = actor.loss - config.ppo.entropy_coef * entropy
+            # DDP averages gradients over processes, hence × world_size.
+            if roles.critic is None:
+                run.accelerator.backward(
+                    (actor_total + config.ppo.vf_coef * critic.loss) * run.world_size)
+            else:
+                run.accelerator.backward(actor_total * run.world_size)
+                run.accelerator.backward(critic.loss * run.world_size)
+        share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
+        for key, value in (("actor_loss", actor.loss), ("critic_loss", critic.loss),
+                           ("entropy_bonus", entropy), ("clipfrac", actor.clipfrac * share),
+                           ("approx_kl", actor.approx_kl * share),
+                           ("value_clipfrac", critic.clipfrac * share)):
+            sums[key] += value.detach().float()
+    norms = [clip_grad(run, m, config.train.max_grad_norm) for m in models]
+    for optimizer, scheduler in zip(roles.optimizers, roles.schedulers):
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    stats = common.global_sum(run.accelerator, sums)
+    stats["actor_grad_norm"] = norms[0]
+    if len(norms) > 1:
+        stats["critic_grad_norm"] = norms[1]
+    return stats
+
+
+def clip_grad(run, model, max_norm: float) -> float:
+    if max_norm <= 0:
+        return 0.0
+    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+
+
+def ppo_update(run, roles: Roles, config: PPOConfig, batch: PPOBatch, iteration: int) -> dict:
+    """5. ppo_epochs passes over shuffled minibatches; metrics averaged over the updates."""
+    n_rows = batch.rollout.input_ids.shape[0]
+    size = n_rows // config.ppo.minibatches
+    shuffle = torch.Generator().manual_seed(config.train.seed * 7919 + iteration)
+    totals: dict = {}
+    n_updates = config.ppo.ppo_epochs * config.ppo.minibatches
+    for _ in range(config.ppo.ppo_epochs):
+        order = torch.randperm(n_rows, generator=shuffle).to(run.device)
+        for k in range(config.ppo.minibatches):
+            stats = minibatch_step(run, roles, config, batch, order[k * size:(k + 1) * size])
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value / n_updates
+    totals["lr"] = roles.schedulers[0].get_last_lr()[0]
+    return totals
+
+
+# ----------------------------------------------------------------------------- metrics and views
+def rollout_metrics(run, rollout, scored: Scored, rewards, raw, ended) -> dict:
+    """Per-iteration statistics over the global batch (rows of every process gathered)."""
+    g = {name: gather_rows(run, t) for name, t in (
+        ("mask", rollout.response_mask), ("kl", rewards.kl), ("rewards", rewards.rewards),
+        ("entropy", scored.entropy), ("values", scored.values), ("returns", raw.returns),
+        ("advantages", raw.advantages), ("scores", scored.scores), ("ended", ended.float()))}
+    mask = g["mask"]
+    metrics = {
+        "score_mean": g["scores"].mean(), "score_std": g["scores"].std(correction=0),
+        "reward_mean": masked_sum(g["rewards"], mask, dim=1).mean(),  # score − KL penalty
+        "kl_mean": masked_sum(g["kl"], mask, dim=1).mean(),  # per response, nats
+        "entropy_mean": masked_mean(g["entropy"], mask),
+        "response_length_mean": mask.sum(1).float().mean(), "eos_share": g["ended"].mean(),
+        "explained_variance": explained_variance(g["values"], g["returns"], mask),
+        "advantage_mean": masked_mean(g["advantages"], mask),
+        "advantage_std": masked_var(g["advantages"], mask, unbiased=False).sqrt(),
+        "value_mean": masked_mean(g["values"], mask),
+        "return_mean": masked_mean(g["returns"], mask),
+    }
+    for name, part in scored.parts.items():
+        if len(scored.parts) > 1:
+            metrics[f"score_{name}_mean"] = gather_rows(run, part.to(run.device)).mean()
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def rollout_views(tokenizer, config: PPOConfig, prompts, rollout, scored: Scored, rewards, raw,
+                  iteration: int) -> tuple[list[dict], list[dict]]:
+    """(samples rows, per-token rollouts rows) for the first ``num_samples`` rows."""
+    samples, tokens = [], []
+    for row in range(min(config.num_samples, len(prompts))):
+        mask = rollout.response_mask[row]
+        score = float(scored.scores[row])
+        samples.append({"iteration": iteration, "prompt": prompts[row],
+                        "response": scored.responses[row], "score": score})
+        tokens.append({"iteration": iteration, "prompt": prompts[row],
+                       "tokens": rollouts.token_strings(tokenizer, rollout, row),
+                       **{name: [round(v, 5) for v in t[row][mask].tolist()] for name, t in (
+                           ("kl", rewards.kl), ("values", scored.values),
+                           ("advantages", raw.advantages), ("rewards", rewards.rewards))},
+                       "score": score})
+    return samples, tokens
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class Prompts:
+    texts: list   # raw prompt texts (what reward functions and the RM see)
+    ids: list     # rendered (template) and tokenised, cut from the left
+
+
+def encode_prompts(examples, tokenizer, data_config) -> Prompts:
+    texts = [e.messages[-1][1] for e in examples]
+    ids = [encode(tokenizer, render_prompt(e.messages, tokenizer, data_config.template,
+                                           data_config.system_prompt),
+                  None, data_config.max_prompt_length, data_config.max_length).prompt_ids
+           for e in examples]
+    return Prompts(texts, ids)
+
+
+def seed_sampling(seed: int, iteration: int, rank: int) -> None:
+    """The rollouts of an iteration depend only on (seed, iteration, process) and the weights."""
+    torch.manual_seed((seed * 1_000_003 + iteration * 9_973 + rank) % 2**63)
+
+
+def generate_for(run, roles: Roles, config: PPOConfig, tokenizer, prompt_ids):
+    return rollouts.generate(roles.policy(run.accelerator), prompt_ids,
+                             config.rollout.max_new_tokens, config.rollout.temperature,
+                             config.rollout.top_p, config.rollout.top_k, tokenizer.pad_token_id,
+                             tokenizer.eos_token_id)
+
+
+def ppo_iteration(run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts,
+                  iteration: int, kl_coef: float) -> tuple[dict, list, list]:
+    """One PPO iteration, steps 1–5 (6, KL control, follows in ``run``)."""
+    timer = common.Timer()
+    seed_sampling(config.train.seed, iteration, run.rank)
+    # 1. Rollout: this process's share of a seeded global batch of prompts.
+    with timer.phase("generate"):
+        rows = common.batch_rows(len(pool.ids), config.train.batch_size, iteration - 1,
+                                 config.train.seed)[run.rank::run.world_size]
+        prompts = [pool.texts[i] for i in rows]
+        rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in rows])
+    # 2. Scoring: logprobs, ref_logprobs, values, scores (no gradients).
+    with timer.phase("score"):
+        scored = score_rollout(run, roles, config, tokenizer, rollout, prompts)
+        ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
+        # 3. Rewards and 4. Advantages.
+        batch, rewards, raw = rewards_and_advantages(run, config, rollout, scored, kl_coef, ended)
+    # 5. Update: ppo_epochs × minibatches clipped actor/critic steps.
+    with timer.phase("update"):
+        update = ppo_update(run, roles, config, batch, iteration)
+    metrics = {**rollout_metrics(run, rollout, scored, rewards, raw, ended), **update,
+               "kl_coef": kl_coef}
+    times = {f"time_{k}": v for k, v in timer.totals.items()}
+    n_tokens = float(common.global_count(run.accelerator, rollout.response_mask.sum()))
+    metrics.update(times, tokens_per_second=n_tokens / max(sum(times.values()), 1e-9))
+    samples, token_rows = rollout_views(tokenizer, config, prompts, rollout, scored, rewards, raw,
+                                        iteration)
+    return metrics, samples, token_rows
+
+
+def next_kl_coef(config: PPOConfig, kl_coef: float, kl_mean: float) -> float:
+    """6. KL control: fixed, or Ziegler et al.'s proportional controller."""
+    if config.ppo.kl_controller == "fixed":
+        return kl_coef
+    return adaptive_kl_update(kl_coef, kl_mean, config.ppo.target_kl, config.ppo.kl_horizon,
+                              config.train.batch_size)
+
+
+@torch.no_grad()
+def evaluate(run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts,
+             iteration: int) -> tuple[dict, list[dict]]:
+    """Held-out prompts: score and KL to the reference of sampled responses (same noise before
+    and after training: the sampling seed is fixed)."""
+    seed_sampling(config.train.seed + 1, 0, run.rank)
+    mine = list(range(len(pool.ids)))[run.rank::run.world_size]
+    size = max(1, config.train.batch_size // run.world_size)
+    rows, sums = [], {"score": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0}
+    for start in range(0, len(mine), size):
+        chunk = mine[start:start + size]
+        prompts = [pool.texts[i] for i in chunk]
+        rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in chunk])
+        scored = score_rollout(run, roles, config, tokenizer, rollout, prompts)
+        mask = rollout.response_mask
+        kl = masked_sum(scored.logprobs - scored.ref_logprobs, mask, dim=1)  # (B,) k1, nats
+        for row, prompt in enumerate(prompts):
+            rows.append({"iteration": iteration, "prompt": prompt,
+                         "response": scored.responses[row], "score": float(scored.scores[row]),
+                         "kl": float(kl[row]), "length": int(mask[row].sum())})
+        for key, value in (("score", scored.scores.sum()), ("kl", kl.sum()),
+                           ("length", mask.sum()), ("count", len(chunk))):
+            sums[key] += float(value)
+    sums = common.global_sum(run.accelerator, {k: torch.tensor(v) for k, v in sums.items()})
+    n = max(sums["count"], 1.0)
+    return {"eval_score_mean": sums["score"] / n, "eval_kl_mean": sums["kl"] / n,
+            "eval_response_length_mean": sums["length"] / n}, rows
+
+
+class Logs:
+    """samples.jsonl, rollouts.jsonl (per-token view) and eval.jsonl; main process only."""
+
+    def __init__(self, run):
+        self.samples = rollouts.JsonlLog(run.output_dir / "samples.jsonl", run.is_main)
+        self.tokens = rollouts.JsonlLog(run.output_dir / "rollouts.jsonl", run.is_main)
+        self.eval = rollouts.JsonlLog(run.output_dir / "eval.jsonl", run.is_main)
+        self.is_main = run.is_main
+
+    def truncate_after(self, iteration: int) -> None:
+        for log in (self.samples, self.tokens, self.eval):
+            log.truncate_after(iteration)
+
+    def write_samples(self, samples: list[dict], token_rows: list[dict], iteration: int) -> None:
+        self.samples.write(samples)
+        self.tokens.write(token_rows)
+        if self.is_main and samples:
+            print(f"\n[ppo] iteration {iteration} samples\n" + rollouts.sample_table(samples))
+
+
+def run(config: PPOConfig) -> dict:
+    """Train with PPO, checkpoint, evaluate before/after, save ``final/``; returns a summary."""
+    run_ = common.start_run(config)
+    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed)
+    pool = encode_prompts(train_examples, tokenizer, config.data)
+    eval_pool = encode_prompts(eval_examples, tokenizer, config.data)
+    iterations = common.total_steps(config.train, len(pool.ids))
+    roles = build_roles(run_, config, tokenizer, iterations)
+    start, extra = common.maybe_resume(run_)
+    kl_coef = float(extra.get("kl_coef", config.ppo.kl_coef))
+    logs = Logs(run_)
+    logs.truncate_after(start)
+    summary: dict = {}
+    if eval_pool.ids and start == 0:
+        summary["before"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, 0)
+        run_.metrics.log(0, summary["before"])
+        logs.eval.write(rows)
+    bar = common.progress(run_, iterations, start, "ppo")
+    metrics: dict = {}
+    for iteration in range(start + 1, iterations + 1):
+        metrics, samples, token_rows = ppo_iteration(run_, roles, config, tokenizer, pool,
+                                                     iteration, kl_coef)
+        # 6. KL control (the coefficient for the next iteration; saved in checkpoints).
+        kl_coef = next_kl_coef(config, kl_coef, metrics["kl_mean"])
+        if eval_pool.ids and common.should(config.train.eval_every, iteration, iterations):
+            summary["after"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
+            metrics.update(summary["after"])
+            logs.eval.write(rows)
+        if common.should(config.train.log_every, iteration, iterations):
+            run_.metrics.log(iteration, metrics)
+        if common.should(config.sample_every, iteration, iterations):
+            logs.write_samples(samples, token_rows, iteration)
+        if common.should(config.train.save_every, iteration, iterations):
+            common.save_checkpoint(run_, iteration, {"kl_coef": kl_coef})
+        bar.set_postfix(score=f"{metrics['score_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
+                        s_it=f"{sum(v for k, v in metrics.items() if k.startswith('time_')):.1f}")
+        bar.update(1)
+    bar.close()
+    common.save_final(run_, roles.policy(run_.accelerator), tokenizer)
+    run_.metrics.close()
+    summary["last"] = metrics
+    return summary

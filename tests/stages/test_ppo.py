@@ -1,0 +1,222 @@
+"""PPO stage on tiny-llama: the score rises, EOS/padding never leak, both critic layouts,
+adapter reference == frozen copy, resume == uninterrupted. The math itself: tests/ops."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlhfkit import rollout as rollouts
+from rlhfkit.config import ConfigError, load_config
+from rlhfkit.models import load_tokenizer
+from rlhfkit.rewards import FunctionReward, RewardError, char_share
+from rlhfkit.trainers import common, ppo
+
+TINY = "examples/ppo_tiny.yaml"
+TIMING = ("time_", "tokens_per_second")
+
+
+def config(repo_root, out, *overrides):
+    return load_config(ppo.PPOConfig, str(repo_root / TINY),
+                       [f"output_dir={out}", f"data.train_path={repo_root}/data/tiny/prompts.jsonl",
+                        *overrides])
+
+
+def setup(cfg, iterations=2):
+    run = common.start_run(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
+    roles = ppo.build_roles(run, cfg, tokenizer, iterations)
+    return run, tokenizer, roles
+
+
+PROMPTS = ["One of the best", "You can't even tell if this film", "The plot", "A"]
+
+
+def tiny_rollout(run, tokenizer, roles, cfg):
+    pool = ppo.encode_prompts([type("E", (), {"messages": (("user", p),)})() for p in PROMPTS],
+                              tokenizer, cfg.data)
+    ppo.seed_sampling(0, 1, 0)
+    return pool, ppo.generate_for(run, roles, cfg, tokenizer, pool.ids)
+
+
+# ----------------------------------------------------------------------------- the example
+def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "tiny"
+    ppo.run(config(repo_root, out))
+    rows = common.read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    first, last = rows[0]["score_mean"], sum(r["score_mean"] for r in rows[-3:]) / 3
+    assert last > first + 0.15, (first, last)
+    for key in ("score_mean", "score_std", "reward_mean", "kl_mean", "entropy_mean",
+                "response_length_mean", "eos_share", "actor_loss", "critic_loss", "clipfrac",
+                "approx_kl", "explained_variance", "advantage_mean", "advantage_std",
+                "time_generate", "time_score", "time_update", "tokens_per_second", "kl_coef"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert all(abs(r["kl_mean"]) < 50 for r in rows)  # finite, not exploding
+    AutoModelForCausalLM.from_pretrained(out / "final")
+    token_rows = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert token_rows and {"iteration", "prompt", "tokens", "kl", "values", "advantages",
+                           "score"} <= set(token_rows[0])
+    assert all(len(r["tokens"]) == len(r["kl"]) == len(r["values"]) == len(r["advantages"])
+               for r in token_rows)
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert {"iteration", "prompt", "response", "score"} <= set(samples[0])
+
+
+# ----------------------------------------------------------------------------- masks and leaks
+def test_response_mask_stops_after_first_eos():
+    eos = 2
+    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    mask = rollouts.response_mask_from(ids, eos)
+    assert mask.tolist() == [[True, True, True, False, False], [True, True, False, False, False],
+                             [True] * 5]
+
+
+def test_rollout_layout_and_eos_mask(repo_root, tmp_path):
+    cfg = config(repo_root, tmp_path)
+    run, tokenizer, roles = setup(cfg)
+    pool, rollout = tiny_rollout(run, tokenizer, roles, cfg)
+    P = rollout.prompt_width
+    assert P == max(len(ids) for ids in pool.ids)
+    for row, ids in enumerate(pool.ids):  # left-padded prompt, response from column P on
+        assert rollout.input_ids[row, P - len(ids):P].tolist() == ids
+        assert not rollout.attention_mask[row, :P - len(ids)].any()
+    assert rollout.response_mask.shape == (len(PROMPTS), rollout.input_ids.shape[1] - P)
+    assert torch.equal(rollout.attention_mask[:, P:], rollout.response_mask)
+
+
+def leak_batch(run, tokenizer, roles, cfg):
+    """A scored batch whose row 0 ends with EOS in the middle of the response."""
+    pool, rollout = tiny_rollout(run, tokenizer, roles, cfg)
+    P = rollout.prompt_width
+    ids = rollout.input_ids.clone()
+    ids[0, P + 2] = tokenizer.eos_token_id  # EOS at response position 2: positions 3.. are out
+    mask = rollouts.response_mask_from(ids[:, P:], tokenizer.eos_token_id)
+    rollout = rollouts.Rollout(ids, torch.cat([rollout.attention_mask[:, :P], mask], 1), mask, P)
+    scored = ppo.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
+    ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
+    batch, _, _ = ppo.rewards_and_advantages(run, cfg, rollout, scored, 0.05, ended)
+    return batch
+
+
+def losses(roles, cfg, batch):
+    n_tokens = batch.rollout.response_mask.sum()
+    actor, critic, _ = ppo.minibatch_losses(roles, cfg, batch, n_tokens)
+    return torch.stack([actor.loss, critic.loss, actor.clipfrac, actor.approx_kl])
+
+
+@pytest.mark.parametrize("layout", ["separate", "shared"])
+def test_padding_and_after_eos_never_leak(repo_root, tmp_path, layout):
+    """Tokens after EOS, prompt padding tokens and garbage in every masked position of the
+    old log-probs, values, advantages and returns leave the losses exactly as they were."""
+    cfg = config(repo_root, tmp_path, f"critic.layout={layout}")
+    run, tokenizer, roles = setup(cfg)
+    batch = leak_batch(run, tokenizer, roles, cfg)
+    reference = losses(roles, cfg, batch)
+    r, P = batch.rollout, batch.rollout.prompt_width
+    ids = r.input_ids.clone()
+    ids[:, P:][~r.response_mask] = 1234  # after EOS
+    ids[:, :P][~r.attention_mask[:, :P]] = 4321  # prompt padding
+    assert (~r.response_mask).any() and (~r.attention_mask[:, :P]).any()
+    garbage = [torch.where(r.response_mask, t, torch.full_like(t, 1e6))
+               for t in (batch.logprobs, batch.values, batch.advantages, batch.returns)]
+    poisoned = ppo.PPOBatch(rollouts.Rollout(ids, r.attention_mask, r.response_mask, P), *garbage)
+    assert torch.allclose(losses(roles, cfg, poisoned), reference, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- roles
+@pytest.mark.parametrize("layout,lora", [("separate", False), ("shared", False),
+                                         ("separate", True)])
+def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora):
+    """One iteration moves the policy and the critic (value model, or the shared value head);
+    with LoRA both the policy and the separate critic train adapters."""
+    cfg = config(repo_root, tmp_path, f"critic.layout={layout}", "ppo.ppo_epochs=1",
+                 "ppo.minibatches=1", "train.batch_size=4", f"model.lora.enabled={lora}",
+                 "model.lora.r=4")
+    run, tokenizer, roles = setup(cfg, iterations=1)
+    critic = roles.critic if layout == "separate" else run.accelerator.unwrap_model(
+        roles.actor).value_head
+    assert (roles.critic is None) == (layout == "shared")
+    policy_before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
+    critic_before = [p.detach().clone() for p in critic.parameters()]
+    examples = [type("E", (), {"messages": (("user", p),)})() for p in PROMPTS]
+    pool = ppo.encode_prompts(examples, tokenizer, cfg.data)
+    metrics, _, _ = ppo.ppo_iteration(run, roles, cfg, tokenizer, pool, 1, 0.05)
+    assert metrics["critic_loss"] > 0 and metrics["actor_grad_norm"] > 0
+    assert len(roles.optimizers) == (2 if layout == "separate" else 1)
+    changed = lambda before, module: any(not torch.equal(b, p) for b, p in
+                                         zip(before, module.parameters()))
+    assert changed(policy_before, roles.policy(run.accelerator))
+    assert changed(critic_before, critic)
+
+
+def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path):
+    """ref_logprobs from the LoRA policy with its adapter off == from a frozen initial copy,
+    while the policy itself has moved away from both."""
+    lora = ("model.lora.enabled=true", "model.lora.r=4")
+    scored = {}
+    for mode in ("adapter", "copy"):
+        cfg = config(repo_root, tmp_path / mode, *lora, f"ppo.reference={mode}")
+        run, tokenizer, roles = setup(cfg)
+        assert (roles.ref_policy is None) == (mode == "adapter")
+        with torch.no_grad():  # move the policy: LoRA B starts at 0, i.e. policy == reference
+            for name, p in roles.policy(run.accelerator).named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
+        _, rollout = tiny_rollout(run, tokenizer, roles, cfg)
+        scored[mode] = ppo.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
+    mask = scored["copy"].logprobs != 0
+    assert torch.allclose(scored["adapter"].ref_logprobs, scored["copy"].ref_logprobs, atol=1e-5)
+    assert not torch.allclose(scored["copy"].logprobs[mask], scored["copy"].ref_logprobs[mask],
+                              atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- resume
+def test_resume_equals_uninterrupted(repo_root, tmp_path):
+    """A run that dies during iteration 3 (checkpoint at 2) and resumes gives the same metrics,
+    samples and per-token rollouts, adaptive-KL state included."""
+    args = ("train.max_steps=3", "train.save_every=2", "sample_every=1", "train.batch_size=8",
+            "rollout.max_new_tokens=6", "ppo.kl_controller=adaptive", "ppo.target_kl=0.1",
+            "ppo.kl_horizon=50")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    ppo.run(config(repo_root, whole, *args))
+    # The crash: a copy of the run as it was during iteration 3 — no checkpoint-3, no final/,
+    # nothing logged for iteration 3.
+    shutil.copytree(whole, broken)
+    shutil.rmtree(broken / "checkpoint-3")
+    shutil.rmtree(broken / "final")
+    for name in ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl"):
+        rows = (broken / name).read_text().splitlines()
+        kept = [r for r in rows if json.loads(r).get("step", json.loads(r).get("iteration")) <= 2]
+        assert len(kept) < len(rows)
+        (broken / name).write_text("".join(r + "\n" for r in kept))
+    ppo.run(config(repo_root, broken, *args, "resume=true"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+    a, b = strip(common.read_metrics(whole)), strip(common.read_metrics(broken))
+    assert a == b and len(a) == 3
+    assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved every iteration
+    for name in ("samples.jsonl", "rollouts.jsonl"):
+        assert (whole / name).read_text() == (broken / name).read_text(), name
+
+
+# ----------------------------------------------------------------------------- config, rewards
+def test_config_errors(repo_root, tmp_path):
+    with pytest.raises(ConfigError, match="reward.model_path"):
+        config(repo_root, tmp_path, "reward.function=")
+    with pytest.raises(ConfigError, match="ppo.kl_estimator"):
+        config(repo_root, tmp_path, "ppo.kl_estimator=k9")
+    with pytest.raises(ConfigError, match="ppo.reference"):
+        config(repo_root, tmp_path, "ppo.reference=adapter")
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        config(repo_root, tmp_path, "train.batch_size=6", "ppo.minibatches=4")
+
+
+def test_reward_function_loading():
+    reward = FunctionReward("rlhfkit.rewards:char_share", {"chars": "a"})
+    assert reward(["p", "p"], ["aab", ""]).tolist() == pytest.approx([2 / 3, 0.0])
+    assert char_share([""], ["a b"]) == [0.5]
+    for spec in ("no_colon", "rlhfkit.nope:f", "rlhfkit.rewards:nope"):
+        with pytest.raises(RewardError):
+            FunctionReward(spec)
