@@ -9,7 +9,7 @@ import torch
 from rlhfkit import rollout as rollouts
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.models import load_tokenizer
-from rlhfkit.rewards import FunctionReward, RewardError, char_share
+from rlhfkit.rewards import FunctionReward, RewardError, RewardSources, char_share, compressibility
 from rlhfkit.trainers import common, ppo
 
 TINY = "examples/ppo_tiny.yaml"
@@ -220,3 +220,14 @@ def test_reward_function_loading():
     for spec in ("no_colon", "rlhfkit.nope:f", "rlhfkit.rewards:nope"):
         with pytest.raises(RewardError):
             FunctionReward(spec)
+
+
+def test_reward_sources_sum_with_weights():
+    sources = RewardSources([("model", 2.0, lambda p, r: torch.tensor([1.0, -1.0])),
+                             ("function", 0.5, lambda p, r: torch.tensor([4.0, 0.0]))])
+    total, parts = sources.score(["a", "b"], ["x", "y"])
+    assert total.tolist() == [4.0, -2.0] and set(parts) == {"model", "function"}
+    with pytest.raises(RewardError):
+        RewardSources([])
+    varied, repeated = compressibility(["", ""], ["a quick brown fox", "ab" * 20])
+    assert varied < 0.1 < 0.5 < repeated
