@@ -234,7 +234,7 @@ def table(results: list[dict], peak: float, sides: list[str]) -> str:
 
     head = ["workload"] + [f"{s} s/step" for s in sides] + [f"{s} tok/s" for s in sides] \
         + [f"{s} peak RSS GB" for s in sides] + [f"{s} MFU" for s in sides] \
-        + ["speed-up vs trl", "vs trl+alloc", "RSS rlhfkit/trl"]
+        + ["speed-up vs trl", "vs trl+alloc", "RSS rlhfkit/trl", "targets met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "skipped" in r:
@@ -254,8 +254,42 @@ def table(results: list[dict], peak: float, sides: list[str]) -> str:
                        if ours and other in s else "–")
         row.append(f"{ours['peak_rss_mb'] / s['trl']['peak_rss_mb']:.2f}"
                    if ours and "trl" in s else "–")
+        row.append(verdict(r, peak))
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + phase_lines(results)
+
+
+def verdict(result: dict, peak: float) -> str:
+    """Issue 7's targets: ≥ 1.5× TRL as installed, ≥ target_vs_alloc × TRL with the same
+    allocator, peak RSS ≤ ½ TRL's, training steps ≥ 80% MFU. ✗ names what is missed."""
+    s, workload = result["sides"], {w.name: w for w in WORKLOADS}[result["workload"]]
+    ours = s.get("rlhfkit")
+    if not ours or "trl" not in s:
+        return "–"
+    missed = []
+    if s["trl"]["median_s"] / ours["median_s"] < 1.5:
+        missed.append("1.5× trl")
+    if "trl+alloc" in s and s["trl+alloc"]["median_s"] / ours["median_s"] < \
+            workload.target_vs_alloc:
+        missed.append(f"{workload.target_vs_alloc}× trl+alloc")
+    if ours["peak_rss_mb"] > 0.5 * s["trl"]["peak_rss_mb"]:
+        missed.append("½ RSS")
+    if workload.flops != "forward" and ours["model_gflops_per_s"] < 0.8 * peak:
+        missed.append("80% MFU")
+    return "✓" if not missed else "✗ " + ", ".join(missed)
+
+
+def phase_lines(results: list[dict]) -> str:
+    """Median seconds per phase (PPO: generate / score / update) where a side reports them."""
+    out = []
+    for r in results:
+        for side, v in r.get("sides", {}).items():
+            if v.get("phases"):
+                keys = v["phases"][0].keys()
+                parts = ", ".join(f"{k} {statistics.median(p[k] for p in v['phases']):.1f} s"
+                                  for k in keys)
+                out.append(f"- {r['workload']} {side}: {parts}")
+    return ("\n\nPhases (median):\n" + "\n".join(out)) if out else ""
 
 
 def main() -> None:
