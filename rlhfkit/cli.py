@@ -16,6 +16,7 @@ STAGES = {
     "rm": ("rlhfkit.trainers.reward", "RMConfig"),
     "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
     "ppo": ("rlhfkit.trainers.ppo", "PPOConfig"),
+    "demo": ("rlhfkit.demo", "DemoConfig"),
 }
 
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return score_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         print("usage: rlhfkit {" + ",".join(STAGES) + "} --config FILE.yaml [key=value ...]\n"
+              "       rlhfkit demo [--quick]   the whole pipeline on the embedded model\n"
               "       rlhfkit score --model DIR --data FILE [--output FILE]\n"
               "       rlhfkit <stage> --help   lists every key with its default and doc")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -67,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _stage_parser(stage, config_cls)
     parser.add_argument("--config", default=None, help="YAML config file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    if "quick" in getattr(config_cls, "__dataclass_fields__", {}):
+        parser.add_argument("--quick", action="store_true", help="the same as quick=true")
     args = parser.parse_args(rest)
+    overrides = args.overrides + (["quick=true"] if getattr(args, "quick", False) else [])
     try:
-        config = load_config(config_cls, args.config, args.overrides)
+        config = load_config(config_cls, args.config, overrides)
     except ConfigError as err:
         print(f"rlhfkit {stage}: config error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,194 @@
+"""``rlhfkit demo``: the whole RLHF pipeline on the embedded model, on a laptop CPU.
+
+Teach SmolLM2-135M-Instruct to continue IMDB review openings positively:
+  1. stage 2 — a sentiment reward model from IMDB preference pairs (positive review ≻ negative
+     review), cached so later demos reuse it;
+  2. stage 3 — PPO with the four roles: the LoRA policy (actor), the reference (the same
+     weights with the adapter disabled), the reward model (frozen) and a critic initialised
+     from the reward model;
+  3. evaluation on held-out openings from the IMDB test split, before and after: share of
+     continuations the RM judges positive, mean score, KL to the reference, distinct-2 and
+     repetition (reward hacking shows up there first), length;
+  4. ``report.html``: curves, before/after samples and a token-level view of rollouts.
+Only wiring lives here: the stages' own ``run`` functions do the work.
+Tests: tests/e2e/test_demo.py (``--quick``); the timed full run is bench/demo.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhfkit.config import Validated, build, option, to_dict
+from rlhfkit.models.loading import cache_root
+from rlhfkit.textstats import distinct_n, mean_repetition
+
+DATA = Path(__file__).resolve().parent.parent / "data"  # the bundled data (editable install)
+
+
+@dataclass(frozen=True)
+class DemoConfig(Validated):
+    output_dir: str = option("runs/demo", "Report, metrics and models go here.")
+    quick: bool = option(False, "Tiny settings (tiny-llama policy and RM, a few iterations): "
+                         "a two-minute smoke run of the whole pipeline.")
+    policy: str = option("smollm2-135m-instruct", "The model PPO trains (LoRA).")
+    reward_backbone: str = option("smollm2-135m-instruct", "Backbone of the reward model.")
+    reuse_reward_model: bool = option(True, "Reuse a cached reward model trained with the same "
+                                      "settings (in the model cache dir, demo-rm/<hash>).")
+    rm_steps: int = option(60, "Reward-model optimiser steps.", min=1)
+    rm_batch_size: int = option(16, "Pairs per reward-model step.", min=1)
+    rm_freeze_layers: int = option(24, "Frozen lower decoder layers of the RM backbone.", min=0)
+    rm_learning_rate: float = option(3e-5, "Reward-model learning rate.", min=0)
+    iterations: int = option(30, "PPO iterations.", min=1)
+    batch_size: int = option(16, "Prompts per PPO iteration.", min=1)
+    max_new_tokens: int = option(24, "Tokens generated per continuation.", min=1)
+    learning_rate: float = option(5e-4, "Policy (LoRA) learning rate.", min=0)
+    kl_coef: float = option(0.05, "β of the per-token KL penalty.", min=0)
+    eval_prompts: int = option(64, "Held-out IMDB test openings evaluated before and after.",
+                               min=1)
+    seed: int = option(0, "Seed for everything.")
+
+
+QUICK = {"policy": "tiny-llama", "reward_backbone": "tiny-llama", "rm_steps": 30,
+         "rm_batch_size": 16, "rm_freeze_layers": 0, "rm_learning_rate": 1e-3, "iterations": 12,
+         "batch_size": 16, "max_new_tokens": 12, "learning_rate": 3e-3, "eval_prompts": 16}
+
+
+def resolve(config: DemoConfig) -> DemoConfig:
+    """--quick swaps in the tiny settings (explicit overrides given with it still win)."""
+    if not config.quick:
+        return config
+    values = to_dict(config)
+    defaults = to_dict(DemoConfig())
+    values.update({k: v for k, v in QUICK.items() if values[k] == defaults[k]})
+    return build(DemoConfig, values)
+
+
+def reward_model_settings(config: DemoConfig) -> dict:
+    """Stage 2 settings, as the nested dict an RMConfig is built from."""
+    return {
+        "freeze_layers": config.rm_freeze_layers,
+        "model": {"name": config.reward_backbone},
+        "data": {"train_path": str(DATA / "imdb/pairs_train.jsonl.gz"),
+                 "eval_path": str(DATA / "imdb/pairs_test.jsonl.gz"),
+                 "max_eval_rows": 256 if not config.quick else 64,
+                 "template": "plain", "max_prompt_length": 8, "max_length": 128},
+        "train": {"learning_rate": config.rm_learning_rate, "batch_size": config.rm_batch_size,
+                  "max_steps": config.rm_steps, "warmup_steps": 5, "seed": config.seed},
+    }
+
+
+def train_reward_model(config: DemoConfig) -> Path:
+    """Stage 2, or the cached result of an identical earlier run."""
+    from rlhfkit.trainers import reward
+
+    settings = reward_model_settings(config)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    cached = cache_root() / "demo-rm" / key
+    if config.reuse_reward_model and (cached / "final" / reward.STATS_FILE).exists():
+        print(f"[demo] stage 2: reusing the reward model in {cached}/final")
+        return cached / "final"
+    if not config.reuse_reward_model:
+        cached = Path(config.output_dir) / "reward_model"
+    print("[demo] stage 2: training the sentiment reward model on IMDB preference pairs")
+    reward.run(build(reward.RMConfig, {"output_dir": str(cached), **settings}))
+    return cached / "final"
+
+
+def ppo_settings(config: DemoConfig, reward_model: Path) -> dict:
+    """Stage 3 settings, as the nested dict a PPOConfig is built from."""
+    return {
+        "output_dir": str(Path(config.output_dir) / "ppo"),
+        "model": {"name": config.policy, "lora": {"enabled": True}},
+        "data": {"train_path": str(DATA / "imdb/openings_train.jsonl"),
+                 "eval_path": str(DATA / "imdb/openings_test.jsonl"),
+                 "max_eval_rows": config.eval_prompts, "template": "plain",
+                 "max_prompt_length": 32, "max_length": 32 + config.max_new_tokens},
+        "reward": {"model_path": str(reward_model), "normalize": True},
+        "rollout": {"max_new_tokens": config.max_new_tokens},
+        "ppo": {"kl_coef": config.kl_coef},
+        "train": {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
+                  "max_steps": config.iterations, "lr_scheduler": "constant",
+                  "seed": config.seed},
+        "sample_every": max(1, config.iterations // 4),
+    }
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Before/after numbers from eval rows. Scores are normalised by the RM's mean/std over
+    balanced positive/negative reviews, so 'positive' means above that midpoint (> 0)."""
+    responses = [r["response"] for r in rows]
+    n = max(len(rows), 1)
+    return {"positive_share": sum(r["score"] > 0 for r in rows) / n,
+            "score_mean": sum(r["score"] for r in rows) / n,
+            "kl_mean": sum(r["kl"] for r in rows) / n,
+            "distinct_2": distinct_n(responses, 2),
+            "repetition": mean_repetition(responses),
+            "length_mean": sum(r["length"] for r in rows) / n}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.exists() else []
+
+
+def before_after(ppo_dir: Path) -> tuple[list[dict], list[dict]]:
+    rows = read_jsonl(ppo_dir / "eval.jsonl")
+    last = max((r["iteration"] for r in rows), default=0)
+    return ([r for r in rows if r["iteration"] == 0], [r for r in rows if r["iteration"] == last])
+
+
+def print_table(before: dict, after: dict) -> list[list]:
+    table = [[key, before[key], after[key]] for key in before]
+    print(f"\n{'metric':<16}{'before':>10}{'after':>10}")
+    for key, b, a in table:
+        print(f"{key:<16}{b:>10.3f}{a:>10.3f}")
+    return table
+
+
+def write_report(config: DemoConfig, ppo_dir: Path, table: list[list], before_rows, after_rows,
+                 seconds: float) -> Path:
+    from rlhfkit.report import build_report
+
+    after_by_prompt = {r["prompt"]: r for r in after_rows}
+    samples = [{"prompt": b["prompt"], "before": b["response"], "before_score": b["score"],
+                "after": after_by_prompt[b["prompt"]]["response"],
+                "after_score": after_by_prompt[b["prompt"]]["score"]}
+               for b in before_rows[:8] if b["prompt"] in after_by_prompt]
+    metrics = [r for r in read_jsonl(ppo_dir / "metrics.jsonl") if r.get("step", 0) > 0]
+    rollouts = read_jsonl(ppo_dir / "rollouts.jsonl")[-3:]
+    page = build_report(
+        "rlhfkit demo: PPO towards positive movie-review continuations", table,
+        ["metric", "before PPO", "after PPO"], metrics, samples, rollouts,
+        notes=f"policy {config.policy} (LoRA), reward model on {config.reward_backbone}, "
+              f"{config.iterations} PPO iterations × {config.batch_size} prompts, "
+              f"{config.eval_prompts} held-out IMDB test openings; total {seconds / 60:.1f} min.")
+    path = Path(config.output_dir) / "report.html"
+    path.write_text(page)
+    return path
+
+
+def run(config: DemoConfig) -> dict:
+    from rlhfkit.trainers import ppo
+
+    config = resolve(config)
+    start = time.perf_counter()
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    reward_model = train_reward_model(config)
+    rm_seconds = time.perf_counter() - start
+    print("[demo] stage 3: PPO (actor = LoRA policy, reference = adapter disabled, "
+          "reward model frozen, critic initialised from the reward model)")
+    ppo.run(build(ppo.PPOConfig, ppo_settings(config, reward_model)))
+    ppo_dir = Path(config.output_dir) / "ppo"
+    before_rows, after_rows = before_after(ppo_dir)
+    before, after = summarize(before_rows), summarize(after_rows)
+    table = print_table(before, after)
+    seconds = time.perf_counter() - start
+    report = write_report(config, ppo_dir, table, before_rows, after_rows, seconds)
+    summary = {"before": before, "after": after, "seconds_total": seconds,
+               "seconds_reward_model": rm_seconds, "report": str(report)}
+    (Path(config.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n[demo] done in {seconds / 60:.1f} min; report: {report}")
+    return summary
