@@ -14,13 +14,13 @@ Where ref_w, ref_l come from (``dpo.reference``):
   precomputed  computed once before training with the frozen reference and stored with the
                dataset (cached in output_dir/ref_logps.pt, which ``resume=true`` reuses):
                no reference forward pass during training. Equals ``copy``
-               (tests/stages/test_dpo.py::test_precomputed_reference_equals_on_the_fly).
+               (tests/stages/test_dpo_trainer.py::test_precomputed_reference_equals_on_the_fly).
   copy         a frozen copy of the reference, forwarded on every batch.
   adapter      the LoRA policy with its adapter switched off: the base weights, no second copy
-               (tests/stages/test_dpo.py::test_adapter_reference_equals_frozen_copy).
+               (tests/stages/test_dpo_trainer.py::test_adapter_reference_equals_frozen_copy).
   none         reference-free (SimPO).
 Sequence log-probs do not depend on padding or on the other rows of a batch
-(tests/stages/test_dpo.py::test_seq_logprobs_padding_invariant).
+(tests/stages/test_dpo_trainer.py::test_seq_logprobs_padding_invariant).
 """
 from __future__ import annotations
 

@@ -185,7 +185,7 @@ def test_simpo_runs_reference_free(repo_root, tmp_path, monkeypatch, tokenizer):
                    "dpo.beta=2.0", "dpo.gamma=0.5"))
     rows = common.read_metrics(out)
     assert all(math.isfinite(r["loss"]) for r in rows[1:]) and "eval_reward_margin" in rows[-1]
-    # SimPO's reward is β × per-token log-prob: about 2 × −log(49152) = −21.6 for a random model.
+    # SimPO's reward is β × per-token log-prob: ≈ 2 × −log(49152) = −21.6 at random init.
     assert rows[1]["chosen_rewards"] == pytest.approx(-2 * math.log(len(tokenizer)), abs=3)
 
 
