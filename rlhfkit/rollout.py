@@ -11,6 +11,9 @@ prompts are left-padded to one width P, so response token j sits at column P + j
 - Response views are column slices: log-probs of the response tokens are
   ``response_logprobs(...).logprobs[:, P - 1:]`` (position t predicts token t + 1) and the
   critic's V_j, the value of the state *before* token j, is ``token_scores(...)[:, P - 1:-1]``.
+
+Also the logs of rollouts a run writes: samples.jsonl (prompt / response / score), rollouts.jsonl
+(the per-token view: token strings with their KL, value, advantage and reward) and eval.jsonl.
 """
 from __future__ import annotations
 
@@ -132,3 +135,43 @@ def sample_table(rows: list[dict], width: int = 60) -> str:
     lines += [f"{cut(r['prompt']):<{width}} | {cut(r['response']):<{width}} | {r['score']:+.3f}"
               for r in rows]
     return "\n".join(lines)
+
+
+def rollout_views(tokenizer, num_samples: int, prompts: list[str], rollout: Rollout, scored,
+                  rewards, raw, iteration: int) -> tuple[list[dict], list[dict]]:
+    """Rows for samples.jsonl and rollouts.jsonl (the per-token view: KL, value, advantage and
+    reward of every response token) of the first ``num_samples`` rollouts. ``scored`` holds
+    (B, R) values and (B,) scores, ``rewards`` (B, R) kl/rewards, ``raw`` (B, R) advantages."""
+    samples, tokens = [], []
+    for row in range(min(num_samples, len(prompts))):
+        mask = rollout.response_mask[row]
+        score = float(scored.scores[row])
+        samples.append({"iteration": iteration, "prompt": prompts[row],
+                        "response": scored.responses[row], "score": score})
+        tokens.append({"iteration": iteration, "prompt": prompts[row],
+                       "tokens": token_strings(tokenizer, rollout, row),
+                       **{name: [round(v, 5) for v in t[row][mask].tolist()] for name, t in (
+                           ("kl", rewards.kl), ("values", scored.values),
+                           ("advantages", raw.advantages), ("rewards", rewards.rewards))},
+                       "score": score})
+    return samples, tokens
+
+
+class RolloutLogs:
+    """samples.jsonl, rollouts.jsonl (per-token view) and eval.jsonl; main process only."""
+
+    def __init__(self, output_dir: Path, is_main: bool):
+        self.samples = JsonlLog(Path(output_dir) / "samples.jsonl", is_main)
+        self.tokens = JsonlLog(Path(output_dir) / "rollouts.jsonl", is_main)
+        self.eval = JsonlLog(Path(output_dir) / "eval.jsonl", is_main)
+        self.is_main = is_main
+
+    def truncate_after(self, iteration: int) -> None:
+        for log in (self.samples, self.tokens, self.eval):
+            log.truncate_after(iteration)
+
+    def write_samples(self, samples: list[dict], token_rows: list[dict], iteration: int) -> None:
+        self.samples.write(samples)
+        self.tokens.write(token_rows)
+        if self.is_main and samples:
+            print(f"\n[ppo] iteration {iteration} samples\n" + sample_table(samples))

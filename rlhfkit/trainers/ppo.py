@@ -337,24 +337,6 @@ def rollout_metrics(run, rollout, scored: Scored, rewards, raw, ended) -> dict:
     return {key: float(value) for key, value in metrics.items()}
 
 
-def rollout_views(tokenizer, config: PPOConfig, prompts, rollout, scored: Scored, rewards, raw,
-                  iteration: int) -> tuple[list[dict], list[dict]]:
-    """(samples rows, per-token rollouts rows) for the first ``num_samples`` rows."""
-    samples, tokens = [], []
-    for row in range(min(config.num_samples, len(prompts))):
-        mask = rollout.response_mask[row]
-        score = float(scored.scores[row])
-        samples.append({"iteration": iteration, "prompt": prompts[row],
-                        "response": scored.responses[row], "score": score})
-        tokens.append({"iteration": iteration, "prompt": prompts[row],
-                       "tokens": rollouts.token_strings(tokenizer, rollout, row),
-                       **{name: [round(v, 5) for v in t[row][mask].tolist()] for name, t in (
-                           ("kl", rewards.kl), ("values", scored.values),
-                           ("advantages", raw.advantages), ("rewards", rewards.rewards))},
-                       "score": score})
-    return samples, tokens
-
-
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class Prompts:
@@ -408,8 +390,8 @@ def ppo_iteration(run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts
     times = {f"time_{k}": v for k, v in timer.totals.items()}
     n_tokens = float(common.global_count(run.accelerator, rollout.response_mask.sum()))
     metrics.update(times, tokens_per_second=n_tokens / max(sum(times.values()), 1e-9))
-    samples, token_rows = rollout_views(tokenizer, config, prompts, rollout, scored, rewards, raw,
-                                        iteration)
+    samples, token_rows = rollouts.rollout_views(tokenizer, config.num_samples, prompts, rollout,
+                                                 scored, rewards, raw, iteration)
     return metrics, samples, token_rows
 
 
@@ -450,29 +432,12 @@ def evaluate(run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts,
             "eval_response_length_mean": sums["length"] / n}, rows
 
 
-class Logs:
-    """samples.jsonl, rollouts.jsonl (per-token view) and eval.jsonl; main process only."""
-
-    def __init__(self, run):
-        self.samples = rollouts.JsonlLog(run.output_dir / "samples.jsonl", run.is_main)
-        self.tokens = rollouts.JsonlLog(run.output_dir / "rollouts.jsonl", run.is_main)
-        self.eval = rollouts.JsonlLog(run.output_dir / "eval.jsonl", run.is_main)
-        self.is_main = run.is_main
-
-    def truncate_after(self, iteration: int) -> None:
-        for log in (self.samples, self.tokens, self.eval):
-            log.truncate_after(iteration)
-
-    def write_samples(self, samples: list[dict], token_rows: list[dict], iteration: int) -> None:
-        self.samples.write(samples)
-        self.tokens.write(token_rows)
-        if self.is_main and samples:
-            print(f"\n[ppo] iteration {iteration} samples\n" + rollouts.sample_table(samples))
-
-
 def run(config: PPOConfig) -> dict:
     """Train with PPO, checkpoint, evaluate before/after, save ``final/``; returns a summary."""
     run_ = common.start_run(config)
+    per_update = run_.world_size * config.ppo.minibatches
+    require(config.train.batch_size % per_update == 0, "train.batch_size",
+            config.train.batch_size, f"a multiple of processes × ppo.minibatches ({per_update})")
     tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
     train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed)
     pool = encode_prompts(train_examples, tokenizer, config.data)
@@ -481,7 +446,7 @@ def run(config: PPOConfig) -> dict:
     roles = build_roles(run_, config, tokenizer, iterations)
     start, extra = common.maybe_resume(run_)
     kl_coef = float(extra.get("kl_coef", config.ppo.kl_coef))
-    logs = Logs(run_)
+    logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main)
     logs.truncate_after(start)
     summary: dict = {}
     if eval_pool.ids and start == 0:

@@ -8,6 +8,7 @@ import torch
 
 from rlhfkit import rollout as rollouts
 from rlhfkit.config import ConfigError, load_config
+from rlhfkit.data import PromptExample
 from rlhfkit.models import load_tokenizer
 from rlhfkit.rewards import FunctionReward, RewardError, RewardSources, char_share, compressibility
 from rlhfkit.trainers import common, ppo
@@ -33,8 +34,8 @@ PROMPTS = ["One of the best", "You can't even tell if this film", "The plot", "A
 
 
 def tiny_rollout(run, tokenizer, roles, cfg):
-    pool = ppo.encode_prompts([type("E", (), {"messages": (("user", p),)})() for p in PROMPTS],
-                              tokenizer, cfg.data)
+    pool = ppo.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+                              cfg.data)
     ppo.seed_sampling(0, 1, 0)
     return pool, ppo.generate_for(run, roles, cfg, tokenizer, pool.ids)
 
@@ -141,8 +142,8 @@ def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora):
     assert (roles.critic is None) == (layout == "shared")
     policy_before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
     critic_before = [p.detach().clone() for p in critic.parameters()]
-    examples = [type("E", (), {"messages": (("user", p),)})() for p in PROMPTS]
-    pool = ppo.encode_prompts(examples, tokenizer, cfg.data)
+    pool = ppo.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+                              cfg.data)
     metrics, _, _ = ppo.ppo_iteration(run, roles, cfg, tokenizer, pool, 1, 0.05)
     assert metrics["critic_loss"] > 0 and metrics["actor_grad_norm"] > 0
     assert len(roles.optimizers) == (2 if layout == "separate" else 1)
