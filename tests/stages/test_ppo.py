@@ -127,6 +127,22 @@ def test_padding_and_after_eos_never_leak(repo_root, tmp_path, layout):
     assert torch.allclose(losses(roles, cfg, poisoned), reference, atol=1e-6, rtol=1e-5)
 
 
+def test_micro_batches_equal_one_pass(repo_root, tmp_path):
+    """Accumulating 2 micro-batches of 2 rows == one pass over 4 rows: same losses and same
+    gradient norms of both models (token-count normalisation; weights after Adam's first step
+    are not compared: it moves every weight by ±lr, so float noise in ~0 gradients flips signs)."""
+    results = []
+    for micro in (0, 2):
+        cfg = config(repo_root, tmp_path / str(micro), f"train.micro_batch_size={micro}")
+        run, tokenizer, roles = setup(cfg)
+        batch = leak_batch(run, tokenizer, roles, cfg)  # rows of unequal length (an early EOS)
+        stats = ppo.minibatch_step(run, roles, cfg, batch, torch.arange(len(PROMPTS)))
+        results.append(stats)
+    one, acc = results
+    for key in ("actor_loss", "critic_loss", "approx_kl", "actor_grad_norm", "critic_grad_norm"):
+        assert acc[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+
+
 # ----------------------------------------------------------------------------- roles
 @pytest.mark.parametrize("layout,lora", [("separate", False), ("shared", False),
                                          ("separate", True)])
