@@ -61,6 +61,7 @@ class CriticModule(torch.nn.Module):
 
 @dataclass
 class Roles:
+    """The four roles of a run, with the optimisers and LR schedulers of the trained ones."""
     actor: torch.nn.Module            # prepared ActorModule (policy [+ value head])
     critic: torch.nn.Module | None    # prepared CriticModule; None in the shared layout
     ref_policy: torch.nn.Module | None  # frozen copy; None = the policy with its adapter off

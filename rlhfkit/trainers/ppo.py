@@ -105,7 +105,8 @@ class PPOPart(Validated):
 class CriticPart(Validated):
     layout: str = option("separate", "separate = value model with its own optimiser; shared = "
                          "value head on the policy backbone.", choices=("separate", "shared"))
-    model_name: str = option("", "Separate critic's initial weights; empty = the reward model "
+    model_name: str = option("", "Separate critic's initial weights (it reads the policy's "
+                             "token ids: same tokenizer); empty = the reward model "
                              "(reward.model_path), else model.name with a fresh head.")
     learning_rate: float = option(0.0, "Separate critic's learning rate (0 = train.learning_rate).",
                                   min=0)
