@@ -30,9 +30,9 @@ def losses(out):
 
 @pytest.fixture(scope="module")
 def trained(repo_root, tmp_path_factory):
-    """The tiny example, shortened: 12 steps with evaluation at 0, 6 and 12."""
+    """The tiny example, shortened: 8 steps with evaluation at 0, 4 and 8."""
     out = tmp_path_factory.mktemp("dpo") / "tiny"
-    dpo.run(config(repo_root, out, "train.max_steps=12", "train.eval_every=6"))
+    dpo.run(config(repo_root, out, "train.max_steps=8", "train.eval_every=4"))
     return out
 
 
@@ -40,10 +40,10 @@ def test_tiny_example_loss_falls_and_artefacts_load(trained):
     from transformers import AutoModelForCausalLM
 
     for name in ("config.yaml", "metrics.jsonl", "ref_logps.pt", "timing.json",
-                 "final/config.json", "checkpoint-12"):
+                 "final/config.json", "checkpoint-8"):
         assert (trained / name).exists(), name
     rows = common.read_metrics(trained)
-    assert [r["step"] for r in rows] == list(range(13))
+    assert [r["step"] for r in rows] == list(range(9))
     before, after = rows[0], rows[-1]
     # Step 0 is the held-out evaluation before training: policy == reference.
     assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
