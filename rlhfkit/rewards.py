@@ -67,7 +67,8 @@ class ModelReward:
 
     model_input 'pair' scores (prompt, response) as a prompted RM saw them; 'text' scores
     prompt + response as one text with an empty prompt, for prompt-free RMs (the IMDB
-    sentiment RM judges whole reviews: opening + continuation).
+    sentiment RM judges whole reviews: opening + continuation); 'response' scores the response
+    alone with an empty prompt (the demo: "is the continuation positive?").
     """
 
     def __init__(self, path: str, device: str = "auto", dtype: str = "auto",
@@ -79,10 +80,17 @@ class ModelReward:
         self.model_input, self.batch_size, self.normalize = model_input, batch_size, normalize
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        if self.model_input == "text":
-            prompts, responses = [""] * len(prompts), [p + r for p, r in zip(prompts, responses)]
+        prompts, responses = MODEL_INPUTS[self.model_input](list(prompts), list(responses))
         scores = self.scorer(list(prompts), list(responses), self.batch_size, self.normalize)
         return torch.tensor(scores, dtype=torch.float32)  # (B,)
+
+
+MODEL_INPUTS = {  # what a reward model reads: (prompts, responses) → (prompts, responses)
+    "pair": lambda prompts, responses: (prompts, responses),
+    "text": lambda prompts, responses: ([""] * len(prompts),
+                                        [p + r for p, r in zip(prompts, responses)]),
+    "response": lambda prompts, responses: ([""] * len(prompts), responses),
+}
 
 
 class RewardSources:

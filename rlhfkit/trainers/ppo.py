@@ -64,8 +64,9 @@ class RewardPart(Validated):
     function_weight: float = option(1.0, "Weight of the function's score in the sum.")
     model_input: str = option("pair", "What the reward model reads: pair = (prompt, response) "
                               "rendered as in its training; text = prompt + response as one "
-                              "text (prompt-free RMs, e.g. the IMDB sentiment RM).",
-                              choices=("pair", "text"))
+                              "text (prompt-free RMs, e.g. the IMDB sentiment RM); response = "
+                              "the response alone (prompt-free RMs judging the continuation).",
+                              choices=("pair", "text", "response"))
     normalize: bool = option(False, "Standardise the RM score with the mean/std in its "
                              "reward_stats.json.")
     reward_clip: float = option(5.0, "The score is clipped to ±reward_clip.", min=0)
