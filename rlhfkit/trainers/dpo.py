@@ -209,7 +209,7 @@ def attach_reference_logps(run, config: DPOConfig, policy, tokenizer, train, eva
     key = fingerprint(name, run, train.pairs, evaluation.pairs)
     path = run.output_dir / REF_CACHE
     if config.resume and path.exists():
-        cached = torch.load(path)
+        cached = torch.load(path, weights_only=True)
         if cached["fingerprint"] == key:
             train.ref, evaluation.ref = cached["train"], cached["eval"]
             return
@@ -240,15 +240,13 @@ def preference_logps(policy_seq: torch.Tensor, lengths: torch.Tensor,
 
 def metric_sums(logps: PreferenceLogps, losses: torch.Tensor, beta: float) -> dict:
     """Per-batch sums of the logged metrics (divided by the global pair count later)."""
+    per_token_w = logps.policy_chosen / logps.chosen_len.clamp(min=1)  # (B,)
+    per_token_l = logps.policy_rejected / logps.rejected_len.clamp(min=1)  # (B,)
     if logps.ref_chosen is None:  # SimPO's implicit reward β·π/|y| (Meng et al. 2024, eq. 4)
-        w = logps.policy_chosen / logps.chosen_len.clamp(min=1)
-        l_ = logps.policy_rejected / logps.rejected_len.clamp(min=1)
-        rewards = dpo_metrics(PreferenceLogps(w, l_, torch.zeros_like(w), torch.zeros_like(l_)),
-                              beta)
+        zeros = torch.zeros_like(per_token_w)
+        rewards = dpo_metrics(PreferenceLogps(per_token_w, per_token_l, zeros, zeros), beta)
     else:
         rewards = dpo_metrics(logps, beta)
-    per_token_w = logps.policy_chosen / logps.chosen_len.clamp(min=1)
-    per_token_l = logps.policy_rejected / logps.rejected_len.clamp(min=1)
     sums = {name: value.sum() for name, value in rewards._asdict().items()}
     sums.update(loss=losses.detach().sum(), chosen_logps=logps.policy_chosen.detach().sum(),
                 rejected_logps=logps.policy_rejected.detach().sum(),
