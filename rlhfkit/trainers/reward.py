@@ -41,6 +41,11 @@ class RMConfig(StageConfig):
                                 "batch's responses (Eisenstein et al. 2023).", min=0)
     freeze_layers: int = option(0, "Freeze the token embeddings and the lowest N decoder layers "
                                 "(0 = train everything); the score head always trains.", min=0)
+    head_learning_rate: float = option(0.0, "Peak learning rate of the score head (0 = "
+                                       "train.learning_rate). The head starts random while the "
+                                       "body is pretrained: a higher rate lets it align in few "
+                                       "steps instead of the body bending to a random direction.",
+                                       min=0)
     eval_batch_size: int = option(32, "Sequences per forward pass in evaluation.", min=1)
     stats_rows: int = option(512, "Lists scored for reward_stats.json when there is no held-out "
                              "split (otherwise the final evaluation's rewards are used).", min=1)
@@ -212,6 +217,20 @@ def build_model(run, config: RMConfig, tokenizer):
     return model
 
 
+def make_optimizer(model, config: RMConfig):
+    """AdamW over trainable weights; the score head gets ``head_learning_rate`` when set (the
+    schedule scales both groups alike)."""
+    train = config.train
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trainable if n.startswith("score.") or ".score." in n]
+    body = [p for n, p in trainable if not (n.startswith("score.") or ".score." in n)]
+    groups = [{"params": body}, {"params": head,
+                                 "lr": config.head_learning_rate or train.learning_rate}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate,
+                             betas=(train.adam_beta1, train.adam_beta2),
+                             weight_decay=train.weight_decay, foreach=True)
+
+
 def reward_stats(totals: dict, source: str, data_config) -> dict:
     """What later stages need to normalise scores and render text like the RM saw it."""
     metrics = finish_metrics(totals)
@@ -238,7 +257,7 @@ def run(config: RMConfig) -> dict:
     max_k = max(len(seqs) for seqs in train_encoded + eval_encoded)
     model = build_model(run_, config, tokenizer)
     steps = common.total_steps(config.train, len(train_encoded))
-    optimizer = common.make_optimizer(model, config.train)
+    optimizer = make_optimizer(model, config)
     scheduler = common.make_scheduler(optimizer, config.train, steps)
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
     start, _ = common.maybe_resume(run_)

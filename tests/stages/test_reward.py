@@ -179,6 +179,16 @@ def test_freeze_layers_trains_only_the_top(tmp_path, tokenizer):
     assert any(n.startswith("model.layers.1.") for n in trainable)
 
 
+def test_head_learning_rate_applies_to_the_score_head_only(tmp_path, tokenizer):
+    config = rm_config(tmp_path, "x.jsonl", "", "head_learning_rate=0.05", "freeze_layers=1")
+    model = reward.build_model(common.start_run(config), config, tokenizer)
+    groups = reward.make_optimizer(model, config).param_groups
+    assert [g["lr"] for g in groups] == [3e-3, 0.05]
+    assert groups[1]["params"] == [model.score.weight]
+    n_trainable = sum(p.requires_grad for p in model.parameters())
+    assert len(groups[0]["params"]) + 1 == n_trainable
+
+
 class Killed(Exception):
     pass
 
