@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -308,6 +309,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args()
     args.sides = args.sides.split(",")
+    # SIGTERM unwinds like Ctrl-C, so run_workload's finally ends the worker processes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out_dir = Path(args.out)
     log_dir = out_dir / f"logs-{stamp}"
