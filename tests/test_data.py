@@ -3,7 +3,6 @@ import gzip
 import json
 
 import pytest
-import torch
 
 from rlhfkit.data import (DataError, collate_sequences, encode, left_pad, load_examples,
                           read_records, render_prompt, train_eval_split)

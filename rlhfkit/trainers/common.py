@@ -117,6 +117,20 @@ def global_sum(accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]
     return dict(zip(keys, stacked.tolist()))
 
 
+# ----------------------------------------------------------------------------- models
+def load_policy(run, config, tokenizer):
+    """The trainable causal LM of a stage: model.name in the run's dtype, optional gradient
+    checkpointing, optional LoRA adapter (config.model.lora)."""
+    from rlhfkit.models import apply_lora, load_causal_lm
+
+    model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    if config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if config.model.lora.enabled:
+        model = apply_lora(model, config.model.lora)
+    return model
+
+
 # ----------------------------------------------------------------------------- optimisation
 def make_optimizer(model_or_params, train_config):
     params = [p for p in (model_or_params.parameters() if hasattr(model_or_params, "parameters")
@@ -124,6 +138,15 @@ def make_optimizer(model_or_params, train_config):
     return torch.optim.AdamW(params, lr=train_config.learning_rate,
                              betas=(train_config.adam_beta1, train_config.adam_beta2),
                              weight_decay=train_config.weight_decay, foreach=True)
+
+
+def clip_gradients(run, model, max_norm: float | None = None) -> float:
+    """Clip the global gradient norm to ``max_norm`` (default train.max_grad_norm; 0 = off);
+    returns the norm before clipping (0.0 when off)."""
+    max_norm = run.config.train.max_grad_norm if max_norm is None else max_norm
+    if max_norm <= 0:
+        return 0.0
+    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
 
 
 def make_scheduler(optimizer, train_config, steps: int):

@@ -36,7 +36,7 @@ import torch
 from rlhfkit.config import StageConfig, Validated, option, require
 from rlhfkit.data import Encoded, collate_sequences, encode, load_examples, load_splits
 from rlhfkit.data import render_prompt
-from rlhfkit.models import adapter_disabled, apply_lora, is_peft, load_causal_lm, load_tokenizer
+from rlhfkit.models import adapter_disabled, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.ops import DPO_LOSSES, PreferenceLogps, dpo_metrics, masked_sum
 from rlhfkit.trainers import common
@@ -291,9 +291,7 @@ def train_step(run, model, optimizer, scheduler, reference, data, rows, pad_id) 
             # Σ over this process's pairs / global pairs; DDP averages over processes, hence × W.
             run.accelerator.backward(losses.sum() * run.world_size / n_pairs)
         _add(totals, sums)
-    max_norm = run.config.train.max_grad_norm
-    grad_norm = float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm)) \
-        if max_norm > 0 else 0.0
+    grad_norm = common.clip_gradients(run, model)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -347,15 +345,6 @@ def pair_rows(idx: list[int], logps: PreferenceLogps, losses: torch.Tensor) -> l
 
 
 # ----------------------------------------------------------------------------- runs
-def build_policy(run, config: DPOConfig, tokenizer):
-    model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.model.lora.enabled:
-        model = apply_lora(model, config.model.lora)
-    return model
-
-
 def make_reference(run, config: DPOConfig, policy, tokenizer, train, evaluation) -> Reference:
     mode = config.dpo.reference_mode
     if mode == "precomputed":
@@ -376,7 +365,7 @@ def run(config: DPOConfig) -> dict:
     train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
     train = PreferenceData(encode_pairs(train_examples, tokenizer, config.data))
     evaluation = PreferenceData(encode_pairs(eval_examples, tokenizer, config.data))
-    model = build_policy(run_, config, tokenizer)
+    model = common.load_policy(run_, config, tokenizer)
     clock = time.perf_counter()
     reference = make_reference(run_, config, model, tokenizer, train, evaluation)
     timing = {"reference_s": time.perf_counter() - clock}

@@ -278,7 +278,7 @@ def minibatch_step(run, roles: Roles, config: PPOConfig, batch: PPOBatch, rows) 
                            ("approx_kl", actor.approx_kl * share),
                            ("value_clipfrac", critic.clipfrac * share)):
             sums[key] += value.detach().float()
-    norms = [clip_grad(run, m, config.train.max_grad_norm) for m in models]
+    norms = [common.clip_gradients(run, m) for m in models]
     for optimizer, scheduler in zip(roles.optimizers, roles.schedulers):
         optimizer.step()
         scheduler.step()
@@ -288,12 +288,6 @@ def minibatch_step(run, roles: Roles, config: PPOConfig, batch: PPOBatch, rows) 
     if len(norms) > 1:
         stats["critic_grad_norm"] = norms[1]
     return stats
-
-
-def clip_grad(run, model, max_norm: float) -> float:
-    if max_norm <= 0:
-        return 0.0
-    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
 
 
 def ppo_update(run, roles: Roles, config: PPOConfig, batch: PPOBatch, iteration: int) -> dict:

@@ -153,19 +153,12 @@ def train_step(run, model, optimizer, scheduler, encoded, rows, max_k, pad_id) -
                 loss = loss + config.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
             run.accelerator.backward(loss * run.world_size)
         sums = add_sums(sums, list_sums(rewards, list_mask, max_k, config.margin))
-    grad_norm = clip(run, model)
+    grad_norm = common.clip_gradients(run, model)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     metrics = finish_metrics(common.global_sum(run.accelerator, sums))
     return {**metrics, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
-
-
-def clip(run, model) -> float:
-    max_norm = run.config.train.max_grad_norm
-    if max_norm <= 0:
-        return 0.0
-    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
 
 
 @torch.no_grad()

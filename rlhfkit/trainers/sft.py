@@ -15,7 +15,7 @@ import torch
 
 from rlhfkit.config import StageConfig, option
 from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
-from rlhfkit.models import apply_lora, load_causal_lm, load_tokenizer
+from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.ops import masked_sum
 from rlhfkit.trainers import common
@@ -59,20 +59,13 @@ def train_step(run, model, optimizer, scheduler, encoded, rows, micro_batch_size
             # DDP averages gradients over processes, hence × world_size.
             run.accelerator.backward(nll_sum * run.world_size / n_tokens)
         total += nll_sum.detach()
-    grad_norm = clip(run, model)
+    grad_norm = common.clip_gradients(run, model)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     sums = common.global_sum(run.accelerator, {"nll": total})
     return {"loss": sums["nll"] / n_tokens.item(), "grad_norm": grad_norm,
             "lr": scheduler.get_last_lr()[0], "tokens": int(n_tokens.item())}
-
-
-def clip(run, model) -> float:
-    max_norm = run.config.train.max_grad_norm
-    if max_norm <= 0:
-        return 0.0
-    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
 
 
 @torch.no_grad()
@@ -113,15 +106,6 @@ def greedy_samples(run, model, tokenizer, config: SFTConfig) -> list[dict]:
     return samples
 
 
-def build_model(run, config: SFTConfig, tokenizer):
-    model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
-    if config.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if config.model.lora.enabled:
-        model = apply_lora(model, config.model.lora)
-    return model
-
-
 def run(config: SFTConfig) -> dict:
     """Train, checkpoint, evaluate, save ``final/``; returns the last metrics."""
     run_ = common.start_run(config)
@@ -129,7 +113,7 @@ def run(config: SFTConfig) -> dict:
     train_examples, eval_examples = load_splits(config.data, "sft", config.train.seed)
     train_encoded = encode_examples(train_examples, tokenizer, config.data)
     eval_encoded = encode_examples(eval_examples, tokenizer, config.data)
-    model = build_model(run_, config, tokenizer)
+    model = common.load_policy(run_, config, tokenizer)
     before = greedy_samples(run_, model.to(run_.device), tokenizer, config)
     steps = common.total_steps(config.train, len(train_encoded))
     optimizer = common.make_optimizer(model, config.train)

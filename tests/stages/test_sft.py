@@ -1,5 +1,4 @@
 """SFT stage on tiny-llama: prompt masking, LoRA/full artefacts, resume, accumulation."""
-import json
 import shutil
 
 import pytest
