@@ -45,9 +45,7 @@ def run_rlhfkit(args) -> None:
     train = dpo.PreferenceData([dpo.EncodedPair(ours.encoded(p["prompt"], p["chosen"], eos),
                                                 ours.encoded(p["prompt"], p["rejected"], eos))
                                 for p in data(args)])
-    # common.load_policy replaces dpo.build_policy in a refactor under way: take either.
-    load_policy = getattr(common, "load_policy", None) or dpo.build_policy
-    policy = load_policy(run, config, tokenizer)
+    policy = common.load_policy(run, config, tokenizer)
     clock = time.perf_counter()
     reference = dpo.make_reference(run, config, policy, tokenizer, train, dpo.PreferenceData([]))
     reference_s = time.perf_counter() - clock

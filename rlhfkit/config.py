@@ -144,8 +144,10 @@ class TrainConfig(Validated):
     eval_every: int = option(0, "Evaluate every N steps (0 = only at the end).", min=0)
     save_every: int = option(0, "Checkpoint every N steps (0 = only at the end).", min=0)
     log_every: int = option(1, "Write metrics every N steps.", min=1)
-    mixed_precision: str = option("no", "Autocast: bf16 on CPU (avx512_bf16) or CUDA.",
-                                  choices=("no", "bf16"))
+    # "fp32", not accelerate's "no": YAML reads a bare no as false.
+    mixed_precision: str = option("fp32", "fp32 = no autocast; bf16 = autocast to bfloat16 "
+                                  "(CUDA, or CPUs with avx512_bf16/AMX).",
+                                  choices=("fp32", "bf16"))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ def test_yaml_then_dotted_overrides(tmp_path):
     assert config.model.lora.target_modules == ("q_proj", "v_proj")
 
 
+def test_mixed_precision_values_survive_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  mixed_precision: bf16\n")
+    assert load_config(SFTConfig, str(path)).train.mixed_precision == "bf16"
+    assert load_config(SFTConfig, None, ["train.mixed_precision=fp32"]).train.mixed_precision == "fp32"
+
+
 def test_config_is_frozen():
     config = load_config(SFTConfig)
     with pytest.raises(dataclasses.FrozenInstanceError):

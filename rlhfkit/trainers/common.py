@@ -135,9 +135,12 @@ def load_policy(run, config, tokenizer):
 def make_optimizer(model_or_params, train_config):
     params = [p for p in (model_or_params.parameters() if hasattr(model_or_params, "parameters")
                           else model_or_params) if p.requires_grad]
+    # fused: one kernel over all parameters. On 2 CPU cores one step of SmolLM2's 134.5M
+    # parameters took 1.40 s with foreach and 0.30–0.37 s fused (bench notes, issue 7);
+    # foreach also allocated a 513 MB temporary per step.
     return torch.optim.AdamW(params, lr=train_config.learning_rate,
                              betas=(train_config.adam_beta1, train_config.adam_beta2),
-                             weight_decay=train_config.weight_decay, foreach=True)
+                             weight_decay=train_config.weight_decay, fused=True)
 
 
 def clip_gradients(run, model, max_norm: float | None = None) -> float:
