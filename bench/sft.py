@@ -25,7 +25,7 @@ def run_rlhfkit(args) -> None:
     config = ours.config(sft.SFTConfig, args.workdir, BATCH)
     run = common.start_run(config)
     tokenizer = ours.tokenizer()
-    model, optimizer, scheduler = ours.prepare(run, sft.build_model(run, config, tokenizer))
+    model, optimizer, scheduler = ours.prepare(run, common.load_policy(run, config, tokenizer))
     encoded = [ours.encoded(r["prompt"], r["response"], tokenizer.eos_token_id) for r in rows(args)]
     harness.ready("rlhfkit", ("rlhfkit",))
 
@@ -56,12 +56,8 @@ def run_trl(args) -> None:
     trainer = SFTTrainer(model=theirs.causal_lm(), args=config, train_dataset=dataset,
                          processing_class=tokenizer, callbacks=[callback])
     theirs.record_loss(trainer, callback)
-    harness.ready("trl", ("trl",), optimizer=config.optim)
-    trainer.train()
-    harness.finish()
+    theirs.train(trainer, optimizer=config.optim)
 
 
 if __name__ == "__main__":
-    arguments = harness.worker_args()
-    harness.setup(arguments.threads)
-    {"rlhfkit": run_rlhfkit, "trl": run_trl}[arguments.side](arguments)
+    harness.main({"rlhfkit": run_rlhfkit, "trl": run_trl})
