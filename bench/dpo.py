@@ -51,7 +51,7 @@ def run_rlhfkit(args) -> None:
     reference_s = time.perf_counter() - clock
     model, optimizer, scheduler = ours.prepare(run, policy)
     harness.ready("rlhfkit", ("rlhfkit",), variant=variant, reference=reference.mode,
-                  reference_setup_s=reference_s)
+                 reference_setup_s=reference_s)
 
     def step():
         out = dpo.train_step(run, model, optimizer, scheduler, reference, train,
@@ -98,13 +98,9 @@ def run_trl(args) -> None:
                              if variant == "precomputed" else dataset)
     reference_s = time.perf_counter() - clock
     theirs.record_loss(trainer, callback)
-    harness.ready("trl", ("trl",), variant=variant, optimizer=config.optim,
-                  reference_setup_s=reference_s)
-    trainer.train()
-    harness.finish()
+    theirs.train(trainer, variant=variant, optimizer=config.optim,
+                 reference_setup_s=reference_s)
 
 
 if __name__ == "__main__":
-    arguments = harness.worker_args()
-    harness.setup(arguments.threads)
-    {"rlhfkit": run_rlhfkit, "trl": run_trl}[arguments.side](arguments)
+    harness.main({"rlhfkit": run_rlhfkit, "trl": run_trl})

@@ -64,6 +64,4 @@ def run_trl(args) -> None:
 
 
 if __name__ == "__main__":
-    arguments = harness.worker_args()
-    harness.setup(arguments.threads)
-    {"rlhfkit": run_rlhfkit, "trl": run_trl}[arguments.side](arguments)
+    harness.main({"rlhfkit": run_rlhfkit, "trl": run_trl})

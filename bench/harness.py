@@ -175,6 +175,13 @@ def finish(**facts) -> None:
     emit({"final": True, "peak_rss_mb": peak_rss_mb(), **facts})
 
 
+def main(sides: dict) -> None:
+    """A workload script's entry: parse the driver's arguments, pin threads, run one side."""
+    arguments = worker_args()
+    setup(arguments.threads)
+    sides[arguments.side](arguments)
+
+
 def worker_args(argv=None):
     """The arguments every workload script takes (the driver passes them)."""
     import argparse

@@ -157,12 +157,8 @@ def run_trl(args) -> None:
                          ref_model=theirs.causal_lm(), reward_model=scalar_model(),
                          train_dataset=dataset, value_model=scalar_model(),
                          callbacks=[IterationClock()])
-    harness.ready("trl", ("trl",), optimizer=config.optim)
-    trainer.train()
-    harness.finish()
+    theirs.train(trainer, optimizer=config.optim)
 
 
 if __name__ == "__main__":
-    arguments = harness.worker_args()
-    harness.setup(arguments.threads)
-    {"rlhfkit": run_rlhfkit, "trl": run_trl}[arguments.side](arguments)
+    harness.main({"rlhfkit": run_rlhfkit, "trl": run_trl})

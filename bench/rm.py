@@ -62,12 +62,8 @@ def run_trl(args) -> None:
     trainer = RewardTrainer(model=model, args=config, train_dataset=dataset,
                             processing_class=tokenizer, callbacks=[callback])
     theirs.record_loss(trainer, callback)
-    harness.ready("trl", ("trl",), optimizer=config.optim)
-    trainer.train()
-    harness.finish()
+    theirs.train(trainer, optimizer=config.optim)
 
 
 if __name__ == "__main__":
-    arguments = harness.worker_args()
-    harness.setup(arguments.threads)
-    {"rlhfkit": run_rlhfkit, "trl": run_trl}[arguments.side](arguments)
+    harness.main({"rlhfkit": run_rlhfkit, "trl": run_trl})

@@ -7,6 +7,7 @@ forward, backward, gradient clipping, ``optimizer.step()``, ``lr_scheduler.step(
 """
 from __future__ import annotations
 
+import harness
 from harness import MODEL_DIR, StepClock
 
 
@@ -77,3 +78,10 @@ def record_loss(trainer, callback) -> None:
         stop(**facts)
 
     callback.clock.stop = stop_with_loss
+
+
+def train(trainer, **facts) -> None:
+    """Report ready (with TRL's version), run TRL's own training loop, report the end."""
+    harness.ready("trl", ("trl",), **facts)
+    trainer.train()
+    harness.finish()
