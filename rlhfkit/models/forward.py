@@ -7,6 +7,8 @@ Every pass goes through the model's own ``forward`` so DDP, FSDP and DeepSpeed w
   path to 1e-5 (tests/test_models.py::test_response_logprobs_match_full_logits).
 - Values: a forward hook on the score head captures its per-token output (B, T) before the
   model pools it.
+- Encoders (BERT-style scorers, whose head reads the pooled [CLS] token and is not named
+  ``score``): ``sequence_scores`` returns the model's own logits; they give no per-token values.
 """
 from __future__ import annotations
 
@@ -60,15 +62,20 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 
 def _score_head(model):
+    """The per-token scalar head of a decoder scorer (``score``), or None for an encoder."""
     inner = unwrap(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return inner.score
+    return getattr(inner, "score", None)
 
 
 def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position (B, T): a critic's values V_t."""
+    head = _score_head(model)
+    if head is None:
+        raise ValueError(f"{type(unwrap(model)).__name__} scores whole sequences only (no "
+                         "per-token 'score' head): a critic needs a decoder model")
     captured = []
-    handle = _score_head(model).register_forward_hook(lambda m, i, o: captured.append(o))
+    handle = head.register_forward_hook(lambda m, i, o: captured.append(o))
     try:
         model(input_ids=input_ids, attention_mask=attention_mask.long(),
               position_ids=position_ids_from(attention_mask), use_cache=False)
@@ -86,6 +93,10 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Reward-model score (B,): the head read at the last real token, found from the attention
     mask (not from pad ids: SmolLM2's pad token is its EOS). Same score for left and right
-    padding (tests/test_models.py::test_sequence_score_padding_invariant)."""
+    padding (tests/test_models.py::test_sequence_score_padding_invariant). Encoders: their own
+    pooled logits (right padding only: BERT pools position 0)."""
+    if _score_head(model) is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask.long()
+                     ).logits.squeeze(-1).float()
     values = token_scores(model, input_ids, attention_mask)
     return values.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)

@@ -185,14 +185,22 @@ def evaluate(run, model, encoded, max_k, pad_id, prefix: str = "eval_") -> tuple
 
 
 # ----------------------------------------------------------------------------- model
+def embeddings_and_layers(model) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
+    """The token embeddings and the stack of transformer layers of a decoder (Llama-style:
+    ``embed_tokens``, ``layers``) or an encoder (BERT-style: ``embeddings``, ``encoder.layer``)."""
+    backbone = getattr(model, model.base_model_prefix)
+    if hasattr(backbone, "layers"):
+        return backbone.embed_tokens, backbone.layers
+    return backbone.embeddings, backbone.encoder.layer
+
+
 def freeze_lower_layers(model, n_layers: int) -> None:
-    """Freeze the embeddings and decoder layers [0, n_layers): their backward is never run."""
-    decoder = getattr(model, model.base_model_prefix)
-    layers = decoder.layers
+    """Freeze the embeddings and layers [0, n_layers): their backward is never run."""
+    embeddings, layers = embeddings_and_layers(model)
     if n_layers > len(layers):
         raise ModelLoadError(f"freeze_layers={n_layers} is invalid: the model has {len(layers)} "
-                         "decoder layers")
-    decoder.embed_tokens.requires_grad_(False)
+                             "layers")
+    embeddings.requires_grad_(False)
     for layer in layers[:n_layers]:
         layer.requires_grad_(False)
 
@@ -210,13 +218,20 @@ def build_model(run, config: RMConfig, tokenizer):
     return model
 
 
+HEADS = ("score", "classifier")  # the scalar head of decoders / of encoders (BERT)
+
+
+def is_head(name: str) -> bool:
+    return any(name.startswith(h + ".") or f".{h}." in name for h in HEADS)
+
+
 def make_optimizer(model, config: RMConfig):
     """AdamW over trainable weights; the score head gets ``head_learning_rate`` when set (the
     schedule scales both groups alike)."""
     train = config.train
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = [p for n, p in trainable if n.startswith("score.") or ".score." in n]
-    body = [p for n, p in trainable if not (n.startswith("score.") or ".score." in n)]
+    head = [p for n, p in trainable if is_head(n)]
+    body = [p for n, p in trainable if not is_head(n)]
     groups = [{"params": body}, {"params": head,
                                  "lr": config.head_learning_rate or train.learning_rate}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate,
