@@ -15,12 +15,15 @@ import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from rlhfkit.models import adapter_disabled, apply_lora, load_causal_lm, load_scalar_model
+from rlhfkit.models import (ModelLoadError, adapter_disabled, apply_lora, load_causal_lm,
+                            load_scalar_model)
 from rlhfkit.models.forward import response_logprobs, token_scores
 from rlhfkit.rewards import build_reward_sources
+from rlhfkit.scoring import STATS_FILE
 from rlhfkit.trainers import common
 
 
@@ -84,8 +87,20 @@ class Roles:
 
 
 def build_value_model(run, config, tokenizer):
+    """The separate critic: the reward model's weights (DeepSpeed-Chat), or ``critic.model_name``
+    / the policy's model with a zero-initialised head (V = 0 everywhere at the start)."""
     name = config.critic.model_name or config.reward.model_path or config.model.name
     value_model = load_scalar_model(name, tokenizer, run.dtype, config.model.cache_dir)
+    head = getattr(value_model, "score", None)
+    if head is None:
+        raise ModelLoadError(
+            f"critic: '{name}' ({type(value_model).__name__}) scores whole sequences only, but a "
+            "critic needs a value per policy token: set critic.model_name to a decoder with the "
+            "policy's tokenizer (e.g. the policy's model.name) or critic.layout=shared")
+    if not (Path(name) / STATS_FILE).exists():  # not a trained reward model: a fresh head
+        torch.nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            torch.nn.init.zeros_(head.bias)
     if config.model.lora.enabled and config.critic.lora:
         value_model = apply_lora(value_model, config.model.lora, task_type="SEQ_CLS")
     return value_model

@@ -9,7 +9,7 @@ import torch
 from rlhfkit import rollout as rollouts
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data import PromptExample
-from rlhfkit.models import load_tokenizer
+from rlhfkit.models import ModelLoadError, load_tokenizer
 from rlhfkit.rewards import FunctionReward, RewardError, RewardSources, char_share, compressibility
 from rlhfkit.trainers import common, ppo
 
@@ -167,6 +167,20 @@ def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora):
                                          zip(before, module.parameters()))
     assert changed(policy_before, roles.policy(run.accelerator))
     assert changed(critic_before, critic)
+
+
+def test_fresh_critic_starts_at_zero_and_encoder_critic_is_refused(repo_root, tmp_path,
+                                                                   tiny_bert):
+    """A critic not initialised from a reward model gets a zero head (V = 0); an encoder RM
+    (no per-token values, another tokenizer) cannot be the critic: a clear error says why."""
+    cfg = config(repo_root, tmp_path, "train.batch_size=4")
+    run, tokenizer, roles = setup(cfg, iterations=1)
+    ids = torch.tensor([tokenizer("The plot was fine")["input_ids"]])
+    with torch.no_grad():
+        values = roles.critic(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert torch.equal(values, torch.zeros_like(values))
+    with pytest.raises(ModelLoadError, match="critic.model_name"):
+        setup(config(repo_root, tmp_path / "bert", f"critic.model_name={tiny_bert}"))
 
 
 def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path):
