@@ -2,10 +2,13 @@
 
 Teach SmolLM2-135M-Instruct to continue IMDB review openings positively:
   1. stage 2 — a sentiment reward model from IMDB preference pairs (positive review ≻ negative
-     review), cached so later demos reuse it;
+     review) on all-MiniLM-L6-v2 (a small encoder: ten times cheaper per token than SmolLM2),
+     cached so later demos reuse it;
   2. stage 3 — PPO with the four roles: the LoRA policy (actor), the reference (the same
-     weights with the adapter disabled), the reward model (frozen) and a critic initialised
-     from the reward model;
+     weights with the adapter disabled), the reward model (frozen; it re-tokenises the decoded
+     text) and a critic. The critic reads the policy's tokens, so it starts from the reward
+     model only when both share a tokenizer (--quick); otherwise from the policy's weights with
+     a zero value head, trained as its own LoRA adapter;
   3. evaluation on held-out openings from the IMDB test split, before and after: share of
      continuations the RM judges positive, mean score, KL to the reference, distinct-2 and
      repetition (reward hacking shows up there first), length;
@@ -36,13 +39,13 @@ class DemoConfig(Validated):
     policy: str = option("smollm2-135m-instruct", "The model PPO trains.")
     lora: bool = option(True, "Train a LoRA adapter (the reference is then the same weights with "
                         "the adapter disabled); false = full fine-tuning against a frozen copy.")
-    reward_backbone: str = option("smollm2-135m-instruct", "Backbone of the reward model.")
+    reward_backbone: str = option("all-minilm-l6-v2", "Backbone of the reward model.")
     reuse_reward_model: bool = option(True, "Reuse a cached reward model trained with the same "
                                       "settings (in the model cache dir, demo-rm/<hash>).")
-    rm_steps: int = option(60, "Reward-model optimiser steps.", min=1)
+    rm_steps: int = option(80, "Reward-model optimiser steps.", min=1)
     rm_batch_size: int = option(16, "Pairs per reward-model step.", min=1)
-    rm_freeze_layers: int = option(24, "Frozen lower decoder layers of the RM backbone.", min=0)
-    rm_learning_rate: float = option(3e-5, "Reward-model learning rate.", min=0)
+    rm_freeze_layers: int = option(0, "Frozen lower layers of the RM backbone.", min=0)
+    rm_learning_rate: float = option(5e-5, "Reward-model learning rate.", min=0)
     iterations: int = option(30, "PPO iterations.", min=1)
     batch_size: int = option(16, "Prompts per PPO iteration.", min=1)
     max_new_tokens: int = option(24, "Tokens generated per continuation.", min=1)
@@ -82,8 +85,10 @@ def reward_model_settings(config: DemoConfig) -> dict:
                  "eval_path": str(DATA / "imdb/pairs_test.jsonl.gz"),
                  "max_eval_rows": 256 if not config.quick else 64,
                  "template": "plain", "max_prompt_length": 8, "max_length": 128},
+        "eval_batch_size": 64,
         "train": {"learning_rate": config.rm_learning_rate, "batch_size": config.rm_batch_size,
-                  "max_steps": config.rm_steps, "warmup_steps": 5, "seed": config.seed},
+                  "max_steps": config.rm_steps, "warmup_steps": 10, "lr_scheduler": "linear",
+                  "weight_decay": 0.0, "seed": config.seed},
     }
 
 
@@ -116,6 +121,9 @@ def ppo_settings(config: DemoConfig, reward_model: Path) -> dict:
         # The RM was trained prompt-free on whole reviews: it judges the continuation alone.
         "reward": {"model_path": str(reward_model), "normalize": True,
                    "model_input": "response"},
+        # The critic reads policy tokens: from the RM when it shares the policy's backbone.
+        "critic": {"model_name": "" if config.reward_backbone == config.policy
+                   else config.policy},
         "rollout": {"max_new_tokens": config.max_new_tokens, "top_k": config.top_k},
         "ppo": {"kl_coef": config.kl_coef},
         "train": {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
@@ -187,8 +195,11 @@ def run(config: DemoConfig) -> dict:
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     reward_model = train_reward_model(config)
     rm_seconds = time.perf_counter() - start
-    print("[demo] stage 3: PPO (actor = LoRA policy, reference = adapter disabled, "
-          "reward model frozen, critic initialised from the reward model)")
+    critic = ("the reward model" if config.reward_backbone == config.policy
+              else f"{config.policy} with a zero value head")
+    print(f"[demo] stage 3: PPO (actor = {'LoRA ' if config.lora else ''}policy, reference = "
+          f"{'adapter disabled' if config.lora else 'frozen copy'}, reward model frozen, "
+          f"critic initialised from {critic})")
     ppo.run(build(ppo.PPOConfig, ppo_settings(config, reward_model)))
     ppo_dir = Path(config.output_dir) / "ppo"
     before_rows, after_rows = before_after(ppo_dir)
