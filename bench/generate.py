@@ -1,8 +1,9 @@
 """Generation workload: 16 prompts × 64 tokens, 64 new tokens each, sampling (temperature 1,
 no top-k / top-p filter), KV cache, fp32.
 
-rlhfkit: ``rlhfkit.rollout.generate`` (PPO step 1; stops at EOS, which with 16 sampled rows
-practically never ends all rows before 64 tokens — the generated width is reported per step).
+rlhfkit: ``rlhfkit.rollout.generate`` (PPO step 1: rlhfkit's decode loop, rlhfkit/decoding.py,
+same distribution as HF; stops at EOS, which with 16 sampled rows practically never ends all
+rows before 64 tokens — the generated width is reported per step).
 HF (the TRL side, in TRL's venv): ``model.generate(..., min_new_tokens=64)``, the path TRL's
 GRPO/PPO trainers take without vLLM. New tokens/s counts 16 × generated width.
 """

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from rlhfkit.data import left_pad
+from rlhfkit.decoding import decode
 
 
 class Rollout(NamedTuple):
@@ -65,23 +66,20 @@ def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperatur
     """Sample one response per prompt (eval mode, no gradients, KV cache, stop at EOS);
     temperature 0 = greedy. top_k 0 and top_p 1 switch those filters off.
 
-    Sampling draws from torch's global generator: the trainer seeds it per iteration, so the
-    rollouts of an iteration depend only on (seed, iteration, process) and the weights.
+    The distribution is HF ``generate``'s (temperature, then top-k, then top-p); the loop is
+    rlhfkit's own (``decoding.decode``: static KV cache, no per-step logits processors).
+    Sampling draws from torch's global generator on the model's device: the trainer seeds it
+    per iteration, so the rollouts of an iteration depend only on (seed, iteration, process)
+    and the weights.
     """
-    from transformers import GenerationConfig
-
     ids, prompt_mask = left_pad(prompt_ids, pad_id)  # (B, P)
     device = next(model.parameters()).device
     ids, prompt_mask = ids.to(device), prompt_mask.to(device)
-    settings = GenerationConfig(
-        do_sample=temperature > 0, temperature=temperature if temperature > 0 else None,
-        top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-        eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=ids, attention_mask=prompt_mask.long(),
-                             generation_config=settings)  # (B, P + R)
+        out = decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p,
+                     pad_id, eos_id)  # (B, P + R)
     finally:
         model.train(was_training)
     width = ids.shape[1]

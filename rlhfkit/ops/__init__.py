@@ -32,3 +32,12 @@ __all__ += [
     "adaptive_kl_update", "apply_missing_eos_penalty", "compute_rewards", "explained_variance",
     "gae", "kl_k1", "kl_k2", "kl_k3", "last_token_mask", "policy_loss", "value_loss",
 ]
+
+from rlhfkit.ops.sampling import (  # noqa: E402
+    Candidates, filter_candidates, inverse_cdf_sample, sample_next_tokens, top_p_keep_mask,
+)
+
+__all__ += [
+    "Candidates", "filter_candidates", "inverse_cdf_sample", "sample_next_tokens",
+    "top_p_keep_mask",
+]
