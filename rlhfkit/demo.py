@@ -51,7 +51,11 @@ class DemoConfig(Validated):
     max_new_tokens: int = option(24, "Tokens generated per continuation.", min=1)
     top_k: int = option(0, "Sample among the k likeliest tokens (0 = off).", min=0)
     learning_rate: float = option(5e-4, "Policy (LoRA) learning rate.", min=0)
-    kl_coef: float = option(0.05, "β of the per-token KL penalty.", min=0)
+    kl_coef: float = option(0.08, "β of the per-token KL penalty. Measured: 0.05 (4 PPO epochs) "
+                            "let the KL reach ~9 nats per continuation within 20 iterations; "
+                            "0.15 (2 epochs) held it at 1.7 but only 78% turned positive.",
+                            min=0)
+    ppo_epochs: int = option(2, "PPO passes over each batch of rollouts.", min=1)
     eval_prompts: int = option(64, "Held-out IMDB test openings evaluated before and after.",
                                min=1)
     seed: int = option(0, "Seed for everything.")
@@ -63,7 +67,7 @@ class DemoConfig(Validated):
 QUICK = {"policy": "tiny-llama", "lora": False, "reward_backbone": "tiny-llama", "rm_steps": 60,
          "rm_batch_size": 16, "rm_freeze_layers": 0, "rm_learning_rate": 2e-3, "iterations": 10,
          "batch_size": 32, "max_new_tokens": 6, "top_k": 20, "learning_rate": 3e-3,
-         "eval_prompts": 32}
+         "eval_prompts": 32, "kl_coef": 0.05, "ppo_epochs": 4}
 
 
 def resolve(config: DemoConfig) -> DemoConfig:
@@ -125,7 +129,7 @@ def ppo_settings(config: DemoConfig, reward_model: Path) -> dict:
         "critic": {"model_name": "" if config.reward_backbone == config.policy
                    else config.policy},
         "rollout": {"max_new_tokens": config.max_new_tokens, "top_k": config.top_k},
-        "ppo": {"kl_coef": config.kl_coef},
+        "ppo": {"kl_coef": config.kl_coef, "ppo_epochs": config.ppo_epochs},
         "train": {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
                   "max_steps": config.iterations, "lr_scheduler": "constant",
                   "seed": config.seed},

@@ -240,11 +240,13 @@ def save_checkpoint(run: Run, step: int, extra: dict | None = None, keep: int = 
 
 
 def maybe_resume(run: Run) -> tuple[int, dict]:
-    """(step to continue from, extra state) — (0, {}) when not resuming or nothing saved."""
-    if not run.config.resume:
-        return 0, {}
-    path = newest_checkpoint(run.output_dir)
+    """(step to continue from, extra state) — (0, {}) when not resuming or nothing saved.
+
+    A run that starts at step 0 starts metrics.jsonl empty: rerunning into the same output_dir
+    replaces the earlier run's curve instead of appending to it."""
+    path = newest_checkpoint(run.output_dir) if run.config.resume else None
     if path is None:
+        run.metrics.truncate_after(-1)
         return 0, {}
     run.accelerator.load_state(str(path))
     state = json.loads((path / "trainer_state.json").read_text())

@@ -443,7 +443,7 @@ def run(config: PPOConfig) -> dict:
     start, extra = common.maybe_resume(run_)
     kl_coef = float(extra.get("kl_coef", config.ppo.kl_coef))
     logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main)
-    logs.truncate_after(start)
+    logs.truncate_after(start if start else -1)  # a fresh run starts its logs empty
     summary: dict = {}
     if eval_pool.ids and start == 0:
         summary["before"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, 0)

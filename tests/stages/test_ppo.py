@@ -207,18 +207,20 @@ def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path):
 # ----------------------------------------------------------------------------- resume
 def test_resume_equals_uninterrupted(repo_root, tmp_path):
     """A run that dies during iteration 3 (checkpoint at 2) and resumes gives the same metrics,
-    samples and per-token rollouts, adaptive-KL state included."""
+    samples and per-token rollouts, adaptive-KL state included; running again into the same
+    output_dir without resume=true replaces the logs rather than appending."""
     args = ("train.max_steps=3", "train.save_every=2", "sample_every=1", "train.batch_size=8",
             "rollout.max_new_tokens=6", "ppo.kl_controller=adaptive", "ppo.target_kl=0.1",
-            "ppo.kl_horizon=50")
+            "ppo.kl_horizon=50", "data.eval_fraction=0.25")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     ppo.run(config(repo_root, whole, *args))
+    ppo.run(config(repo_root, whole, *args))  # a rerun into the same dir starts its logs afresh
     # The crash: a copy of the run as it was during iteration 3 — no checkpoint-3, no final/,
     # nothing logged for iteration 3.
     shutil.copytree(whole, broken)
     shutil.rmtree(broken / "checkpoint-3")
     shutil.rmtree(broken / "final")
-    for name in ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl"):
+    for name in ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl", "eval.jsonl"):
         rows = (broken / name).read_text().splitlines()
         kept = [r for r in rows if json.loads(r).get("step", json.loads(r).get("iteration")) <= 2]
         assert len(kept) < len(rows)
@@ -228,8 +230,11 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path):
     a, b = strip(common.read_metrics(whole)), strip(common.read_metrics(broken))
     assert a == b and len(a) == 3
     assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved every iteration
-    for name in ("samples.jsonl", "rollouts.jsonl"):
+    for name in ("samples.jsonl", "rollouts.jsonl", "eval.jsonl"):
         assert (whole / name).read_text() == (broken / name).read_text(), name
+    evaluated = [json.loads(row)["iteration"]
+                 for row in (whole / "eval.jsonl").read_text().splitlines()]
+    assert sorted(set(evaluated)) == [0, 3] and evaluated.count(0) == evaluated.count(3)
 
 
 # ----------------------------------------------------------------------------- config, rewards

@@ -81,6 +81,14 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path):
     assert common.read_metrics(broken) == common.read_metrics(whole)
 
 
+def test_rerun_into_same_output_dir_replaces_the_metrics(repo_root, tmp_path):
+    """Without resume=true a second run starts metrics.jsonl afresh instead of appending."""
+    sft.run(config(repo_root, tmp_path / "run", "train.max_steps=2"))
+    first = common.read_metrics(tmp_path / "run")
+    sft.run(config(repo_root, tmp_path / "run", "train.max_steps=2"))
+    assert common.read_metrics(tmp_path / "run") == first
+
+
 def test_accumulation_equals_one_big_batch(repo_root, tmp_path):
     """Micro-batches of 2 × 4 accumulation steps == one batch of 8 (global token count)."""
     sft.run(config(repo_root, tmp_path / "a", "train.max_steps=3"))
