@@ -21,7 +21,7 @@ import torch
 
 from rlhfkit.models import (ModelLoadError, adapter_disabled, apply_lora, load_causal_lm,
                             load_scalar_model)
-from rlhfkit.models.forward import response_logprobs, token_scores
+from rlhfkit.models.forward import response_logprobs, score_head, token_scores
 from rlhfkit.rewards import build_reward_sources
 from rlhfkit.scoring import STATS_FILE
 from rlhfkit.trainers import common
@@ -91,7 +91,7 @@ def build_value_model(run, config, tokenizer):
     / the policy's model with a zero-initialised head (V = 0 everywhere at the start)."""
     name = config.critic.model_name or config.reward.model_path or config.model.name
     value_model = load_scalar_model(name, tokenizer, run.dtype, config.model.cache_dir)
-    head = getattr(value_model, "score", None)
+    head = score_head(value_model)
     if head is None:
         raise ModelLoadError(
             f"critic: '{name}' ({type(value_model).__name__}) scores whole sequences only, but a "

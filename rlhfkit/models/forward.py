@@ -61,7 +61,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return ResponseLogprobs(logprobs, mask, entropy)
 
 
-def _score_head(model):
+def score_head(model):
     """The per-token scalar head of a decoder scorer (``score``), or None for an encoder."""
     inner = unwrap(model)
     inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
@@ -70,7 +70,7 @@ def _score_head(model):
 
 def token_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The scalar head at every position (B, T): a critic's values V_t."""
-    head = _score_head(model)
+    head = score_head(model)
     if head is None:
         raise ValueError(f"{type(unwrap(model)).__name__} scores whole sequences only (no "
                          "per-token 'score' head): a critic needs a decoder model")
@@ -95,7 +95,7 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     mask (not from pad ids: SmolLM2's pad token is its EOS). Same score for left and right
     padding (tests/test_models.py::test_sequence_score_padding_invariant). Encoders: their own
     pooled logits (right padding only: BERT pools position 0)."""
-    if _score_head(model) is None:
+    if score_head(model) is None:
         return model(input_ids=input_ids, attention_mask=attention_mask.long()
                      ).logits.squeeze(-1).float()
     values = token_scores(model, input_ids, attention_mask)

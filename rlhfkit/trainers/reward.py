@@ -28,9 +28,8 @@ from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_t
 from rlhfkit.models.forward import sequence_scores
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
+from rlhfkit.scoring import STATS_FILE
 from rlhfkit.trainers import common
-
-STATS_FILE = "reward_stats.json"
 
 
 @dataclass(frozen=True)
