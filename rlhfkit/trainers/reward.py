@@ -227,15 +227,11 @@ def is_head(name: str) -> bool:
 def make_optimizer(model, config: RMConfig):
     """AdamW over trainable weights; the score head gets ``head_learning_rate`` when set (the
     schedule scales both groups alike)."""
-    train = config.train
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = [p for n, p in trainable if is_head(n)]
-    body = [p for n, p in trainable if not is_head(n)]
-    groups = [{"params": body}, {"params": head,
-                                 "lr": config.head_learning_rate or train.learning_rate}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=train.learning_rate,
-                             betas=(train.adam_beta1, train.adam_beta2),
-                             weight_decay=train.weight_decay, foreach=True)
+    named = list(model.named_parameters())
+    return common.make_optimizer(
+        [{"params": [p for n, p in named if not is_head(n)]},
+         {"params": [p for n, p in named if is_head(n)],
+          "lr": config.head_learning_rate or config.train.learning_rate}], config.train)
 
 
 def reward_stats(totals: dict, source: str, data_config) -> dict:
