@@ -58,8 +58,10 @@ WORKLOADS = [
     Workload("dpo_lora", "dpo.py", "lora", "lora_plus_ref", 16, 128, target_vs_alloc=1.3),
     Workload("ppo", "ppo.py", "", "ppo", 8, 128, venv="trl112", target_vs_alloc=1.3,
              note="one iteration: generate, score, 4 PPO epochs; tokens = prompt + response"),
+    Workload("grpo", "grpo.py", "", "grpo", 32, 128, target_vs_alloc=1.3,
+             note="one step: 8 prompts × 4 generations, reference forward, one update"),
 ]
-NOT_MEASURABLE = {"grpo": "rlhfkit has no GRPO stage yet"}
+NOT_MEASURABLE: dict = {}
 
 
 def model_flops(kind: str, tokens: int, counts: dict) -> float:
@@ -78,6 +80,9 @@ def model_flops(kind: str, tokens: int, counts: dict) -> float:
         # critic and reward-model forwards 2·N_body each, 4 epochs × (actor 6·N + critic
         # 6·N_body). The old log-probs can come from the sampling logits: not counted.
         "ppo": 4 * n + 4 * body + 4 * 6 * (n + body),
+        # GRPO per prompt+response token: rollout 2·N, reference 2·N, one update 6·N (the old
+        # log-probs are the update's own: μ = 1).
+        "grpo": 2 * n + 2 * n + 6 * n,
     }[kind]
     return per_token * tokens
 
@@ -162,7 +167,8 @@ def start(side: str, workload: Workload, args, log_dir: Path) -> Worker:
 def run_workload(workload: Workload, args, log_dir: Path) -> dict:
     sides = [s for s in args.sides if not (s != "rlhfkit" and not (VENVS[workload.venv] / "bin"
                                                                    / "python").exists())]
-    groups = [[s] for s in sides] if args.sequential else [sides]
+    sequential = args.sequential or workload.name in args.sequential_for.split(",")
+    groups = [[s] for s in sides] if sequential else [sides]
     workers = []
     for group in groups:
         started = [start(side, workload, args, log_dir) for side in group]
@@ -295,7 +301,7 @@ def phase_lines(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS) + ",grpo")
+    parser.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
     parser.add_argument("--sides", default="rlhfkit,trl,trl+alloc")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per side")
@@ -305,6 +311,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="sequence-length scale (smoke)")
     parser.add_argument("--sequential", action="store_true",
                         help="one side at a time (less memory; no step-by-step alternation)")
+    parser.add_argument("--sequential-for", default="dpo_copy,dpo_precomputed,dpo_lora,ppo,grpo",
+                        help="workloads run one side at a time: three sides of these at once "
+                             "need 20-30 GB (TRL alone: 7-13 GB), more than a 24 GB machine has")
     parser.add_argument("--workdir", default="/tmp/rlhfkit-bench")
     parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args()

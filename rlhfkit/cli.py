@@ -16,6 +16,7 @@ STAGES = {
     "rm": ("rlhfkit.trainers.reward", "RMConfig"),
     "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
     "ppo": ("rlhfkit.trainers.ppo", "PPOConfig"),
+    "grpo": ("rlhfkit.trainers.grpo", "GRPOConfig"),
     "demo": ("rlhfkit.demo", "DemoConfig"),
 }
 

@@ -107,7 +107,9 @@ def build_value_model(run, config, tokenizer):
 
 
 def build_roles(run, config, tokenizer, iterations: int) -> Roles:
-    """policy (actor), value_model (critic), ref_policy and reward sources, prepared."""
+    """policy (actor), value_model (critic; none for GRPO), ref_policy and reward sources,
+    prepared. ``config``: a PPOConfig or GRPOConfig (``critic_layout``, ``reference_mode``,
+    ``updates_per_iteration``)."""
     policy = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
     if config.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -116,7 +118,8 @@ def build_roles(run, config, tokenizer, iterations: int) -> Roles:
         ref_policy = copy.deepcopy(policy).eval().requires_grad_(False).to(run.device)
     if config.model.lora.enabled:
         policy = apply_lora(policy, config.model.lora)
-    shared = config.critic.layout == "shared"
+    layout = config.critic_layout  # separate | shared | none (GRPO: no critic)
+    shared = layout == "shared"
     value_head = None
     if shared:  # zero-initialised: V = 0 everywhere at the start
         value_head = torch.nn.Linear(policy.config.hidden_size, 1).to(run.dtype)
@@ -124,11 +127,11 @@ def build_roles(run, config, tokenizer, iterations: int) -> Roles:
         torch.nn.init.zeros_(value_head.bias)
     modules = [ActorModule(policy, value_head)]
     train_configs = [config.train]
-    if not shared:
+    if layout == "separate":
         modules.append(CriticModule(build_value_model(run, config, tokenizer)))
         train_configs.append(dataclasses.replace(
             config.train, learning_rate=config.critic.learning_rate or config.train.learning_rate))
-    updates = iterations * config.ppo.ppo_epochs * config.ppo.minibatches
+    updates = iterations * config.updates_per_iteration
     optimizers = [common.make_optimizer(m, t) for m, t in zip(modules, train_configs)]
     schedulers = [common.make_scheduler(o, t, updates) for o, t in zip(optimizers, train_configs)]
     prepared = run.accelerator.prepare(*modules, *optimizers, *schedulers)

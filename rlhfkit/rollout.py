@@ -158,7 +158,8 @@ def rollout_views(tokenizer, num_samples: int, prompts: list[str], rollout: Roll
 class RolloutLogs:
     """samples.jsonl, rollouts.jsonl (per-token view) and eval.jsonl; main process only."""
 
-    def __init__(self, output_dir: Path, is_main: bool):
+    def __init__(self, output_dir: Path, is_main: bool, stage: str = "ppo"):
+        self.stage = stage
         self.samples = JsonlLog(Path(output_dir) / "samples.jsonl", is_main)
         self.tokens = JsonlLog(Path(output_dir) / "rollouts.jsonl", is_main)
         self.eval = JsonlLog(Path(output_dir) / "eval.jsonl", is_main)
@@ -172,4 +173,4 @@ class RolloutLogs:
         self.samples.write(samples)
         self.tokens.write(token_rows)
         if self.is_main and samples:
-            print(f"\n[ppo] iteration {iteration} samples\n" + sample_table(samples))
+            print(f"\n[{self.stage}] iteration {iteration} samples\n" + sample_table(samples))

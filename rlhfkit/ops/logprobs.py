@@ -54,3 +54,20 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -
     if not out:
         return flat.new_zeros(logits.shape[:-1], dtype=torch.float32)
     return torch.cat(out).reshape(logits.shape[:-1])
+
+
+def gathered_logprobs(logits: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor,
+                      labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """log softmax(logits[rows[m], columns[m]])[labels[m]] for m = 0 … M−1; logits (N, K, V).
+
+    One position may be read for several labels (the last prompt token predicts the first token
+    of every packed response). The logsumexp runs over the N·K positions chunk by chunk and the
+    labels' logits are picked by index, so no (M, V) copy of the logits is made. (M,) float.
+    """
+    N, K, V = logits.shape
+    flat = logits.reshape(N * K, V)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    lse = torch.cat([torch.logsumexp(flat[start:start + chunk_size].to(dtype), dim=-1)
+                     for start in range(0, N * K, chunk_size)]) if N * K else flat.new_zeros(0)
+    index = rows * K + columns
+    return flat[index, labels].to(dtype) - lse[index]

@@ -38,6 +38,8 @@ from rlhfkit.data import Encoded, collate_sequences, encode, load_examples, load
 from rlhfkit.data import render_prompt
 from rlhfkit.models import adapter_disabled, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.models.forward import response_logprobs
+from rlhfkit.models.packing import (PackedBatch, can_pack, pack_shared_prompts,
+                                    packed_sequence_logprobs)
 from rlhfkit.ops import DPO_LOSSES, PreferenceLogps, dpo_metrics, masked_sum
 from rlhfkit.trainers import common
 
@@ -47,6 +49,9 @@ REF_CACHE = "ref_logps.pt"
 
 @dataclass(frozen=True)
 class DPOPart(Validated):
+    share_prompt: bool = option(True, "Run chosen and rejected in one packed row with their "
+                                "prompt computed once (causal decoders; the same log-probs, "
+                                "fewer tokens); false = one row per response.")
     loss_type: str = option("sigmoid", "Loss from rlhfkit.ops.dpo.DPO_LOSSES: sigmoid (DPO; cDPO "
                             "with label_smoothing), ipo, simpo (reference-free), hinge (SLiC).",
                             choices=tuple(DPO_LOSSES))
@@ -120,13 +125,25 @@ def encode_pairs(examples, tokenizer, data_config) -> list[EncodedPair]:
     return out
 
 
-def pair_batch(pairs: list[EncodedPair], pad_id: int):
-    """Chosen rows then rejected rows, right-padded together: (2B, T)."""
+def pair_batch(pairs: list[EncodedPair], pad_id: int, share_prompt: bool = False):
+    """Chosen rows then rejected rows, right-padded together: (2B, T). ``share_prompt``: one
+    packed row per pair, its prompt run once (models/packing.py; same log-probs)."""
+    if share_prompt:
+        return pack_shared_prompts([[p.chosen, p.rejected] for p in pairs], pad_id)
     return collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
 
 
+def shares_prompt(run, model) -> bool:
+    return run.config.dpo.share_prompt and can_pack(model)
+
+
 def seq_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(seq_logprobs (2B,) = Σ_t log π over response tokens, response lengths (2B,))."""
+    """(seq_logprobs (2B,) = Σ_t log π over response tokens, response lengths (2B,)), chosen
+    first, for a row-per-response or a packed ``pair_batch``."""
+    if isinstance(batch, PackedBatch):  # responses in pair order: 2i chosen, 2i + 1 rejected
+        sums, lengths = packed_sequence_logprobs(model, batch)
+        order = torch.arange(len(sums), device=sums.device).view(-1, 2).t().reshape(-1)
+        return sums[order], lengths[order]
     out = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask)
     return masked_sum(out.logprobs, out.mask, dim=1), out.mask.sum(1)
 
@@ -177,9 +194,9 @@ def precompute_reference(run, ref_policy, pairs: list, batch_size: int, pad_id: 
     rows = []
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        batch = pair_batch([pairs[i] for i in idx], pad_id).to(run.device)
+        batch = pair_batch([pairs[i] for i in idx], pad_id, shares_prompt(run, ref_policy))
         with run.accelerator.autocast():
-            logps = seq_logprobs(ref_policy, batch)[0].float().cpu()
+            logps = seq_logprobs(ref_policy, batch.to(run.device))[0].float().cpu()
         rows += [(i, logps[k].item(), logps[k + len(idx)].item()) for k, i in enumerate(idx)]
     if run.world_size > 1:
         rows = gather_object(rows)
@@ -260,7 +277,8 @@ def batch_loss(run, model, reference: Reference, data: PreferenceData, idx: list
                pad_id: int) -> tuple[torch.Tensor, PreferenceLogps, dict]:
     """Per-pair losses (B,) of the pairs ``idx``, their log-probs and metric sums."""
     dpo = run.config.dpo
-    batch = pair_batch([data.pairs[i] for i in idx], pad_id).to(run.device)
+    batch = pair_batch([data.pairs[i] for i in idx], pad_id,
+                       shares_prompt(run, model)).to(run.device)
     with run.accelerator.autocast():
         policy_seq, lengths = seq_logprobs(model, batch)  # one pass: chosen rows, rejected rows
         # The adapter reference needs the peft model itself, not its DDP wrapper.

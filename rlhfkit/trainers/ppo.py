@@ -137,9 +137,26 @@ class PPOConfig(StageConfig):
 
     @property
     def reference_mode(self) -> str:
-        if self.ppo.reference != "auto":
-            return self.ppo.reference
-        return "adapter" if self.model.lora.enabled else "copy"
+        return resolve_reference(self.ppo.reference, self.model.lora.enabled)
+
+    @property
+    def critic_layout(self) -> str:
+        return self.critic.layout
+
+    @property
+    def minibatches(self) -> int:
+        return self.ppo.minibatches
+
+    @property
+    def updates_per_iteration(self) -> int:
+        return self.ppo.ppo_epochs * self.ppo.minibatches
+
+
+def resolve_reference(reference: str, lora: bool) -> str:
+    """auto → adapter with LoRA (no second copy of the weights), else a frozen copy."""
+    if reference != "auto":
+        return reference
+    return "adapter" if lora else "copy"
 
 
 # ----------------------------------------------------------------------------- step 2: scoring
@@ -169,7 +186,12 @@ def score_rollout(run, roles: Roles, config: PPOConfig, tokenizer, rollout, prom
             out, shared_values = roles.actor(ids, attn, seq_mask, True, temperature)
             with roles.reference(run.accelerator) as ref_policy:
                 ref_out = response_logprobs(ref_policy, ids, attn, seq_mask, False, temperature)
-            values = shared_values if roles.critic is None else roles.critic(ids, attn)
+            if roles.critic is not None:
+                values = roles.critic(ids, attn)
+            elif shared_values is not None:
+                values = shared_values
+            else:  # no critic (GRPO)
+                values = torch.zeros(ids.shape, device=ids.device)
         pieces.append((out.logprobs[:, P - 1:], ref_out.logprobs[:, P - 1:],
                        values[:, P - 1:-1], out.entropy[:, P - 1:]))
     for model in models:
@@ -430,10 +452,28 @@ def evaluate(run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts,
 
 def run(config: PPOConfig) -> dict:
     """Train with PPO, checkpoint, evaluate before/after, save ``final/``; returns a summary."""
+    return train_online(config, "ppo", ppo_step, {"kl_coef": config.ppo.kl_coef})
+
+
+def ppo_step(run_, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts, iteration: int,
+             state: dict) -> tuple[dict, list, list, dict]:
+    """Steps 1–5, then 6. KL control: the coefficient for the next iteration (checkpointed)."""
+    metrics, samples, token_rows = ppo_iteration(run_, roles, config, tokenizer, pool, iteration,
+                                                 state["kl_coef"])
+    return metrics, samples, token_rows, {
+        "kl_coef": next_kl_coef(config, state["kl_coef"], metrics["kl_mean"])}
+
+
+def train_online(config, stage: str, step, state: dict) -> dict:
+    """The loop of the online stages (PPO, GRPO): roles, before/after evaluation on held-out
+    prompts, ``step`` per iteration, logs, checkpoints holding ``state``, ``final/``.
+
+    ``step(run, roles, config, tokenizer, pool, iteration, state)`` returns (metrics, sample
+    rows, per-token rows, next state); its metrics hold ``score_mean`` and ``kl_mean``."""
     run_ = common.start_run(config)
-    per_update = run_.world_size * config.ppo.minibatches
+    per_update = run_.world_size * config.minibatches
     require(config.train.batch_size % per_update == 0, "train.batch_size",
-            config.train.batch_size, f"a multiple of processes × ppo.minibatches ({per_update})")
+            config.train.batch_size, f"a multiple of processes × minibatches ({per_update})")
     tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
     train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed)
     pool = encode_prompts(train_examples, tokenizer, config.data)
@@ -441,21 +481,19 @@ def run(config: PPOConfig) -> dict:
     iterations = common.total_steps(config.train, len(pool.ids))
     roles = build_roles(run_, config, tokenizer, iterations)
     start, extra = common.maybe_resume(run_)
-    kl_coef = float(extra.get("kl_coef", config.ppo.kl_coef))
-    logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main)
+    state = {key: extra.get(key, value) for key, value in state.items()}
+    logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main, stage)
     logs.truncate_after(start if start else -1)  # a fresh run starts its logs empty
     summary: dict = {}
     if eval_pool.ids and start == 0:
         summary["before"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, 0)
         run_.metrics.log(0, summary["before"])
         logs.eval.write(rows)
-    bar = common.progress(run_, iterations, start, "ppo")
+    bar = common.progress(run_, iterations, start, stage)
     metrics: dict = {}
     for iteration in range(start + 1, iterations + 1):
-        metrics, samples, token_rows = ppo_iteration(run_, roles, config, tokenizer, pool,
-                                                     iteration, kl_coef)
-        # 6. KL control (the coefficient for the next iteration; saved in checkpoints).
-        kl_coef = next_kl_coef(config, kl_coef, metrics["kl_mean"])
+        metrics, samples, token_rows, state = step(run_, roles, config, tokenizer, pool,
+                                                   iteration, state)
         if eval_pool.ids and common.should(config.train.eval_every, iteration, iterations):
             summary["after"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
             metrics.update(summary["after"])
@@ -465,7 +503,7 @@ def run(config: PPOConfig) -> dict:
         if common.should(config.sample_every, iteration, iterations):
             logs.write_samples(samples, token_rows, iteration)
         if common.should(config.train.save_every, iteration, iterations):
-            common.save_checkpoint(run_, iteration, {"kl_coef": kl_coef})
+            common.save_checkpoint(run_, iteration, state)
         bar.set_postfix(score=f"{metrics['score_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
                         s_it=f"{sum(v for k, v in metrics.items() if k.startswith('time_')):.1f}")
         bar.update(1)

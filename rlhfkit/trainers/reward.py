@@ -26,6 +26,7 @@ from rlhfkit.config import StageConfig, option, require
 from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_tokenizer
 from rlhfkit.models.forward import sequence_scores
+from rlhfkit.models.packing import can_pack, pack_shared_prompts, packed_sequence_scores
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
 from rlhfkit.scoring import STATS_FILE
@@ -45,6 +46,9 @@ class RMConfig(StageConfig):
                                        "body is pretrained: a higher rate lets it align in few "
                                        "steps instead of the body bending to a random direction.",
                                        min=0)
+    share_prompt: bool = option(True, "Score a list's responses in one packed row with the "
+                                "prompt computed once (causal decoders; the same scores, fewer "
+                                "tokens); false = one row per response.")
     eval_batch_size: int = option(32, "Sequences per forward pass in evaluation.", min=1)
     stats_rows: int = option(512, "Lists scored for reward_stats.json when there is no held-out "
                              "split (otherwise the final evaluation's rewards are used).", min=1)
@@ -67,14 +71,18 @@ def encode_lists(examples, tokenizer, data_config) -> list[list]:
     return encoded
 
 
-def score_lists(model, lists: list[list], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def score_lists(model, lists: list[list], pad_id: int, device, share_prompt: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass over all responses of ``lists`` → (rewards, list_mask), both (B, K_max).
 
     Slot k of row b holds the k-th best response's reward; slots past K_b are 0 and masked out.
+    ``share_prompt`` (decoders): a list's responses in one packed row, the prompt run once.
     """
-    flat = [seq for seqs in lists for seq in seqs]
-    batch = collate_sequences(flat, pad_id).to(device)
-    scores = sequence_scores(model, batch.input_ids, batch.attention_mask)  # (Σ K_b,)
+    if share_prompt and can_pack(model):
+        scores = packed_sequence_scores(model, pack_shared_prompts(lists, pad_id).to(device))
+    else:
+        batch = collate_sequences([seq for seqs in lists for seq in seqs], pad_id).to(device)
+        scores = sequence_scores(model, batch.input_ids, batch.attention_mask)  # (Σ K_b,)
     sizes = torch.tensor([len(seqs) for seqs in lists], device=device)
     list_mask = torch.arange(int(sizes.max()), device=device)[None, :] < sizes[:, None]  # (B, K)
     # masked_scatter fills True slots in row-major order: the order of ``flat``.
@@ -142,7 +150,7 @@ def train_step(run, model, optimizer, scheduler, encoded, rows, max_k, pad_id) -
         context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
         with context, run.accelerator.autocast():
             rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
-                                             run.device)
+                                             run.device, config.share_prompt)
             rewards = rewards.float()
             out = ranking_loss(rewards, list_mask, config.margin)
             # Σ over this chunk's lists / global lists (+ centering Σ r² / global responses);
@@ -176,7 +184,7 @@ def evaluate(run, model, encoded, max_k, pad_id, prefix: str = "eval_") -> tuple
             start += 1
         with run.accelerator.autocast():
             rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
-                                             run.device)
+                                             run.device, run.config.share_prompt)
         sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.margin))
     model.train()
     totals = common.global_sum(run.accelerator, sums)

@@ -52,3 +52,26 @@ def test_entropy_hand_values():
     out = entropy_from_logits(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1000.0, 0.0, 0.0, 0.0]]))
     assert math.isclose(out[0].item(), math.log(4), abs_tol=1e-6)
     assert abs(out[1].item()) < 1e-6
+
+
+def test_gathered_logprobs_reads_any_position_for_any_label_like_log_softmax():
+    from rlhfkit.ops.logprobs import gathered_logprobs
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    columns = torch.tensor([2, 2, 0, 1, 2])  # (0, 2) is read for two labels
+    labels = torch.tensor([1, 4, 0, 3, 3])
+    expected = torch.log_softmax(logits, -1)[rows, columns, labels]
+    got = gathered_logprobs(logits, rows, columns, labels, chunk_size=2)  # chunks straddle rows
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    grad = logits.grad.clone()
+    logits.grad = None
+    expected.sum().backward()
+    torch.testing.assert_close(grad, logits.grad)
+    # a hand value: logits [0, ln 3] at one position → log p(label 1) = ln(3/4)
+    two = torch.tensor([[[0.0, math.log(3.0)]]])
+    torch.testing.assert_close(gathered_logprobs(two, torch.tensor([0]), torch.tensor([0]),
+                                                 torch.tensor([1])),
+                               torch.tensor([math.log(0.75)]))

@@ -109,6 +109,25 @@ def test_adapter_reference_equals_frozen_copy(tokenizer):
     assert not torch.allclose(dpo.seq_logprobs(policy, batch)[0], frozen, atol=1e-2)
 
 
+def test_shared_prompt_rows_equal_one_row_per_response(tokenizer):
+    """dpo.share_prompt packs each pair into one row: same log-probs, chosen first, and the
+    same gradient, to 1e-5 (the fast path must not change the math)."""
+    model = load_causal_lm("tiny-llama", tokenizer)
+    pad = tokenizer.pad_token_id
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logps, lengths = dpo.seq_logprobs(model, dpo.pair_batch(_pairs(tokenizer), pad, share))
+        (logps * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        results.append((logps.detach(), lengths, [p.grad.clone() for p in model.parameters()]))
+    (rows, row_lengths, row_grads), (packed, packed_lengths, packed_grads) = results
+    assert isinstance(dpo.pair_batch(_pairs(tokenizer), pad, True), dpo.PackedBatch)
+    torch.testing.assert_close(packed, rows, atol=1e-5, rtol=0)
+    assert packed_lengths.tolist() == row_lengths.tolist()
+    for a, b in zip(packed_grads, row_grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_seq_logprobs_padding_invariant(tokenizer):
     """Extra padding, other rows and row order never change a pair's sequence log-probs."""
     model = load_causal_lm("tiny-llama", tokenizer)

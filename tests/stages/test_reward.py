@@ -71,6 +71,20 @@ def test_score_is_padding_invariant_left_vs_right(tokenizer):
     torch.testing.assert_close(left, torch.cat(alone), rtol=0, atol=1e-5)
 
 
+def test_shared_prompt_scores_equal_one_row_per_response(tokenizer):
+    """share_prompt packs a list's responses into one row: the same rewards (K = 2 and 4)."""
+    model = load_scalar_model("tiny-llama", tokenizer)
+    torch.nn.init.normal_(model.score.weight)
+    data = load_config(reward.RMConfig, None, ["data.template=plain"]).data
+    examples = [RankedExample((("user", "p q r"),), ("good", "bad")),
+                RankedExample((("user", "q"),), ("w x great", "w okay", "meh", "awful awful"))]
+    lists = reward.encode_lists(examples, tokenizer, data)
+    rows, mask = reward.score_lists(model, lists, tokenizer.pad_token_id, "cpu", False)
+    packed, packed_mask = reward.score_lists(model, lists, tokenizer.pad_token_id, "cpu", True)
+    assert packed_mask.tolist() == mask.tolist()
+    torch.testing.assert_close(packed, rows, rtol=0, atol=1e-5)
+
+
 def test_score_lists_masks_short_lists(tokenizer):
     """K = 2 and K = 4 in one forward pass: padded slots are masked and cannot move the loss."""
     model = load_scalar_model("tiny-llama", tokenizer)

@@ -1,0 +1,267 @@
+"""GRPO (Shao et al. 2024): PPO's clipped update without a critic. Roles: policy (trainable),
+ref_policy (frozen copy, or the LoRA policy with its adapter off), reward sources.
+
+One iteration (``grpo_iteration``):
+  1. Rollout: train.batch_size prompts, each sampled ``grpo.num_generations`` (G) times: the
+     G responses of a prompt are one group, in consecutive rows.
+  2. Scoring, no gradients: reference log-probs (when beta > 0), the old policy log-probs
+     (only when the rollout is used for more than one update), the score of each response.
+  3. Advantages: each score against its group, A = (r − group mean) / (group std + 1e-4)
+     (``grpo.scale_rewards``), the same for every token of the response (ops.group_advantages).
+  4. Update: ``grpo.epochs`` × ``grpo.minibatches`` steps of ops.grpo_loss (clipped ratio
+     + beta · k3 KL to the reference). With one update per rollout the old log-probs are the
+     current ones (ρ = 1): no extra forward pass.
+Logs, evaluation on held-out prompts, checkpoints and ``resume=true`` are PPO's
+(``ppo.train_online``); per-iteration metrics: score_mean/std, kl_mean (k1 per response,
+nats), kl_token_mean (k3 per token, the loss term), advantage spread, zero-std groups, times.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from rlhfkit import rollout as rollouts
+from rlhfkit.config import StageConfig, Validated, option, require
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.ops import masked_sum
+from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
+from rlhfkit.roles import Roles
+from rlhfkit.trainers import common
+from rlhfkit.trainers.ppo import (Prompts, RewardPart, RolloutPart, gather_rows,
+                                  generate_for, resolve_reference, seed_sampling, train_online)
+
+
+@dataclass(frozen=True)
+class GRPOPart(Validated):
+    num_generations: int = option(4, "G: responses sampled per prompt (one group).", min=2)
+    beta: float = option(0.04, "β of the k3 KL-to-reference term in the loss (0 = none; the "
+                         "reference still gives the logged KL).", min=0)
+    scale_rewards: str = option("group", "Advantage divisor: group = the group's std (GRPO), "
+                                "batch = the whole batch's std, none = 1 (Dr. GRPO).",
+                                choices=tuple(REWARD_SCALES))
+    aggregation: str = option("token", "Loss over tokens: token = mean over all real tokens of "
+                              "the minibatch (DAPO, TRL's default), sequence = mean per response "
+                              "then over responses (the paper).", choices=tuple(AGGREGATIONS))
+    epochs: int = option(1, "Updates per rollout batch (μ); 1 = on-policy, ρ = 1.", min=1)
+    minibatches: int = option(1, "Minibatches per epoch (the rollout rows must divide).", min=1)
+    clip_eps: float = option(0.2, "ε of the clipped ratio.", min=0)
+    reference: str = option("auto", "ref_policy: copy, adapter (LoRA with the adapter off), "
+                            "auto = adapter with LoRA, else copy.",
+                            choices=("auto", "copy", "adapter"))
+
+
+@dataclass(frozen=True)
+class GRPOConfig(StageConfig):
+    output_dir: str = option("runs/grpo", "Everything the run writes goes here.")
+    rollout: RolloutPart = option(None, "Generation settings (step 1).", factory=RolloutPart)
+    reward: RewardPart = option(None, "Reward sources (step 2).", factory=RewardPart)
+    grpo: GRPOPart = option(None, "GRPO settings (steps 3–4).", factory=GRPOPart)
+    sample_every: int = option(10, "Print a sample table and write samples.jsonl / rollouts.jsonl "
+                               "every N iterations (and the last; 0 = last only).", min=0)
+    num_samples: int = option(4, "Rollouts shown per sample table / rollouts.jsonl.", min=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        rows = self.train.batch_size * self.grpo.num_generations
+        require(rows % self.grpo.minibatches == 0, "grpo.minibatches", self.grpo.minibatches,
+                f"a divisor of train.batch_size × grpo.num_generations ({rows})")
+        require(bool(self.reward.model_path or self.reward.function), "reward.model_path",
+                self.reward.model_path, "a reward model folder, or set reward.function")
+        require(self.grpo.reference != "adapter" or self.model.lora.enabled, "grpo.reference",
+                self.grpo.reference, "copy or auto when model.lora.enabled is false")
+
+    @property
+    def reference_mode(self) -> str:
+        return resolve_reference(self.grpo.reference, self.model.lora.enabled)
+
+    @property
+    def critic_layout(self) -> str:
+        return "none"
+
+    @property
+    def minibatches(self) -> int:
+        """Prompts per process must divide evenly; groups never straddle processes."""
+        return 1
+
+    @property
+    def updates_per_iteration(self) -> int:
+        return self.grpo.epochs * self.grpo.minibatches
+
+    @property
+    def reuses_rollout(self) -> bool:
+        """More than one update per rollout: the old log-probs need their own forward pass."""
+        return self.updates_per_iteration > 1
+
+
+# ----------------------------------------------------------------------------- steps 1–3
+@torch.no_grad()
+def score_group_rollout(run, roles: Roles, config: GRPOConfig, rollout):
+    """2. (ref_logprobs, old logprobs or None), each (B, R), in chunks of micro_batch_size."""
+    P, temperature = rollout.prompt_width, config.rollout.temperature
+    size = config.train.micro_batch_size or rollout.input_ids.shape[0]
+    ref, old = [], []
+    roles.actor.eval()
+    for start in range(0, rollout.input_ids.shape[0], size):
+        mb = rollout.select(slice(start, start + size))
+        args = (mb.input_ids, mb.attention_mask, mb.sequence_response_mask)
+        with run.accelerator.autocast():
+            with roles.reference(run.accelerator) as ref_policy:
+                ref.append(response_logprobs(ref_policy, *args, False, temperature)
+                           .logprobs[:, P - 1:].float())
+            if config.reuses_rollout:
+                old.append(roles.actor(*args, False, temperature)[0].logprobs[:, P - 1:].float())
+    roles.actor.train()
+    return torch.cat(ref), (torch.cat(old) if old else None)
+
+
+def advantages_for(run, config: GRPOConfig, scores: torch.Tensor) -> torch.Tensor:
+    """3. Group-relative advantages; ``batch`` scaling uses the std of every process's scores."""
+    everything = gather_rows(run, scores)
+    advantages = group_advantages(everything, config.grpo.num_generations,
+                                  config.grpo.scale_rewards)
+    B = scores.shape[0]
+    return advantages[run.rank * B:(run.rank + 1) * B]
+
+
+# ----------------------------------------------------------------------------- step 4: update
+def minibatch_step(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict, rows,
+                   policy_logprobs: torch.Tensor) -> dict:
+    """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
+    are written into ``policy_logprobs`` (the old ones when the rollout is used once)."""
+    P, mask = rollout.prompt_width, rollout.response_mask
+    if config.grpo.aggregation == "token":
+        denominator = common.global_count(run.accelerator, mask[rows].sum())
+    else:
+        denominator = common.global_count(run.accelerator, len(rows))
+    size = config.train.micro_batch_size or len(rows)
+    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    sums = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
+    for index, chunk in enumerate(chunks):
+        mb = rollout.select(chunk)
+        with contextlib.ExitStack() as stack:
+            if index < len(chunks) - 1:  # gradients are all-reduced on the last micro-batch only
+                stack.enter_context(run.accelerator.no_sync(roles.actor))
+            with run.accelerator.autocast():
+                out, _ = roles.actor(mb.input_ids, mb.attention_mask, mb.sequence_response_mask,
+                                     False, config.rollout.temperature)
+                logprobs = out.logprobs[:, P - 1:].float()
+                old = tensors["old"][chunk] if tensors["old"] is not None else logprobs.detach()
+                loss = grpo_loss(logprobs, old, tensors["ref"][chunk],
+                                 tensors["advantages"][chunk], mb.response_mask,
+                                 config.grpo.clip_eps, config.grpo.beta, config.grpo.aggregation,
+                                 denominator)
+            run.accelerator.backward(loss.loss * run.world_size)  # DDP averages over processes
+        policy_logprobs[chunk] = logprobs.detach()
+        share = len(chunk) / len(rows)
+        for key, value in (("loss", loss.loss), ("kl_token_mean", loss.kl * share),
+                           ("clipfrac", loss.clipfrac * share)):
+            sums[key] += value.detach().float()
+    grad_norm = common.clip_gradients(run, roles.actor)
+    for optimizer, scheduler in zip(roles.optimizers, roles.schedulers):
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    stats = common.global_sum(run.accelerator, sums)
+    stats["grad_norm"] = grad_norm
+    return stats
+
+
+def grpo_update(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict, iteration: int):
+    """4. epochs × minibatches steps over shuffled rows → (mean stats, the log-probs the last
+    update saw for each row: the rollout policy's when the rollout is used once)."""
+    n_rows = rollout.input_ids.shape[0]
+    size = n_rows // config.grpo.minibatches
+    shuffle = torch.Generator().manual_seed(config.train.seed * 7919 + iteration)
+    seen = torch.zeros(rollout.response_mask.shape, device=run.device)
+    totals: dict = {}
+    for _ in range(config.grpo.epochs):
+        order = torch.randperm(n_rows, generator=shuffle).to(run.device)
+        for k in range(config.grpo.minibatches):
+            stats = minibatch_step(run, roles, config, rollout, tensors,
+                                   order[k * size:(k + 1) * size], seen)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value / config.updates_per_iteration
+    totals["lr"] = roles.schedulers[0].get_last_lr()[0]
+    return totals, seen
+
+
+def grpo_iteration(run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
+                   iteration: int) -> tuple[dict, list, list]:
+    timer = common.Timer()
+    G = config.grpo.num_generations
+    seed_sampling(config.train.seed, iteration, run.rank)
+    # 1. Rollout: this process's share of the prompts, each G times in consecutive rows.
+    with timer.phase("generate"):
+        rows = common.batch_rows(len(pool.ids), config.train.batch_size, iteration - 1,
+                                 config.train.seed)[run.rank::run.world_size]
+        prompts = [pool.texts[i] for i in rows for _ in range(G)]
+        rollout = generate_for(run, roles, config, tokenizer,
+                               [pool.ids[i] for i in rows for _ in range(G)])
+    # 2. Scoring and 3. advantages.
+    with timer.phase("score"):
+        ref_logprobs, old_logprobs = score_group_rollout(run, roles, config, rollout)
+        responses = rollouts.decode_responses(tokenizer, rollout)
+        scores, parts = roles.reward.score(prompts, responses)
+        scores = scores.to(run.device).float()
+        advantages = advantages_for(run, config, scores)
+    # 4. Update.
+    with timer.phase("update"):
+        tensors = {"ref": ref_logprobs, "old": old_logprobs, "advantages": advantages}
+        update, seen = grpo_update(run, roles, config, rollout, tensors, iteration)
+    policy_logprobs = old_logprobs if old_logprobs is not None else seen
+    mask = rollout.response_mask
+    kl = masked_sum(policy_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
+    metrics = {**group_metrics(run, config, scores, advantages, kl, mask,
+                               rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)),
+               **update}
+    for name, part in parts.items():
+        if len(parts) > 1:
+            metrics[f"score_{name}_mean"] = float(gather_rows(run, part.to(run.device)).mean())
+    times = {f"time_{k}": v for k, v in timer.totals.items()}
+    n_tokens = float(common.global_count(run.accelerator, mask.sum()))
+    metrics.update(times, tokens_per_second=n_tokens / max(sum(times.values()), 1e-9))
+    samples, token_rows = views(tokenizer, config.num_samples, prompts, rollout, responses,
+                                scores, advantages, policy_logprobs - ref_logprobs, iteration)
+    return metrics, samples, token_rows
+
+
+def group_metrics(run, config: GRPOConfig, scores, advantages, kl, mask, ended) -> dict:
+    g = {name: gather_rows(run, t) for name, t in (
+        ("scores", scores), ("advantages", advantages), ("kl", kl), ("ended", ended.float()),
+        ("length", mask.sum(1).float()))}
+    group_std = g["scores"].view(-1, config.grpo.num_generations).std(dim=1)
+    return {"score_mean": float(g["scores"].mean()),
+            "score_std": float(g["scores"].std(correction=0)),
+            "score_group_std_mean": float(group_std.mean()),
+            "zero_std_group_share": float((group_std == 0).float().mean()),
+            "advantage_abs_mean": float(g["advantages"].abs().mean()),
+            "kl_mean": float(g["kl"].mean()), "eos_share": float(g["ended"].mean()),
+            "response_length_mean": float(g["length"].mean())}
+
+
+def views(tokenizer, num_samples, prompts, rollout, responses, scores, advantages, log_ratio,
+          iteration) -> tuple[list[dict], list[dict]]:
+    """samples.jsonl and rollouts.jsonl rows of the first ``num_samples`` rollouts (the per-token
+    view holds each token's k1 KL; the advantage is the response's)."""
+    samples, tokens = [], []
+    for row in range(min(num_samples, len(prompts))):
+        mask = rollout.response_mask[row]
+        base = {"iteration": iteration, "prompt": prompts[row]}
+        samples.append({**base, "response": responses[row], "score": float(scores[row]),
+                        "advantage": float(advantages[row])})
+        tokens.append({**base, "tokens": rollouts.token_strings(tokenizer, rollout, row),
+                       "kl": [round(v, 5) for v in log_ratio[row][mask].tolist()],
+                       "advantage": float(advantages[row]), "score": float(scores[row])})
+    return samples, tokens
+
+
+def grpo_step(run_, roles, config, tokenizer, pool, iteration, state):
+    metrics, samples, token_rows = grpo_iteration(run_, roles, config, tokenizer, pool, iteration)
+    return metrics, samples, token_rows, state
+
+
+def run(config: GRPOConfig) -> dict:
+    """Train with GRPO, checkpoint, evaluate before/after, save ``final/``; returns a summary."""
+    return train_online(config, "grpo", grpo_step, {})

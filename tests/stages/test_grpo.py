@@ -1,0 +1,156 @@
+"""GRPO stage on tiny-llama: the score rises, groups are consecutive rows of one prompt, the
+on-policy shortcut (no old-log-prob forward) equals the straightforward path, LoRA with the
+adapter as reference, resume == uninterrupted. The math itself: tests/ops/test_grpo_ops.py."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlhfkit.config import ConfigError, load_config
+from rlhfkit.data import load_splits
+from rlhfkit.models import load_tokenizer
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.roles import build_roles
+from rlhfkit.trainers import common, grpo, ppo
+
+TINY = "examples/grpo_tiny.yaml"
+TIMING = ("time_", "tokens_per_second")
+
+
+def config(repo_root, out, *overrides):
+    return load_config(grpo.GRPOConfig, str(repo_root / TINY),
+                       [f"output_dir={out}", f"data.train_path={repo_root}/data/tiny/prompts.jsonl",
+                        *overrides])
+
+
+def setup(cfg):
+    run = common.start_run(cfg)
+    tokenizer = load_tokenizer(cfg.model.name)
+    roles = build_roles(run, cfg, tokenizer, 2)
+    pool = ppo.encode_prompts(load_splits(cfg.data, "prompt", cfg.train.seed)[0], tokenizer,
+                              cfg.data)
+    return run, tokenizer, roles, pool
+
+
+def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "tiny"
+    grpo.run(config(repo_root, out))
+    rows = common.read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    first, last = rows[0]["score_mean"], sum(r["score_mean"] for r in rows[-3:]) / 3
+    assert last > first + 0.15, (first, last)
+    for key in ("score_mean", "score_std", "score_group_std_mean", "zero_std_group_share",
+                "advantage_abs_mean", "kl_mean", "kl_token_mean", "loss", "clipfrac",
+                "grad_norm", "eos_share", "response_length_mean", "time_generate",
+                "time_score", "time_update", "tokens_per_second", "lr"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert rows[0]["kl_mean"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
+    assert rows[-1]["kl_mean"] > 0.01 and all(r["clipfrac"] == 0.0 for r in rows)  # on-policy
+    AutoModelForCausalLM.from_pretrained(out / "final")
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert {"iteration", "prompt", "response", "score", "advantage"} <= set(samples[0])
+    tokens = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert all(len(r["tokens"]) == len(r["kl"]) for r in tokens)
+
+
+def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root, tmp_path):
+    cfg = config(repo_root, tmp_path, "train.batch_size=3", "grpo.num_generations=4")
+    run, tokenizer, roles, pool = setup(cfg)
+    seen = {}
+
+    def remember(run_, roles_, config_, tokenizer_, prompt_ids):
+        seen["prompt_ids"] = prompt_ids
+        return ppo.generate_for(run_, roles_, config_, tokenizer_, prompt_ids)
+
+    original, grpo.generate_for = grpo.generate_for, remember
+    original_update = grpo.grpo_update
+
+    def capture(run_, roles_, config_, rollout, tensors, iteration):
+        seen["advantages"] = tensors["advantages"]
+        return original_update(run_, roles_, config_, rollout, tensors, iteration)
+
+    grpo.grpo_update = capture
+    try:
+        metrics, _, _ = grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)
+    finally:
+        grpo.generate_for, grpo.grpo_update = original, original_update
+    ids = seen["prompt_ids"]
+    assert len(ids) == 12 and all(ids[4 * g] == ids[4 * g + k] for g in range(3) for k in range(4))
+    assert len({tuple(ids[4 * g]) for g in range(3)}) == 3
+    sums = seen["advantages"].view(3, 4).sum(dim=1)
+    torch.testing.assert_close(sums, torch.zeros(3), atol=1e-4, rtol=0)
+    assert 0.0 <= metrics["zero_std_group_share"] <= 1.0
+
+
+def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp_path):
+    """epochs = 1: no forward for the old log-probs; the update's own log-probs (returned for
+    the KL metric) equal a separate no-grad forward before the update, to 1e-5."""
+    cfg = config(repo_root, tmp_path, "rollout.max_new_tokens=6")
+    assert not cfg.reuses_rollout and config(repo_root, tmp_path, "grpo.epochs=2").reuses_rollout
+    run, tokenizer, roles, pool = setup(cfg)
+    ppo.seed_sampling(0, 1, 0)
+    rollout = ppo.generate_for(run, roles, cfg, tokenizer, pool.ids[:8])
+    ref, old = grpo.score_group_rollout(run, roles, cfg, rollout)
+    assert old is None
+    P = rollout.prompt_width
+    with torch.no_grad():
+        separate = response_logprobs(roles.policy(run.accelerator), rollout.input_ids,
+                                     rollout.attention_mask, rollout.sequence_response_mask,
+                                     False, cfg.rollout.temperature).logprobs[:, P - 1:]
+    before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
+    tensors = {"ref": ref, "old": None, "advantages": torch.linspace(-1, 1, 8)}
+    stats, seen = grpo.grpo_update(run, roles, cfg, rollout, tensors, 1)
+    mask = rollout.response_mask
+    torch.testing.assert_close(seen[mask], separate[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref[mask], separate[mask], atol=1e-5, rtol=0)  # no update yet
+    after = list(roles.policy(run.accelerator).parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))
+    assert stats["grad_norm"] > 0
+
+
+def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path):
+    out = tmp_path / "lora"
+    cfg = config(repo_root, out, "model.lora.enabled=true", "train.max_steps=2",
+                 "grpo.epochs=2", "grpo.minibatches=2")
+    assert cfg.reference_mode == "adapter" and cfg.reuses_rollout
+    grpo.run(cfg)
+    rows = common.read_metrics(out)
+    assert len(rows) == 2 and rows[-1]["kl_mean"] != 0.0
+    assert any(r["clipfrac"] >= 0.0 for r in rows)
+
+
+def test_resume_equals_uninterrupted(repo_root, tmp_path):
+    args = ("train.max_steps=3", "train.save_every=2", "sample_every=1", "train.batch_size=4",
+            "rollout.max_new_tokens=6", "data.eval_fraction=0.25")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    grpo.run(config(repo_root, whole, *args))
+    shutil.copytree(whole, broken)
+    shutil.rmtree(broken / "checkpoint-3")
+    shutil.rmtree(broken / "final")
+    for name in ("metrics.jsonl", "samples.jsonl", "rollouts.jsonl", "eval.jsonl"):
+        rows = (broken / name).read_text().splitlines()
+        kept = [r for r in rows if json.loads(r).get("step", json.loads(r).get("iteration")) <= 2]
+        (broken / name).write_text("".join(r + "\n" for r in kept))
+    grpo.run(config(repo_root, broken, *args, "resume=true"))
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+    a, b = strip(common.read_metrics(whole)), strip(common.read_metrics(broken))
+    assert a == b and [r["step"] for r in a] == [0, 1, 2, 3]
+    assert "eval_score_mean" in a[0] and "eval_kl_mean" in a[-1]
+    for name in ("samples.jsonl", "rollouts.jsonl", "eval.jsonl"):
+        assert (whole / name).read_text() == (broken / name).read_text(), name
+
+
+def test_config_errors(repo_root, tmp_path):
+    with pytest.raises(ConfigError, match="grpo.num_generations"):
+        config(repo_root, tmp_path, "grpo.num_generations=1")
+    with pytest.raises(ConfigError, match="grpo.minibatches"):
+        config(repo_root, tmp_path, "grpo.minibatches=3")  # 8 × 4 = 32 rows
+    with pytest.raises(ConfigError, match="grpo.reference"):
+        config(repo_root, tmp_path, "grpo.reference=adapter")
+    with pytest.raises(ConfigError, match="grpo.scale_rewards"):
+        config(repo_root, tmp_path, "grpo.scale_rewards=median")
+    with pytest.raises(ConfigError, match="reward.model_path"):
+        config(repo_root, tmp_path, "reward.function=")
