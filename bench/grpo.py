@@ -6,7 +6,9 @@ sides (no special tokens, no chat template). Reward on both sides:
 ``rlhfkit.rewards.compressibility`` on the decoded completion (a cheap CPU function: the step
 measures the trainers, not a reward model).
 
-rlhfkit: ``rlhfkit.trainers.grpo.grpo_iteration`` (its phase times are reported).
+rlhfkit: ``rlhfkit.trainers.grpo.grpo_iteration`` with its defaults (phase times reported): the
+4 samples of a prompt run as one packed row with the prompt once in the reference forward and
+in the update (grpo.share_prompt; the same log-probs: tests/stages/test_grpo.py).
 TRL ≥ 1.16: ``GRPOTrainer`` (timed from on_step_begin to on_step_end, generation included).
 Same math on both sides: beta 0.04 (k3 KL to a frozen reference copy, forwarded each step),
 loss aggregated over the step's real tokens (TRL ``loss_type="dapo"``, rlhfkit

@@ -1,7 +1,8 @@
 """Reward-model workload: 8 pairs × (64 prompt + 64 response), −log σ(r_w − r_l) per pair.
 
-rlhfkit: ``rlhfkit.trainers.reward.train_step`` (both responses of every pair in one forward
-pass, score read at the last attended token). TRL: ``RewardTrainer`` (one forward over
+rlhfkit: ``rlhfkit.trainers.reward.train_step`` with its defaults: each pair packed into one
+row [prompt | chosen | rejected] with the prompt computed once (share_prompt: 192 instead of
+256 tokens per pair, the same scores), each score read at its response's last token. TRL: ``RewardTrainer`` (one forward over
 [chosen; rejected]; HF's sequence-classification pooling reads the last token that is not the
 pad id — SmolLM2's pad id is its EOS, so one position earlier than rlhfkit: same FLOPs, a
 different read-out position, hence a different loss value). Both: AdamW, clip 1.0, fp32.

@@ -22,6 +22,7 @@ import torch
 from rlhfkit.models import (ModelLoadError, adapter_disabled, apply_lora, load_causal_lm,
                             load_scalar_model)
 from rlhfkit.models.forward import response_logprobs, score_head, token_scores
+from rlhfkit.models.packing import packed_token_logprobs
 from rlhfkit.rewards import build_reward_sources
 from rlhfkit.scoring import STATS_FILE
 from rlhfkit.trainers import common
@@ -35,8 +36,11 @@ class ActorModule(torch.nn.Module):
         self.policy, self.value_head = policy, value_head
 
     def forward(self, input_ids, attention_mask, response_mask, with_entropy=False,
-                temperature=1.0):
-        """(ResponseLogprobs over (B, T−1), values (B, T) or None)."""
+                temperature=1.0, packed=None):
+        """(ResponseLogprobs over (B, T−1), values (B, T) or None). With ``packed`` =
+        (PackedBatch, width) instead: (response-aligned log-probs (S, width), None)."""
+        if packed is not None:
+            return packed_token_logprobs(self.policy, *packed, temperature), None
         if self.value_head is None:
             return response_logprobs(self.policy, input_ids, attention_mask, response_mask,
                                      with_entropy, temperature), None

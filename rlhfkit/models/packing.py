@@ -37,7 +37,8 @@ class PackedBatch(NamedTuple):
     token_row: torch.Tensor       # (M,) per response token (those with a predecessor): its row,
     token_source: torch.Tensor    #   the column whose logits predict it,
     token_label: torch.Tensor     #   its id,
-    token_owner: torch.Tensor     #   and the response it belongs to (0 … S−1, input order)
+    token_owner: torch.Tensor     #   the response it belongs to (0 … S−1, input order),
+    token_index: torch.Tensor     #   and its index in that response
     last_row: torch.Tensor        # (S,) per response: the row and column of its last token
     last_column: torch.Tensor
 
@@ -65,7 +66,7 @@ def pack_shared_prompts(groups: list[list[Encoded]], pad_id: int) -> PackedBatch
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     segments = torch.full((len(rows), width), -1, dtype=torch.long)
-    tokens: list[tuple[int, int, int, int]] = []  # (row, source column, label, owner)
+    tokens: list[tuple[int, int, int, int, int]] = []  # (row, source, label, owner, index)
     last = [(0, 0)] * owner
     for r, members in enumerate(rows):
         prompt = members[0][1].prompt_ids
@@ -82,13 +83,12 @@ def pack_shared_prompts(groups: list[list[Encoded]], pad_id: int) -> PackedBatch
             for t, label in enumerate(encoded.response_ids):
                 source = column + t - 1 if t else P - 1
                 if source >= 0:  # a first token with no prompt before it has no prediction
-                    tokens.append((r, source, label, s))
+                    tokens.append((r, source, label, s, t))
             last[s] = (r, column + n - 1 if n else max(P - 1, 0))
             column += n
-    t = torch.tensor(tokens, dtype=torch.long).reshape(-1, 4)
+    t = torch.tensor(tokens, dtype=torch.long).reshape(-1, 5)
     lasts = torch.tensor(last, dtype=torch.long).reshape(-1, 2)
-    return PackedBatch(ids, positions, segments, t[:, 0], t[:, 1], t[:, 2], t[:, 3],
-                       lasts[:, 0], lasts[:, 1])
+    return PackedBatch(ids, positions, segments, *t.unbind(1), lasts[:, 0], lasts[:, 1])
 
 
 def attention_mask_4d(segments: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -105,36 +105,57 @@ def attention_mask_4d(segments: torch.Tensor, dtype: torch.dtype | None = None) 
     return bias.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
+def _config(model):
+    """The transformers config under DDP/accelerate and peft wrappers."""
+    inner = unwrap(model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return getattr(inner, "config", None)
+
+
 def can_pack(model) -> bool:
     """A causal decoder whose attention takes a custom 4-D mask (not an encoder)."""
-    inner = unwrap(model)
-    config = getattr(inner, "config", None)
+    config = _config(model)
     return (config is not None and not getattr(config, "is_encoder_decoder", False)
             and getattr(config, "_attn_implementation", None) in MASKS
             and getattr(config, "model_type", "") not in ("bert", "roberta", "distilbert"))
 
 
 def _forward(model, batch: PackedBatch, **kwargs):
-    inner = unwrap(model)
-    eager = inner.config._attn_implementation == "eager"
-    dtype = next(inner.parameters()).dtype
+    eager = _config(model)._attn_implementation == "eager"
+    dtype = next(unwrap(model).parameters()).dtype
     mask = attention_mask_4d(batch.segments, dtype if eager else None)
     return model(input_ids=batch.input_ids, attention_mask=mask,
                  position_ids=batch.position_ids, use_cache=False, **kwargs)
 
 
-def packed_sequence_logprobs(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ_t log π(y_t | x, y_<t) per response (S,), response lengths (S,)); logits only at the
-    columns some response token is predicted from."""
+def _picked_logprobs(model, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
+    """log π of every response token that has a predecessor (M,); logits only at the columns
+    some response token is predicted from."""
     keep, where = torch.unique(batch.token_source, return_inverse=True)  # (K,), (M,)
     logits = _forward(model, batch, logits_to_keep=keep).logits  # (N, K, V)
-    picked = gathered_logprobs(logits, batch.token_row, where, batch.token_label)  # (M,)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return gathered_logprobs(logits, batch.token_row, where, batch.token_label)
+
+
+def packed_sequence_logprobs(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_t log π(y_t | x, y_<t) per response (S,), response lengths (S,))."""
+    picked = _picked_logprobs(model, batch)
     S = batch.n_responses
     sums = torch.zeros(S, dtype=picked.dtype, device=picked.device).index_add(
         0, batch.token_owner, picked)
     lengths = torch.zeros(S, dtype=torch.long, device=picked.device).index_add(
         0, batch.token_owner, torch.ones_like(batch.token_owner))
     return sums, lengths
+
+
+def packed_token_logprobs(model, batch: PackedBatch, width: int,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """log π of each response token at its index in the response: (S, width), 0 elsewhere (the
+    layout of a rollout's response columns)."""
+    picked = _picked_logprobs(model, batch, temperature)
+    out = torch.zeros(batch.n_responses, width, dtype=picked.dtype, device=picked.device)
+    return out.index_put((batch.token_owner, batch.token_index), picked)
 
 
 def packed_sequence_scores(model, batch: PackedBatch) -> torch.Tensor:

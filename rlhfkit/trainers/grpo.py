@@ -24,7 +24,9 @@ import torch
 
 from rlhfkit import rollout as rollouts
 from rlhfkit.config import StageConfig, Validated, option, require
+from rlhfkit.data import Encoded
 from rlhfkit.models.forward import response_logprobs
+from rlhfkit.models.packing import PackedBatch, can_pack, pack_shared_prompts, packed_token_logprobs
 from rlhfkit.ops import masked_sum
 from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
 from rlhfkit.roles import Roles
@@ -47,6 +49,9 @@ class GRPOPart(Validated):
     epochs: int = option(1, "Updates per rollout batch (μ); 1 = on-policy, ρ = 1.", min=1)
     minibatches: int = option(1, "Minibatches per epoch (the rollout rows must divide).", min=1)
     clip_eps: float = option(0.2, "ε of the clipped ratio.", min=0)
+    share_prompt: bool = option(True, "Run a group's G responses as one packed row with the "
+                                "prompt computed once, in scoring and in the update (causal "
+                                "decoders; the same log-probs, fewer tokens).")
     reference: str = option("auto", "ref_policy: copy, adapter (LoRA with the adapter off), "
                             "auto = adapter with LoRA, else copy.",
                             choices=("auto", "copy", "adapter"))
@@ -96,22 +101,50 @@ class GRPOConfig(StageConfig):
 
 
 # ----------------------------------------------------------------------------- steps 1–3
+def packed_rows(rollout, rows) -> PackedBatch:
+    """Rollout rows ``rows`` packed: rows with the same prompt (a group) share one row and the
+    prompt runs once (models/packing.py); responses keep the order of ``rows``."""
+    P = rollout.prompt_width
+    ids, attention = rollout.input_ids[rows].cpu(), rollout.attention_mask[rows].cpu()
+    mask = rollout.response_mask[rows].cpu()
+    encoded = [Encoded(ids[i, :P][attention[i, :P]].tolist(), ids[i, P:][mask[i]].tolist())
+               for i in range(ids.shape[0])]
+    return pack_shared_prompts([encoded], pad_id=0).to(rollout.input_ids.device)  # pad: masked
+
+
+def policy_logprobs(run, roles: Roles, config: GRPOConfig, rollout, rows, reference=False):
+    """(len(rows), R) log-probs of the response tokens under the policy (through the actor
+    module, so DDP sees the forward) or the ref_policy; packed when ``grpo.share_prompt``."""
+    P, R = rollout.prompt_width, rollout.response_mask.shape[1]
+    temperature = config.rollout.temperature
+    packed = config.grpo.share_prompt and can_pack(roles.policy(run.accelerator))
+    if packed:
+        batch = packed_rows(rollout, rows)
+        if reference:
+            with roles.reference(run.accelerator) as ref_policy:
+                return packed_token_logprobs(ref_policy, batch, R, temperature)
+        return roles.actor(None, None, None, False, temperature, packed=(batch, R))[0]
+    mb = rollout.select(rows)
+    args = (mb.input_ids, mb.attention_mask, mb.sequence_response_mask, False, temperature)
+    if reference:
+        with roles.reference(run.accelerator) as ref_policy:
+            return response_logprobs(ref_policy, *args).logprobs[:, P - 1:]
+    return roles.actor(*args)[0].logprobs[:, P - 1:]
+
+
 @torch.no_grad()
 def score_group_rollout(run, roles: Roles, config: GRPOConfig, rollout):
     """2. (ref_logprobs, old logprobs or None), each (B, R), in chunks of micro_batch_size."""
-    P, temperature = rollout.prompt_width, config.rollout.temperature
-    size = config.train.micro_batch_size or rollout.input_ids.shape[0]
+    n_rows = rollout.input_ids.shape[0]
+    size = config.train.micro_batch_size or n_rows
     ref, old = [], []
     roles.actor.eval()
-    for start in range(0, rollout.input_ids.shape[0], size):
-        mb = rollout.select(slice(start, start + size))
-        args = (mb.input_ids, mb.attention_mask, mb.sequence_response_mask)
+    for start in range(0, n_rows, size):
+        rows = torch.arange(start, min(start + size, n_rows), device=rollout.input_ids.device)
         with run.accelerator.autocast():
-            with roles.reference(run.accelerator) as ref_policy:
-                ref.append(response_logprobs(ref_policy, *args, False, temperature)
-                           .logprobs[:, P - 1:].float())
+            ref.append(policy_logprobs(run, roles, config, rollout, rows, reference=True).float())
             if config.reuses_rollout:
-                old.append(roles.actor(*args, False, temperature)[0].logprobs[:, P - 1:].float())
+                old.append(policy_logprobs(run, roles, config, rollout, rows).float())
     roles.actor.train()
     return torch.cat(ref), (torch.cat(old) if old else None)
 
@@ -127,10 +160,10 @@ def advantages_for(run, config: GRPOConfig, scores: torch.Tensor) -> torch.Tenso
 
 # ----------------------------------------------------------------------------- step 4: update
 def minibatch_step(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict, rows,
-                   policy_logprobs: torch.Tensor) -> dict:
+                   seen: torch.Tensor) -> dict:
     """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
-    are written into ``policy_logprobs`` (the old ones when the rollout is used once)."""
-    P, mask = rollout.prompt_width, rollout.response_mask
+    are written into ``seen`` (the old ones when the rollout is used once)."""
+    mask = rollout.response_mask
     if config.grpo.aggregation == "token":
         denominator = common.global_count(run.accelerator, mask[rows].sum())
     else:
@@ -144,16 +177,14 @@ def minibatch_step(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict
             if index < len(chunks) - 1:  # gradients are all-reduced on the last micro-batch only
                 stack.enter_context(run.accelerator.no_sync(roles.actor))
             with run.accelerator.autocast():
-                out, _ = roles.actor(mb.input_ids, mb.attention_mask, mb.sequence_response_mask,
-                                     False, config.rollout.temperature)
-                logprobs = out.logprobs[:, P - 1:].float()
+                logprobs = policy_logprobs(run, roles, config, rollout, chunk).float()
                 old = tensors["old"][chunk] if tensors["old"] is not None else logprobs.detach()
                 loss = grpo_loss(logprobs, old, tensors["ref"][chunk],
                                  tensors["advantages"][chunk], mb.response_mask,
                                  config.grpo.clip_eps, config.grpo.beta, config.grpo.aggregation,
                                  denominator)
             run.accelerator.backward(loss.loss * run.world_size)  # DDP averages over processes
-        policy_logprobs[chunk] = logprobs.detach()
+        seen[chunk] = logprobs.detach()
         share = len(chunk) / len(rows)
         for key, value in (("loss", loss.loss), ("kl_token_mean", loss.kl * share),
                            ("clipfrac", loss.clipfrac * share)):
@@ -210,9 +241,9 @@ def grpo_iteration(run, roles: Roles, config: GRPOConfig, tokenizer, pool: Promp
     with timer.phase("update"):
         tensors = {"ref": ref_logprobs, "old": old_logprobs, "advantages": advantages}
         update, seen = grpo_update(run, roles, config, rollout, tensors, iteration)
-    policy_logprobs = old_logprobs if old_logprobs is not None else seen
+    rollout_logprobs = old_logprobs if old_logprobs is not None else seen
     mask = rollout.response_mask
-    kl = masked_sum(policy_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
+    kl = masked_sum(rollout_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
     metrics = {**group_metrics(run, config, scores, advantages, kl, mask,
                                rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)),
                **update}
@@ -223,7 +254,7 @@ def grpo_iteration(run, roles: Roles, config: GRPOConfig, tokenizer, pool: Promp
     n_tokens = float(common.global_count(run.accelerator, mask.sum()))
     metrics.update(times, tokens_per_second=n_tokens / max(sum(times.values()), 1e-9))
     samples, token_rows = views(tokenizer, config.num_samples, prompts, rollout, responses,
-                                scores, advantages, policy_logprobs - ref_logprobs, iteration)
+                                scores, advantages, rollout_logprobs - ref_logprobs, iteration)
     return metrics, samples, token_rows
 
 

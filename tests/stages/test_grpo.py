@@ -11,6 +11,7 @@ from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data import load_splits
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
+from rlhfkit.models.packing import can_pack
 from rlhfkit.roles import build_roles
 from rlhfkit.trainers import common, grpo, ppo
 
@@ -87,12 +88,17 @@ def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root,
 
 def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp_path):
     """epochs = 1: no forward for the old log-probs; the update's own log-probs (returned for
-    the KL metric) equal a separate no-grad forward before the update, to 1e-5."""
+    the KL metric) equal a separate no-grad forward before the update, to 1e-5. Both the
+    update and the reference run packed (each group's prompt once); the separate forward is
+    one row per response."""
     cfg = config(repo_root, tmp_path, "rollout.max_new_tokens=6")
     assert not cfg.reuses_rollout and config(repo_root, tmp_path, "grpo.epochs=2").reuses_rollout
     run, tokenizer, roles, pool = setup(cfg)
+    assert cfg.grpo.share_prompt and can_pack(roles.policy(run.accelerator))  # the packed path
     ppo.seed_sampling(0, 1, 0)
-    rollout = ppo.generate_for(run, roles, cfg, tokenizer, pool.ids[:8])
+    groups = [pool.ids[i] for i in range(2) for _ in range(4)]  # 2 prompts × 4 samples
+    rollout = ppo.generate_for(run, roles, cfg, tokenizer, groups)
+    assert grpo.packed_rows(rollout, torch.arange(8)).input_ids.shape[0] == 2
     ref, old = grpo.score_group_rollout(run, roles, cfg, rollout)
     assert old is None
     P = rollout.prompt_width
@@ -154,3 +160,16 @@ def test_config_errors(repo_root, tmp_path):
         config(repo_root, tmp_path, "grpo.scale_rewards=median")
     with pytest.raises(ConfigError, match="reward.model_path"):
         config(repo_root, tmp_path, "reward.function=")
+
+
+def test_cli_runs_the_stage(repo_root, tmp_path, capsys):
+    from rlhfkit.cli import main
+
+    out = tmp_path / "cli"
+    code = main(["grpo", "--config", str(repo_root / TINY), f"output_dir={out}",
+                 f"data.train_path={repo_root}/data/tiny/prompts.jsonl", "train.max_steps=1",
+                 "train.batch_size=2", "rollout.max_new_tokens=4"])
+    assert code == 0 and (out / "final" / "config.json").exists()
+    assert [r["step"] for r in common.read_metrics(out)] == [1]
+    assert main(["grpo", "--config", str(repo_root / TINY), "grpo.num_generations=1"]) == 2
+    assert "grpo.num_generations=1 is invalid" in capsys.readouterr().err
