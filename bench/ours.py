@@ -5,6 +5,8 @@ timed around the stage's real ``train_step``, so the bench measures the code use
 """
 from __future__ import annotations
 
+import os
+
 from harness import MODEL_DIR
 
 MODEL = "smollm2-135m-instruct"
@@ -21,9 +23,12 @@ def overrides(workdir: str, batch_size: int, extra: tuple = ()) -> list[str]:
 
 
 def config(stage_cls, workdir: str, batch_size: int, extra: tuple = ()):
+    """The workload's config; ``run.py --rlhfkit-set KEY=VALUE,...`` adds overrides last (e.g.
+    ``train.micro_batch_size=2`` to trade speed for memory), passed in RLHFKIT_BENCH_SET."""
     from rlhfkit.config import load_config
 
-    return load_config(stage_cls, None, overrides(workdir, batch_size, extra))
+    chosen = tuple(item for item in os.environ.get("RLHFKIT_BENCH_SET", "").split(",") if item)
+    return load_config(stage_cls, None, overrides(workdir, batch_size, (*extra, *chosen)))
 
 
 def prepare(run, model, steps: int = 1000):

@@ -108,6 +108,7 @@ def side_command(side: str, workload: Workload, args) -> tuple[list[str], dict]:
     env = base_env(args.threads)
     if side == "rlhfkit":
         python = sys.executable
+        env["RLHFKIT_BENCH_SET"] = args.rlhfkit_set
         if os.environ.get("RLHFKIT_ALLOCATOR", "auto") != "system":
             env = with_allocator(env)
     else:
@@ -314,6 +315,9 @@ def main() -> None:
     parser.add_argument("--sequential-for", default="dpo_copy,dpo_precomputed,dpo_lora,ppo,grpo",
                         help="workloads run one side at a time: three sides of these at once "
                              "need 20-30 GB (TRL alone: 7-13 GB), more than a 24 GB machine has")
+    parser.add_argument("--rlhfkit-set", default="",
+                        help="extra rlhfkit overrides, comma-separated, e.g. "
+                             "train.micro_batch_size=2 (recorded in the results)")
     parser.add_argument("--workdir", default="/tmp/rlhfkit-bench")
     parser.add_argument("--out", default=str(BENCH / "results"))
     args = parser.parse_args()
