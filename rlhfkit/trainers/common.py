@@ -64,6 +64,7 @@ def start_run(config) -> Run:
     # process per step, and 2 processes would decay it twice as fast as 1.
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
                               step_scheduler_with_optimizer=False)
+    accelerator.register_save_state_pre_hook(drop_frozen_weights)
     set_seed(config.train.seed)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
@@ -230,6 +231,19 @@ def newest_checkpoint(output_dir: Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
 
 
+def drop_frozen_weights(models, weights, output_dir) -> None:
+    """Checkpoints keep the weights that train, and buffers. Frozen weights never change, and
+    a resumed run rebuilds them from the same source: a LoRA base, frozen RM layers. So a LoRA
+    checkpoint holds the adapter and its optimiser state, not the base (SmolLM2 + LoRA r16 in
+    runs/grpo_smollm2: 545 MB of weights, 15 MB of optimiser state, before this).
+    (accelerate's save_state pre-hook; ``maybe_resume`` loads with strict=False.)"""
+    for model, state in zip(models, weights):
+        frozen = {name for name, p in model.named_parameters(remove_duplicate=False)
+                  if not p.requires_grad}
+        for key in frozen & set(state):
+            del state[key]
+
+
 def save_checkpoint(run: Run, step: int, extra: dict | None = None, keep: int = 2) -> Path:
     """Everything needed to continue exactly: prepared models, optimisers, schedulers, RNG."""
     path = run.output_dir / f"{CHECKPOINT_PREFIX}{step}"
@@ -255,7 +269,7 @@ def maybe_resume(run: Run) -> tuple[int, dict]:
     if path is None:
         run.metrics.truncate_after(-1)
         return 0, {}
-    run.accelerator.load_state(str(path))
+    run.accelerator.load_state(str(path), strict=False)  # frozen weights are not saved
     state = json.loads((path / "trainer_state.json").read_text())
     run.metrics.truncate_after(state["step"])
     return state["step"], state.get("extra", {})

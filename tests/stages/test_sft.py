@@ -81,6 +81,27 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path):
     assert common.read_metrics(broken) == common.read_metrics(whole)
 
 
+def test_lora_checkpoint_holds_only_trained_weights_and_resumes_exactly(repo_root, tmp_path):
+    """A LoRA checkpoint stores the adapter, not the frozen base (rebuilt on resume), and the
+    resumed run still equals the uninterrupted one."""
+    from safetensors import safe_open
+
+    args = ("train.max_steps=4", "train.save_every=2", "model.lora.enabled=true",
+            "model.lora.r=4", "train.learning_rate=1e-2")
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    sft.run(config(repo_root, whole, *args))
+    with safe_open(str(whole / "checkpoint-4" / "model.safetensors"), "pt") as saved:
+        keys = list(saved.keys())
+    assert keys and all("lora_" in key for key in keys), keys[:5]
+    shutil.copytree(whole, broken)
+    shutil.rmtree(broken / "checkpoint-4")
+    shutil.rmtree(broken / "final")
+    lines = (broken / "metrics.jsonl").read_text().splitlines()
+    (broken / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # steps 0..2
+    sft.run(config(repo_root, broken, *args, "resume=true"))
+    assert common.read_metrics(broken) == common.read_metrics(whole)
+
+
 def test_rerun_into_same_output_dir_replaces_the_metrics(repo_root, tmp_path):
     """Without resume=true a second run starts metrics.jsonl afresh instead of appending."""
     sft.run(config(repo_root, tmp_path / "run", "train.max_steps=2"))
