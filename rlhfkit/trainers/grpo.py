@@ -12,7 +12,7 @@ One iteration (``grpo_iteration``):
      + beta · k3 KL to the reference). With one update per rollout the old log-probs are the
      current ones (ρ = 1): no extra forward pass.
 Logs, evaluation on held-out prompts, checkpoints and ``resume=true`` are PPO's
-(``ppo.train_online``); per-iteration metrics: score_mean/std, kl_mean (k1 per response,
+(``online.train_online``); per-iteration metrics: score_mean/std, kl_mean (k1 per response,
 nats), kl_token_mean (k3 per token, the loss term), advantage spread, zero-std groups, times.
 """
 from __future__ import annotations
@@ -31,8 +31,9 @@ from rlhfkit.ops import masked_sum
 from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
 from rlhfkit.roles import Roles
 from rlhfkit.trainers import common
-from rlhfkit.trainers.ppo import (Prompts, RewardPart, RolloutPart, gather_rows,
-                                  generate_for, resolve_reference, seed_sampling, train_online)
+from rlhfkit.trainers.online import (Prompts, RewardPart, RolloutPart, gather_rows,
+                                     generate_for, require_reward_and_reference,
+                                     resolve_reference, seed_sampling, train_online)
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,7 @@ class GRPOConfig(StageConfig):
         rows = self.train.batch_size * self.grpo.num_generations
         require(rows % self.grpo.minibatches == 0, "grpo.minibatches", self.grpo.minibatches,
                 f"a divisor of train.batch_size × grpo.num_generations ({rows})")
-        require(bool(self.reward.model_path or self.reward.function), "reward.model_path",
-                self.reward.model_path, "a reward model folder, or set reward.function")
-        require(self.grpo.reference != "adapter" or self.model.lora.enabled, "grpo.reference",
-                self.grpo.reference, "copy or auto when model.lora.enabled is false")
+        require_reward_and_reference(self, self.grpo.reference, "grpo.reference")
 
     @property
     def reference_mode(self) -> str:

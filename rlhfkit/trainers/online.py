@@ -1,0 +1,233 @@
+"""What the online stages (PPO, GRPO) share: the rollout and reward settings, prompts, the
+scoring pass of a rollout, held-out evaluation and the loop (``train_online``: evaluation
+before/after, logs, checkpoints holding the stage's state, ``final/``, ``resume=true``).
+The stages themselves (rlhfkit/trainers/ppo.py, grpo.py) hold their config and one iteration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from rlhfkit import rollout as rollouts
+from rlhfkit.config import Validated, option, require
+from rlhfkit.data import encode, load_splits, render_prompt
+from rlhfkit.models import load_tokenizer
+from rlhfkit.models.forward import response_logprobs
+from rlhfkit.ops import masked_sum
+from rlhfkit.roles import Roles, build_roles
+from rlhfkit.trainers import common
+
+
+# ----------------------------------------------------------------------------- config parts
+@dataclass(frozen=True)
+class RolloutPart(Validated):
+    max_new_tokens: int = option(32, "Response tokens generated at most (then cut, no EOS).", min=1)
+    temperature: float = option(1.0, "Sampling temperature (> 0); log-probs use the same one.",
+                                min=0)
+    top_p: float = option(1.0, "Nucleus sampling (1 = off).", min=0, max=1)
+    top_k: int = option(0, "Top-k sampling (0 = off).", min=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        require(self.top_p > 0, "top_p", self.top_p, "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RewardPart(Validated):
+    model_path: str = option("", "Reward model folder (the final/ of `rlhfkit rm`); empty = none.")
+    model_weight: float = option(1.0, "Weight of the reward-model score in the sum.")
+    function: str = option("", "Python reward 'module:function(prompts, responses, **kwargs) -> "
+                           "list[float]'; empty = none. Example: rlhfkit.rewards:char_share.")
+    function_kwargs: dict = option(None, "Keyword arguments passed to the function.",
+                                   factory=dict)
+    function_weight: float = option(1.0, "Weight of the function's score in the sum.")
+    model_input: str = option("pair", "What the reward model reads: pair = (prompt, response) "
+                              "rendered as in its training; text = prompt + response as one "
+                              "text (prompt-free RMs, e.g. the IMDB sentiment RM); response = "
+                              "the response alone (prompt-free RMs judging the continuation).",
+                              choices=("pair", "text", "response"))
+    normalize: bool = option(False, "Standardise the RM score with the mean/std in its "
+                             "reward_stats.json.")
+    reward_clip: float = option(5.0, "The score is clipped to ±reward_clip.", min=0)
+    missing_eos_penalty: float = option(0.0, "Subtracted from the score of responses cut at "
+                                        "max_new_tokens without EOS (0 = off).", min=0)
+    batch_size: int = option(16, "Rows per reward-model forward pass.", min=1)
+
+
+def resolve_reference(reference: str, lora: bool) -> str:
+    """auto → adapter with LoRA (no second copy of the weights), else a frozen copy."""
+    if reference != "auto":
+        return reference
+    return "adapter" if lora else "copy"
+
+
+def require_reward_and_reference(config, reference: str, key: str) -> None:
+    """A reward source is set; an adapter reference needs LoRA (``key`` names the setting)."""
+    require(bool(config.reward.model_path or config.reward.function), "reward.model_path",
+            config.reward.model_path, "a reward model folder, or set reward.function")
+    require(reference != "adapter" or config.model.lora.enabled, key, reference,
+            "copy or auto when model.lora.enabled is false")
+
+
+# ----------------------------------------------------------------------------- prompts
+@dataclass
+class Prompts:
+    texts: list   # raw prompt texts (what reward functions and the RM see)
+    ids: list     # rendered (template) and tokenised, cut from the left
+
+
+def encode_prompts(examples, tokenizer, data_config) -> Prompts:
+    texts = [e.messages[-1][1] for e in examples]
+    ids = [encode(tokenizer, render_prompt(e.messages, tokenizer, data_config.template,
+                                           data_config.system_prompt),
+                  None, data_config.max_prompt_length, data_config.max_length).prompt_ids
+           for e in examples]
+    return Prompts(texts, ids)
+
+
+def seed_sampling(seed: int, iteration: int, rank: int) -> None:
+    """The rollouts of an iteration depend only on (seed, iteration, process) and the weights."""
+    torch.manual_seed((seed * 1_000_003 + iteration * 9_973 + rank) % 2**63)
+
+
+def generate_for(run, roles: Roles, config, tokenizer, prompt_ids):
+    return rollouts.generate(roles.policy(run.accelerator), prompt_ids,
+                             config.rollout.max_new_tokens, config.rollout.temperature,
+                             config.rollout.top_p, config.rollout.top_k, tokenizer.pad_token_id,
+                             tokenizer.eos_token_id)
+
+
+# ----------------------------------------------------------------------------- scoring
+class Scored(NamedTuple):
+    logprobs: torch.Tensor      # (B, R) old policy log-probs of the sampled tokens
+    ref_logprobs: torch.Tensor  # (B, R) reference log-probs
+    values: torch.Tensor        # (B, R) V_t before each response token
+    entropy: torch.Tensor       # (B, R) policy entropy at each response position
+    scores: torch.Tensor        # (B,) summed score (before the missing-EOS penalty and clipping)
+    parts: dict                 # {source name: (B,)}
+    responses: list             # response texts
+
+
+@torch.no_grad()
+def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts) -> Scored:
+    """2. Scoring on prompt + response, no gradients, in chunks of train.micro_batch_size."""
+    temperature, P = config.rollout.temperature, rollout.prompt_width
+    size = config.train.micro_batch_size or rollout.input_ids.shape[0]
+    pieces = []
+    models = [m for m in (roles.actor, roles.critic) if m is not None]
+    for model in models:
+        model.eval()
+    for start in range(0, rollout.input_ids.shape[0], size):
+        mb = rollout.select(slice(start, start + size))
+        ids, attn, seq_mask = mb.input_ids, mb.attention_mask, mb.sequence_response_mask
+        with run.accelerator.autocast():
+            out, shared_values = roles.actor(ids, attn, seq_mask, True, temperature)
+            with roles.reference(run.accelerator) as ref_policy:
+                ref_out = response_logprobs(ref_policy, ids, attn, seq_mask, False, temperature)
+            if roles.critic is not None:
+                values = roles.critic(ids, attn)
+            elif shared_values is not None:
+                values = shared_values
+            else:  # no critic (GRPO)
+                values = torch.zeros(ids.shape, device=ids.device)
+        pieces.append((out.logprobs[:, P - 1:], ref_out.logprobs[:, P - 1:],
+                       values[:, P - 1:-1], out.entropy[:, P - 1:]))
+    for model in models:
+        model.train()
+    logprobs, ref_logprobs, values, entropy = (torch.cat(p).float() for p in zip(*pieces))
+    responses = rollouts.decode_responses(tokenizer, rollout)
+    scores, parts = roles.reward.score(prompts, responses)
+    return Scored(logprobs, ref_logprobs, values, entropy, scores.to(run.device), parts, responses)
+
+
+def gather_rows(run, tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of every process, in rank order, right-padded to a common width (dim 1)."""
+    if run.world_size == 1:
+        return tensor
+    dtype = tensor.dtype
+    tensor = tensor.float() if dtype == torch.bool else tensor
+    padded = run.accelerator.pad_across_processes(tensor, dim=1) if tensor.dim() > 1 else tensor
+    return run.accelerator.gather(padded).to(dtype)
+
+
+# ----------------------------------------------------------------------------- evaluation and the loop
+@torch.no_grad()
+def evaluate(run, roles: Roles, config, tokenizer, pool: Prompts,
+             iteration: int) -> tuple[dict, list[dict]]:
+    """Held-out prompts: score and KL to the reference of sampled responses (same noise before
+    and after training: the sampling seed is fixed)."""
+    seed_sampling(config.train.seed + 1, 0, run.rank)
+    mine = list(range(len(pool.ids)))[run.rank::run.world_size]
+    size = max(1, config.train.batch_size // run.world_size)
+    rows, sums = [], {"score": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0}
+    for start in range(0, len(mine), size):
+        chunk = mine[start:start + size]
+        prompts = [pool.texts[i] for i in chunk]
+        rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in chunk])
+        scored = score_rollout(run, roles, config, tokenizer, rollout, prompts)
+        mask = rollout.response_mask
+        kl = masked_sum(scored.logprobs - scored.ref_logprobs, mask, dim=1)  # (B,) k1, nats
+        for row, prompt in enumerate(prompts):
+            rows.append({"iteration": iteration, "prompt": prompt,
+                         "response": scored.responses[row], "score": float(scored.scores[row]),
+                         "kl": float(kl[row]), "length": int(mask[row].sum())})
+        for key, value in (("score", scored.scores.sum()), ("kl", kl.sum()),
+                           ("length", mask.sum()), ("count", len(chunk))):
+            sums[key] += float(value)
+    sums = common.global_sum(run.accelerator, {k: torch.tensor(v) for k, v in sums.items()})
+    n = max(sums["count"], 1.0)
+    return {"eval_score_mean": sums["score"] / n, "eval_kl_mean": sums["kl"] / n,
+            "eval_response_length_mean": sums["length"] / n}, rows
+
+
+def train_online(config, stage: str, step, state: dict) -> dict:
+    """The loop of the online stages (PPO, GRPO): roles, before/after evaluation on held-out
+    prompts, ``step`` per iteration, logs, checkpoints holding ``state``, ``final/``.
+
+    ``step(run, roles, config, tokenizer, pool, iteration, state)`` returns (metrics, sample
+    rows, per-token rows, next state); its metrics hold ``score_mean`` and ``kl_mean``."""
+    run_ = common.start_run(config)
+    per_update = run_.world_size * config.minibatches
+    require(config.train.batch_size % per_update == 0, "train.batch_size",
+            config.train.batch_size, f"a multiple of processes × minibatches ({per_update})")
+    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed)
+    pool = encode_prompts(train_examples, tokenizer, config.data)
+    eval_pool = encode_prompts(eval_examples, tokenizer, config.data)
+    iterations = common.total_steps(config.train, len(pool.ids))
+    roles = build_roles(run_, config, tokenizer, iterations)
+    start, extra = common.maybe_resume(run_)
+    state = {key: extra.get(key, value) for key, value in state.items()}
+    logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main, stage)
+    logs.truncate_after(start if start else -1)  # a fresh run starts its logs empty
+    summary: dict = {}
+    if eval_pool.ids and start == 0:
+        summary["before"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, 0)
+        run_.metrics.log(0, summary["before"])
+        logs.eval.write(rows)
+    bar = common.progress(run_, iterations, start, stage)
+    metrics: dict = {}
+    for iteration in range(start + 1, iterations + 1):
+        metrics, samples, token_rows, state = step(run_, roles, config, tokenizer, pool,
+                                                   iteration, state)
+        if eval_pool.ids and common.should(config.train.eval_every, iteration, iterations):
+            summary["after"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
+            metrics.update(summary["after"])
+            logs.eval.write(rows)
+        if common.should(config.train.log_every, iteration, iterations):
+            run_.metrics.log(iteration, metrics)
+        if common.should(config.sample_every, iteration, iterations):
+            logs.write_samples(samples, token_rows, iteration)
+        if common.should(config.train.save_every, iteration, iterations):
+            common.save_checkpoint(run_, iteration, state)
+        bar.set_postfix(score=f"{metrics['score_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
+                        s_it=f"{sum(v for k, v in metrics.items() if k.startswith('time_')):.1f}")
+        bar.update(1)
+    bar.close()
+    common.save_final(run_, roles.policy(run_.accelerator), tokenizer)
+    run_.metrics.close()
+    summary["last"] = metrics
+    return summary
