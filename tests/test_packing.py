@@ -70,3 +70,13 @@ def test_reward_scores_equal_one_row_per_response(tokenizer):
 
 def test_encoders_are_not_packed(tiny_bert, bert_tokenizer):
     assert not can_pack(load_scalar_model(tiny_bert, bert_tokenizer))
+
+
+def test_only_plain_causal_llama_attention_is_packed(tokenizer):
+    model = load_causal_lm("tiny-llama", tokenizer)
+    assert can_pack(model)
+    model.config.sliding_window = 16  # a window of its own: a custom mask would drop it
+    assert not can_pack(model)
+    model.config.sliding_window = None
+    model.config._attn_implementation = "flash_attention_2"  # takes no 4-D mask
+    assert not can_pack(model)

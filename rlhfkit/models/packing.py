@@ -12,8 +12,9 @@ only. Every response token then has exactly the context (and position) it has in
 scores and log-probs are the unpacked ones to float rounding (tests/test_packing.py), for
 (1 − 1/K) · prompt tokens less work: a quarter of the tokens with prompt = response length, K = 2.
 
-Only for causal decoders whose attention takes a custom 4-D mask (SDPA or eager): an encoder's
-tokens see the whole row, so BERT-style reward models keep one row per response.
+Only for Llama-family causal decoders whose attention takes a custom 4-D mask (SDPA or eager)
+and has no sliding window (``can_pack``): an encoder's tokens see the whole row, so BERT-style
+reward models keep one row per response, as does any other architecture until it is tested.
 The first token of a response is predicted from the last prompt token, not from the token before
 it in the row: log-probs are read at explicit (row, column) sources.
 """
@@ -28,6 +29,9 @@ from rlhfkit.models.forward import score_head, unwrap
 from rlhfkit.ops.logprobs import gathered_logprobs
 
 MASKS = ("sdpa", "eager")  # attention implementations that take a custom 4-D mask
+# Decoder families whose attention is plain causal (no sliding window of their own) and whose
+# rotary positions come from position_ids: the tested ones (tests/test_packing.py on Llama).
+PACKABLE = ("llama",)
 
 
 class PackedBatch(NamedTuple):
@@ -113,11 +117,12 @@ def _config(model):
 
 
 def can_pack(model) -> bool:
-    """A causal decoder whose attention takes a custom 4-D mask (not an encoder)."""
+    """A Llama-family causal decoder whose attention takes a custom 4-D mask. Anything else
+    (encoders, sliding-window or flash-attention models) runs one row per response."""
     config = _config(model)
-    return (config is not None and not getattr(config, "is_encoder_decoder", False)
+    return (config is not None and getattr(config, "model_type", "") in PACKABLE
             and getattr(config, "_attn_implementation", None) in MASKS
-            and getattr(config, "model_type", "") not in ("bert", "roberta", "distilbert"))
+            and not getattr(config, "sliding_window", None))
 
 
 def _forward(model, batch: PackedBatch, **kwargs):

@@ -91,7 +91,9 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     per_token = torch.maximum(unclipped, clipped)
     kl = (kl_k3(logprobs, ref_logprobs, response_mask) if ref_logprobs is not None
           else torch.zeros_like(per_token))
-    per_token = _clean(per_token + beta * kl, response_mask)
+    if beta:  # never 0 × inf: k3 overflows where log π_ref − log π > ~88
+        per_token = per_token + beta * kl
+    per_token = _clean(per_token, response_mask)
     weights = _pick(AGGREGATIONS, aggregation, "aggregation")(response_mask)
     if loss_denominator is None:
         loss_denominator = weights.sum().clamp(min=1)

@@ -65,6 +65,7 @@ def start_run(config) -> Run:
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
                               step_scheduler_with_optimizer=False)
     accelerator.register_save_state_pre_hook(drop_frozen_weights)
+    accelerator.register_load_state_pre_hook(check_saved_weights)
     set_seed(config.train.seed)
     output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
@@ -243,6 +244,31 @@ def drop_frozen_weights(models, weights, output_dir) -> None:
                   if not p.requires_grad}
         for key in frozen & set(state):
             del state[key]
+
+
+def check_saved_weights(models, input_dir) -> None:
+    """Before ``load_state(strict=False)``: every trained weight of each model is in its
+    checkpoint file and the file holds nothing the model lacks (a checkpoint written under
+    another process count names its keys differently). Only frozen weights may be missing."""
+    from safetensors import safe_open
+
+    for index, model in enumerate(models):
+        path = Path(input_dir) / f"model{f'_{index}' if index else ''}.safetensors"
+        if not path.exists():
+            continue  # accelerate's .bin fallback loads strictly enough on its own
+        with safe_open(str(path), "pt") as saved:
+            keys = set(saved.keys())
+        names: dict[int, list[str]] = {}  # tied weights: one tensor, several names
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if p.requires_grad:
+                names.setdefault(id(p), []).append(name)
+        missing = [group[0] for group in names.values() if not keys & set(group)]
+        unexpected = sorted(keys - set(model.state_dict()))
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint {path} does not fit the model: trained weights missing "
+                f"{missing[:3]}, unknown keys {unexpected[:3]} (was it written with another "
+                "model or number of processes?)")
 
 
 def save_checkpoint(run: Run, step: int, extra: dict | None = None, keep: int = 2) -> Path:

@@ -277,8 +277,9 @@ def batch_loss(run, model, reference: Reference, data: PreferenceData, idx: list
                pad_id: int) -> tuple[torch.Tensor, PreferenceLogps, dict]:
     """Per-pair losses (B,) of the pairs ``idx``, their log-probs and metric sums."""
     dpo = run.config.dpo
-    batch = pair_batch([data.pairs[i] for i in idx], pad_id,
-                       shares_prompt(run, model)).to(run.device)
+    share = shares_prompt(run, model) and (reference.ref_policy is None
+                                           or can_pack(reference.ref_policy))
+    batch = pair_batch([data.pairs[i] for i in idx], pad_id, share).to(run.device)
     with run.accelerator.autocast():
         policy_seq, lengths = seq_logprobs(model, batch)  # one pass: chosen rows, rejected rows
         # The adapter reference needs the peft model itself, not its DDP wrapper.

@@ -83,10 +83,15 @@ class GRPOConfig(StageConfig):
     def critic_layout(self) -> str:
         return "none"
 
-    @property
-    def minibatches(self) -> int:
-        """Prompts per process must divide evenly; groups never straddle processes."""
-        return 1
+    def check_processes(self, world_size: int) -> None:
+        """Each process takes whole prompts (groups never straddle processes) and splits its
+        own rows into grpo.minibatches."""
+        require(self.train.batch_size % world_size == 0, "train.batch_size",
+                self.train.batch_size, f"a multiple of the processes ({world_size})")
+        rows = self.train.batch_size // world_size * self.grpo.num_generations
+        require(rows % self.grpo.minibatches == 0, "grpo.minibatches", self.grpo.minibatches,
+                f"a divisor of each process's rows (train.batch_size / processes × "
+                f"grpo.num_generations = {rows})")
 
     @property
     def updates_per_iteration(self) -> int:
@@ -161,11 +166,9 @@ def minibatch_step(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict
                    seen: torch.Tensor) -> dict:
     """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
     are written into ``seen`` (the old ones when the rollout is used once)."""
-    mask = rollout.response_mask
-    if config.grpo.aggregation == "token":
-        denominator = common.global_count(run.accelerator, mask[rows].sum())
-    else:
-        denominator = common.global_count(run.accelerator, len(rows))
+    n_tokens = common.global_count(run.accelerator, rollout.response_mask[rows].sum())
+    denominator = (n_tokens if config.grpo.aggregation == "token"
+                   else common.global_count(run.accelerator, len(rows)))
     size = config.train.micro_batch_size or len(rows)
     chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
     sums = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
@@ -183,7 +186,7 @@ def minibatch_step(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict
                                  denominator)
             run.accelerator.backward(loss.loss * run.world_size)  # DDP averages over processes
         seen[chunk] = logprobs.detach()
-        share = len(chunk) / len(rows)
+        share = mb.response_mask.sum() / n_tokens  # token-weighted over micro-batches, processes
         for key, value in (("loss", loss.loss), ("kl_token_mean", loss.kl * share),
                            ("clipfrac", loss.clipfrac * share)):
             sums[key] += value.detach().float()

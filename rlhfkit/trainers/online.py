@@ -190,9 +190,7 @@ def train_online(config, stage: str, step, state: dict) -> dict:
     ``step(run, roles, config, tokenizer, pool, iteration, state)`` returns (metrics, sample
     rows, per-token rows, next state); its metrics hold ``score_mean`` and ``kl_mean``."""
     run_ = common.start_run(config)
-    per_update = run_.world_size * config.minibatches
-    require(config.train.batch_size % per_update == 0, "train.batch_size",
-            config.train.batch_size, f"a multiple of processes × minibatches ({per_update})")
+    config.check_processes(run_.world_size)
     tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
     train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed)
     pool = encode_prompts(train_examples, tokenizer, config.data)

@@ -105,9 +105,11 @@ class PPOConfig(StageConfig):
     def critic_layout(self) -> str:
         return self.critic.layout
 
-    @property
-    def minibatches(self) -> int:
-        return self.ppo.minibatches
+    def check_processes(self, world_size: int) -> None:
+        """Each process splits its share of the batch into ppo.minibatches."""
+        per_update = world_size * self.ppo.minibatches
+        require(self.train.batch_size % per_update == 0, "train.batch_size",
+                self.train.batch_size, f"a multiple of processes × ppo.minibatches ({per_update})")
 
     @property
     def updates_per_iteration(self) -> int:

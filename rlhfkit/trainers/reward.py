@@ -25,7 +25,7 @@ import torch
 from rlhfkit.config import StageConfig, option, require
 from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_tokenizer
-from rlhfkit.models.forward import sequence_scores
+from rlhfkit.models.forward import score_head, sequence_scores
 from rlhfkit.models.packing import can_pack, pack_shared_prompts, packed_sequence_scores
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
@@ -78,7 +78,7 @@ def score_lists(model, lists: list[list], pad_id: int, device, share_prompt: boo
     Slot k of row b holds the k-th best response's reward; slots past K_b are 0 and masked out.
     ``share_prompt`` (decoders): a list's responses in one packed row, the prompt run once.
     """
-    if share_prompt and can_pack(model):
+    if share_prompt and can_pack(model) and score_head(model) is not None:
         scores = packed_sequence_scores(model, pack_shared_prompts(lists, pad_id).to(device))
     else:
         batch = collate_sequences([seq for seqs in lists for seq in seqs], pad_id).to(device)

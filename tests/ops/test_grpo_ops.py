@@ -113,3 +113,13 @@ def test_shared_denominator_makes_shards_add_up_to_the_whole():
     parts = [grpo_loss(LOGPROBS[i:i + 1], LOGPROBS[i:i + 1], None, adv[i:i + 1], MASK[i:i + 1],
                        loss_denominator=3).loss for i in range(2)]
     close(parts[0] + parts[1], float(whole))
+
+
+def test_beta_zero_never_turns_an_overflowing_kl_into_nan():
+    # log π_ref − log π = 100: k3 = e^100 − … overflows float32 to inf; 0 · inf must not happen
+    logprobs = LOGPROBS.clone().requires_grad_(True)
+    ref = LOGPROBS + 100.0
+    out = grpo_loss(logprobs, logprobs.detach(), ref, torch.tensor([1.0, -3.0]), MASK, beta=0.0)
+    close(out.loss, (-1 - 1 + 3) / 3)
+    out.loss.backward()
+    assert torch.isfinite(logprobs.grad).all()

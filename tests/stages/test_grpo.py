@@ -160,6 +160,13 @@ def test_config_errors(repo_root, tmp_path):
         config(repo_root, tmp_path, "grpo.scale_rewards=median")
     with pytest.raises(ConfigError, match="reward.model_path"):
         config(repo_root, tmp_path, "reward.function=")
+    # per process: 8 prompts over 4 processes × 4 samples = 8 rows, not divisible by 16
+    cfg = config(repo_root, tmp_path, "grpo.minibatches=16")
+    cfg.check_processes(1)
+    with pytest.raises(ConfigError, match="grpo.minibatches"):
+        cfg.check_processes(4)
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        cfg.check_processes(3)
 
 
 def test_cli_runs_the_stage(repo_root, tmp_path, capsys):

@@ -6,7 +6,7 @@ import torch
 
 from rlhfkit.config import load_config
 from rlhfkit.data import Encoded, collate_sequences
-from rlhfkit.models import load_causal_lm
+from rlhfkit.models import load_causal_lm, load_tokenizer
 from rlhfkit.trainers import common, sft
 
 TINY = "examples/sft_tiny.yaml"
@@ -100,6 +100,11 @@ def test_lora_checkpoint_holds_only_trained_weights_and_resumes_exactly(repo_roo
     (broken / "metrics.jsonl").write_text("\n".join(lines[:3]) + "\n")  # steps 0..2
     sft.run(config(repo_root, broken, *args, "resume=true"))
     assert common.read_metrics(broken) == common.read_metrics(whole)
+    # A checkpoint that does not fit the model stops the resume instead of loading nothing:
+    # a full model misses its trained weights there, and the adapter keys are unknown to it.
+    full = load_causal_lm("tiny-llama", load_tokenizer("tiny-llama"))
+    with pytest.raises(RuntimeError, match="does not fit the model"):
+        common.check_saved_weights([full], whole / "checkpoint-2")
 
 
 def test_rerun_into_same_output_dir_replaces_the_metrics(repo_root, tmp_path):
