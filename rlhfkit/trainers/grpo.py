@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit import rollout as rollouts
-from rlhfkit.config import StageConfig, Validated, option, require
+from rlhfkit.config import Validated, option, require
 from rlhfkit.data import Encoded
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.packing import PackedBatch, can_pack, pack_shared_prompts, packed_token_logprobs
@@ -31,9 +31,9 @@ from rlhfkit.ops import masked_sum
 from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
 from rlhfkit.roles import Roles
 from rlhfkit.trainers import common
-from rlhfkit.trainers.online import (Prompts, RewardPart, RolloutPart, gather_rows,
-                                     generate_for, require_reward_and_reference,
-                                     resolve_reference, seed_sampling, train_online)
+from rlhfkit.trainers.online import (OnlineConfig, Prompts, gather_rows, generate_for,
+                                     require_reward_and_reference, resolve_reference,
+                                     seed_sampling, train_online)
 
 
 @dataclass(frozen=True)
@@ -59,20 +59,13 @@ class GRPOPart(Validated):
 
 
 @dataclass(frozen=True)
-class GRPOConfig(StageConfig):
+class GRPOConfig(OnlineConfig):
     output_dir: str = option("runs/grpo", "Everything the run writes goes here.")
-    rollout: RolloutPart = option(None, "Generation settings (step 1).", factory=RolloutPart)
-    reward: RewardPart = option(None, "Reward sources (step 2).", factory=RewardPart)
     grpo: GRPOPart = option(None, "GRPO settings (steps 3–4).", factory=GRPOPart)
-    sample_every: int = option(10, "Print a sample table and write samples.jsonl / rollouts.jsonl "
-                               "every N iterations (and the last; 0 = last only).", min=0)
-    num_samples: int = option(4, "Rollouts shown per sample table / rollouts.jsonl.", min=1)
 
     def __post_init__(self):
         super().__post_init__()
-        rows = self.train.batch_size * self.grpo.num_generations
-        require(rows % self.grpo.minibatches == 0, "grpo.minibatches", self.grpo.minibatches,
-                f"a divisor of train.batch_size × grpo.num_generations ({rows})")
+        self.check_processes(1)  # the single-process split, checked at load time
         require_reward_and_reference(self, self.grpo.reference, "grpo.reference")
 
     @property

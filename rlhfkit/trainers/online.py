@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from rlhfkit import rollout as rollouts
-from rlhfkit.config import Validated, option, require
+from rlhfkit.config import StageConfig, Validated, option, require
 from rlhfkit.data import encode, load_splits, render_prompt
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
@@ -55,6 +55,16 @@ class RewardPart(Validated):
     missing_eos_penalty: float = option(0.0, "Subtracted from the score of responses cut at "
                                         "max_new_tokens without EOS (0 = off).", min=0)
     batch_size: int = option(16, "Rows per reward-model forward pass.", min=1)
+
+
+@dataclass(frozen=True)
+class OnlineConfig(StageConfig):
+    """The keys PPO and GRPO share; each stage adds its own part (``ppo``, ``grpo``)."""
+    rollout: RolloutPart = option(None, "Generation settings (step 1).", factory=RolloutPart)
+    reward: RewardPart = option(None, "Reward sources (step 2).", factory=RewardPart)
+    sample_every: int = option(10, "Print a sample table and write samples.jsonl / rollouts.jsonl "
+                               "every N iterations (and the last; 0 = last only).", min=0)
+    num_samples: int = option(4, "Rollouts shown per sample table / rollouts.jsonl.", min=1)
 
 
 def resolve_reference(reference: str, lora: bool) -> str:

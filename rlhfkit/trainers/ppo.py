@@ -27,14 +27,14 @@ from typing import NamedTuple
 import torch
 
 from rlhfkit import rollout as rollouts
-from rlhfkit.config import StageConfig, Validated, option, require
+from rlhfkit.config import Validated, option, require
 from rlhfkit.ops import (KL_ESTIMATORS, adaptive_kl_update, apply_missing_eos_penalty,
                          compute_rewards, explained_variance, gae, masked_mean, masked_sum,
                          masked_var, masked_whiten, policy_loss, value_loss)
 from rlhfkit.roles import Roles, build_roles  # noqa: F401  (tests build PPO roles from here)
 from rlhfkit.trainers import common
 from rlhfkit.trainers.online import (  # noqa: F401  (the shared pieces, also reached from here)
-    Prompts, RewardPart, RolloutPart, Scored, encode_prompts, evaluate, gather_rows,
+    OnlineConfig, Prompts, RewardPart, RolloutPart, Scored, encode_prompts, evaluate, gather_rows,
     generate_for, require_reward_and_reference, resolve_reference, score_rollout, seed_sampling,
     train_online)
 
@@ -81,20 +81,14 @@ class CriticPart(Validated):
 
 
 @dataclass(frozen=True)
-class PPOConfig(StageConfig):
+class PPOConfig(OnlineConfig):
     output_dir: str = option("runs/ppo", "Everything the run writes goes here.")
-    rollout: RolloutPart = option(None, "Generation settings (step 1).", factory=RolloutPart)
-    reward: RewardPart = option(None, "Reward sources (step 2).", factory=RewardPart)
     ppo: PPOPart = option(None, "PPO settings (steps 3–6).", factory=PPOPart)
     critic: CriticPart = option(None, "Critic layout and model.", factory=CriticPart)
-    sample_every: int = option(10, "Print a sample table and write samples.jsonl / rollouts.jsonl "
-                               "every N iterations (and the last; 0 = last only).", min=0)
-    num_samples: int = option(4, "Rollouts shown per sample table / rollouts.jsonl.", min=1)
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.train.batch_size % self.ppo.minibatches == 0, "train.batch_size",
-                self.train.batch_size, f"a multiple of ppo.minibatches ({self.ppo.minibatches})")
+        self.check_processes(1)  # the single-process split, checked at load time
         require_reward_and_reference(self, self.ppo.reference, "ppo.reference")
 
     @property
