@@ -9,7 +9,7 @@ Variants (--variant), the same reference handling on both sides:
                (rlhfkit dpo.reference=adapter; TRL peft_config and no ref_model)
 rlhfkit: ``rlhfkit.trainers.dpo.train_step`` with its defaults: each pair packed into one row
 [prompt | chosen | rejected] with the prompt computed once (dpo.share_prompt; 192 instead of
-256 tokens per pair, the same log-probs: tests/test_packing.py), lm-head at response positions
+256 tokens per pair, the same log-probs: tests/models/test_packing.py), lm-head at response positions
 only; the reference copy / adapter-off reference runs packed too. TRL: ``DPOTrainer`` (one concatenated forward, fused chunked lm-head
 over every position). Loss: mean over pairs of −log σ(β·z) on both sides.
 """

@@ -1,7 +1,7 @@
 """Generation workload: 16 prompts × 64 tokens, 64 new tokens each, sampling (temperature 1,
 no top-k / top-p filter), KV cache, fp32.
 
-rlhfkit: ``rlhfkit.rollout.generate`` (PPO step 1: rlhfkit's decode loop, rlhfkit/decoding.py,
+rlhfkit: ``rlhfkit.online.rollout.generate`` (PPO step 1: rlhfkit's decode loop, rlhfkit/models/generate.py,
 same distribution as HF; stops at EOS, which with 16 sampled rows practically never ends all
 rows before 64 tokens — the generated width is reported per step).
 HF (the TRL side, in TRL's venv): ``model.generate(..., min_new_tokens=64)``, the path TRL's
@@ -9,9 +9,8 @@ GRPO/PPO trainers take without vLLM. New tokens/s counts 16 × generated width.
 """
 from __future__ import annotations
 
-import torch
-
 import harness
+import torch
 
 PROMPTS, PROMPT_LEN, NEW = 16, 64, 64
 
@@ -25,8 +24,8 @@ def new_tokens(args) -> int:
 
 
 def run_rlhfkit(args) -> None:
-    from rlhfkit import rollout
     from rlhfkit.models import load_causal_lm, load_tokenizer
+    from rlhfkit.online import rollout
 
     tokenizer = load_tokenizer("smollm2-135m-instruct", str(harness.MODEL_DIR.parent))
     model = load_causal_lm("smollm2-135m-instruct", tokenizer, torch.float32,

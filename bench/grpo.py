@@ -3,12 +3,12 @@ no top-k / top-p), a Python reward, group-normalised advantages, one update.
 
 Prompts: 8 texts decoded from seeded random ids (~64 tokens), tokenised the same way on both
 sides (no special tokens, no chat template). Reward on both sides:
-``rlhfkit.rewards.compressibility`` on the decoded completion (a cheap CPU function: the step
+``rlhfkit.online.rewards.compressibility`` on the decoded completion (a cheap CPU function: the step
 measures the trainers, not a reward model).
 
-rlhfkit: ``rlhfkit.trainers.grpo.grpo_iteration`` with its defaults (phase times reported): the
+rlhfkit: ``rlhfkit.online.grpo.grpo_iteration`` with its defaults (phase times reported): the
 4 samples of a prompt run as one packed row with the prompt once in the reference forward and
-in the update (grpo.share_prompt; the same log-probs: tests/stages/test_grpo.py).
+in the update (grpo.share_prompt; the same log-probs: tests/online/test_grpo.py).
 TRL ≥ 1.16: ``GRPOTrainer`` (timed from on_step_begin to on_step_end, generation included).
 Same math on both sides: beta 0.04 (k3 KL to a frozen reference copy, forwarded each step),
 loss aggregated over the step's real tokens (TRL ``loss_type="dapo"``, rlhfkit
@@ -28,7 +28,7 @@ import theirs
 
 PROMPTS, GENERATIONS, PROMPT_LEN, NEW = 8, 4, 64, 64
 BETA = 0.04
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rlhfkit.rewards, on both sides
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rlhfkit.online.rewards, on both sides
 
 
 def prompt_texts(args, tokenizer) -> list[str]:
@@ -38,11 +38,13 @@ def prompt_texts(args, tokenizer) -> list[str]:
 
 def run_rlhfkit(args) -> None:
     import ours
-    from rlhfkit.roles import build_roles
-    from rlhfkit.trainers import common, grpo, ppo
+
+    from rlhfkit.online import grpo, loop
+    from rlhfkit.online.roles import build_roles
+    from rlhfkit.trainers import common
 
     new = harness.scaled(NEW, args.scale)
-    extra = ("reward.function=rlhfkit.rewards:compressibility", "reward.reward_clip=1000000.0",
+    extra = ("reward.function=rlhfkit.online.rewards:compressibility", "reward.reward_clip=1000000.0",
              f"rollout.max_new_tokens={new}", "rollout.temperature=1.0", "rollout.top_p=1.0",
              "rollout.top_k=0", f"grpo.num_generations={GENERATIONS}", f"grpo.beta={BETA}",
              "grpo.scale_rewards=group", "grpo.aggregation=token", "grpo.epochs=1",
@@ -52,7 +54,7 @@ def run_rlhfkit(args) -> None:
     tokenizer = ours.tokenizer()
     texts = prompt_texts(args, tokenizer)
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    pool = ppo.Prompts(texts, ids)
+    pool = loop.Prompts(texts, ids)
     roles = build_roles(run, config, tokenizer, 1000)
     harness.ready("rlhfkit", ("rlhfkit",))
     iteration = [0]
@@ -75,7 +77,7 @@ def run_trl(args) -> None:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlhfkit.rewards import compressibility
+    from rlhfkit.online.rewards import compressibility
 
     tokenizer = theirs.tokenizer()
     dataset = Dataset.from_dict({"prompt": prompt_texts(args, tokenizer) * args.steps})

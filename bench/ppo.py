@@ -2,7 +2,7 @@
 no top-k / top-p), scoring, 4 PPO epochs of one minibatch of 8; separate critic initialised from
 a reward model (SmolLM2 body + a seeded fresh score head, shared by both sides).
 
-rlhfkit: ``rlhfkit.trainers.ppo.ppo_iteration`` (steps 1–5; its phase times are reported).
+rlhfkit: ``rlhfkit.online.ppo.ppo_iteration`` (steps 1–5; its phase times are reported).
 TRL 1.12: ``trl.experimental.ppo.PPOTrainer`` (removed in 1.13), timed from the driver's go to
 its ``on_step_end``, which comes once per iteration.
 Differences in the math, both sides otherwise k1 KL, kl_coef 0.05, γ 1, λ 0.95, clip 0.2 / 0.2,
@@ -61,12 +61,11 @@ def prompts(args) -> list[list[int]]:
 
 def run_rlhfkit(args) -> None:
     import ours
-    from rlhfkit.trainers import common, ppo
 
-    try:
-        from rlhfkit.roles import build_roles
-    except ImportError:  # before the roles were moved out of the stage module
-        build_roles = ppo.build_roles
+    from rlhfkit.online import loop, ppo
+    from rlhfkit.online.roles import build_roles
+    from rlhfkit.trainers import common
+
     extra = (f"reward.model_path={reward_model_dir(args)}", "reward.reward_clip=1000000.0",
              "reward.missing_eos_penalty=0.0", "reward.normalize=false",
              f"reward.batch_size={PROMPTS}",
@@ -83,7 +82,7 @@ def run_rlhfkit(args) -> None:
     tokenizer = ours.tokenizer()
     roles = build_roles(run, config, tokenizer, 1000)
     ids = prompts(args)
-    pool = ppo.Prompts([tokenizer.decode(p) for p in ids], ids)
+    pool = loop.Prompts([tokenizer.decode(p) for p in ids], ids)
     harness.ready("rlhfkit", ("rlhfkit",))
     iteration = [0]
 

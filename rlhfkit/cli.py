@@ -15,9 +15,9 @@ STAGES = {
     "sft": ("rlhfkit.trainers.sft", "SFTConfig"),
     "rm": ("rlhfkit.trainers.reward", "RMConfig"),
     "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
-    "ppo": ("rlhfkit.trainers.ppo", "PPOConfig"),
-    "grpo": ("rlhfkit.trainers.grpo", "GRPOConfig"),
-    "demo": ("rlhfkit.demo", "DemoConfig"),
+    "ppo": ("rlhfkit.online.ppo", "PPOConfig"),
+    "grpo": ("rlhfkit.online.grpo", "GRPOConfig"),
+    "demo": ("rlhfkit.demo.pipeline", "DemoConfig"),
 }
 
 
@@ -42,7 +42,7 @@ def score_main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
-    from rlhfkit.scoring import score_file
+    from rlhfkit.models.scoring import score_file
 
     try:
         summary = score_file(args.model, args.data, args.output, args.batch_size, args.device)

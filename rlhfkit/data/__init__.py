@@ -3,11 +3,24 @@ from __future__ import annotations
 
 import random
 
-from rlhfkit.data.formats import (PARSERS, PromptExample, RankedExample, SFTExample, parse_prompt,
-                                  parse_ranked, parse_sft)
+from rlhfkit.data.formats import (
+    PARSERS,
+    PromptExample,
+    RankedExample,
+    SFTExample,
+    parse_prompt,
+    parse_ranked,
+    parse_sft,
+)
 from rlhfkit.data.readers import DataError, Record, read_records
-from rlhfkit.data.tokenize import (Encoded, SequenceBatch, collate_sequences, encode, left_pad,
-                                   render_prompt)
+from rlhfkit.data.tokenize import (
+    Encoded,
+    SequenceBatch,
+    collate_sequences,
+    encode,
+    left_pad,
+    render_prompt,
+)
 
 
 def load_examples(path: str, kind: str, max_rows: int = 0) -> list:

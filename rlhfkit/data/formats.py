@@ -10,7 +10,7 @@ Accepted rows:
               are read as K = 2 lists
 - prompt:     {"prompt": str} (any of the above also gives its prompt)
 A malformed row raises DataError naming file:line, the field and what was expected.
-Tests: tests/test_data.py.
+Tests: tests/data/test_data.py.
 """
 from __future__ import annotations
 

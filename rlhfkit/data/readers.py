@@ -2,7 +2,7 @@
 
 Formats: .jsonl, .json (a list of objects, or {"data": [...]}), either gzipped, and folders
 written by ``datasets.Dataset.save_to_disk``. Nothing is ever downloaded.
-Tests: tests/test_data.py.
+Tests: tests/data/test_data.py.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Prompt and response are tokenised separately so the boundary between them is exact: the loss
 mask of a response is known token by token (no re-tokenisation drift at the seam).
-Tests: tests/test_data.py.
+Tests: tests/data/test_data.py.
 """
 from __future__ import annotations
 

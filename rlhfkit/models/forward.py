@@ -4,7 +4,7 @@ Every pass goes through the model's own ``forward`` so DDP, FSDP and DeepSpeed w
 - Log-probs: ``logits_to_keep`` limits the lm-head (hidden → 49,152 logits) to the positions
   that predict a response token in some row, so prompt positions never produce logits; the
   log-softmax is then reduced chunk by chunk (ops.selective_logprobs). Equal to the full-logits
-  path to 1e-5 (tests/test_models.py::test_response_logprobs_match_full_logits).
+  path to 1e-5 (tests/models/test_loading.py::test_response_logprobs_match_full_logits).
 - Values: a forward hook on the score head captures its per-token output (B, T) before the
   model pools it.
 - Encoders (BERT-style scorers, whose head reads the pooled [CLS] token and is not named
@@ -93,7 +93,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Reward-model score (B,): the head read at the last real token, found from the attention
     mask (not from pad ids: SmolLM2's pad token is its EOS). Same score for left and right
-    padding (tests/test_models.py::test_sequence_score_padding_invariant). Encoders: their own
+    padding (tests/models/test_loading.py::test_sequence_score_padding_invariant). Encoders: their own
     pooled logits (right padding only: BERT pools position 0)."""
     if score_head(model) is None:
         return model(input_ids=input_ids, attention_mask=attention_mask.long()

@@ -10,7 +10,7 @@ Aliases:
   the [CLS] token (BertForSequenceClassification), so it needs right padding.
 - ``tiny-llama``: a 2-layer random Llama built from a config in code, with the SmolLM2
   tokenizer; its weights depend only on ``TINY_LLAMA_SEED``, so every copy is identical.
-Tests: tests/test_models.py.
+Tests: tests/models/test_loading.py.
 """
 from __future__ import annotations
 
@@ -147,7 +147,10 @@ def load_scalar_model(name: str, tokenizer, dtype: torch.dtype = torch.float32,
     Causal-LM checkpoints get a fresh ``score`` head; a checkpoint saved by ``rlhfkit rm`` keeps
     its trained head.
     """
-    from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        LlamaForSequenceClassification,
+    )
 
     if name == TINY_LLAMA:
         model = _build_tiny(LlamaForSequenceClassification, tokenizer, num_labels=1)

@@ -1,6 +1,6 @@
 """LoRA through peft, and the reference policy as the adapter switched off.
 
-Tests: tests/test_models.py (adapter-disabled reference equals a frozen copy).
+Tests: tests/models/test_loading.py (adapter-disabled reference equals a frozen copy).
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ A pair (or ranked list) of responses to the same prompt is usually run as K rows
 
 and a 4-D attention mask lets a token see earlier tokens of the prompt and of its own response
 only. Every response token then has exactly the context (and position) it has in its own row, so
-scores and log-probs are the unpacked ones to float rounding (tests/test_packing.py), for
+scores and log-probs are the unpacked ones to float rounding (tests/models/test_packing.py), for
 (1 − 1/K) · prompt tokens less work: a quarter of the tokens with prompt = response length, K = 2.
 
 Only for Llama-family causal decoders whose attention takes a custom 4-D mask (SDPA or eager)
@@ -30,7 +30,7 @@ from rlhfkit.ops.logprobs import gathered_logprobs
 
 MASKS = ("sdpa", "eager")  # attention implementations that take a custom 4-D mask
 # Decoder families whose attention is plain causal (no sliding window of their own) and whose
-# rotary positions come from position_ids: the tested ones (tests/test_packing.py on Llama).
+# rotary positions come from position_ids: the tested ones (tests/models/test_packing.py on Llama).
 PACKABLE = ("llama",)
 
 

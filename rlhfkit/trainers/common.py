@@ -6,7 +6,7 @@ No behaviour lives in a base class: stages call these functions.
 - Checkpoints (``checkpoint-<step>/``) hold models, optimisers, schedulers and every process's
   RNG state (``accelerator.save_state``) plus ``trainer_state.json``; ``resume=true`` loads the
   newest and cuts metrics.jsonl back to that step, so a resumed run's file equals an
-  uninterrupted run's (tests/stages/test_sft.py::test_resume_equals_uninterrupted).
+  uninterrupted run's (tests/trainers/test_sft.py::test_resume_equals_uninterrupted).
 - Loss normalisation across processes is explicit: a stage counts its units (tokens, pairs)
   over all processes and micro-batches with ``global_count`` and divides by that.
 """

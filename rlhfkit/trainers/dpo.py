@@ -14,13 +14,13 @@ Where ref_w, ref_l come from (``dpo.reference``):
   precomputed  computed once before training with the frozen reference and stored with the
                dataset (cached in output_dir/ref_logps.pt, which ``resume=true`` reuses):
                no reference forward pass during training. Equals ``copy``
-               (tests/stages/test_dpo_trainer.py::test_precomputed_reference_equals_on_the_fly).
+               (tests/trainers/test_dpo_trainer.py::test_precomputed_reference_equals_on_the_fly).
   copy         a frozen copy of the reference, forwarded on every batch.
   adapter      the LoRA policy with its adapter switched off: the base weights, no second copy
-               (tests/stages/test_dpo_trainer.py::test_adapter_reference_equals_frozen_copy).
+               (tests/trainers/test_dpo_trainer.py::test_adapter_reference_equals_frozen_copy).
   none         reference-free (SimPO).
 Sequence log-probs do not depend on padding or on the other rows of a batch
-(tests/stages/test_dpo_trainer.py::test_seq_logprobs_padding_invariant).
+(tests/trainers/test_dpo_trainer.py::test_seq_logprobs_padding_invariant).
 """
 from __future__ import annotations
 
@@ -34,12 +34,22 @@ from typing import NamedTuple
 import torch
 
 from rlhfkit.config import StageConfig, Validated, option, require
-from rlhfkit.data import Encoded, collate_sequences, encode, load_examples, load_splits
-from rlhfkit.data import render_prompt
+from rlhfkit.data import (
+    Encoded,
+    collate_sequences,
+    encode,
+    load_examples,
+    load_splits,
+    render_prompt,
+)
 from rlhfkit.models import adapter_disabled, is_peft, load_causal_lm, load_tokenizer
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.models.packing import (PackedBatch, can_pack, pack_shared_prompts,
-                                    packed_sequence_logprobs)
+from rlhfkit.models.packing import (
+    PackedBatch,
+    can_pack,
+    pack_shared_prompts,
+    packed_sequence_logprobs,
+)
 from rlhfkit.ops import DPO_LOSSES, PreferenceLogps, dpo_metrics, masked_sum
 from rlhfkit.trainers import common
 

@@ -8,7 +8,7 @@ it minimises (InstructGPT, Ouyang et al. 2022, eq. 1; ops.ranking.ranking_loss)
 
 Each list is scored in ONE forward pass over its K responses: the lists of a micro-batch are
 flattened to sequences (B·K_b rows), scored, and put back into a (B, K_max) grid with a
-``list_mask`` (``score_lists``; tests/stages/test_reward.py::test_score_lists_masks_short_lists).
+``list_mask`` (``score_lists``; tests/trainers/test_reward.py::test_score_lists_masks_short_lists).
 Normalisation is explicit: every list weighs 1 / (lists in the global batch, counted over all
 processes and micro-steps with ``common.global_count``), so 2 processes × 4 lists equal
 1 process × 8 lists. ``final/`` holds the merged model with its trained score head and
@@ -27,9 +27,9 @@ from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_tokenizer
 from rlhfkit.models.forward import score_head, sequence_scores
 from rlhfkit.models.packing import can_pack, pack_shared_prompts, packed_sequence_scores
+from rlhfkit.models.scoring import STATS_FILE
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
-from rlhfkit.scoring import STATS_FILE
 from rlhfkit.trainers import common
 
 
@@ -220,7 +220,7 @@ def build_model(run, config: RMConfig, tokenizer):
         freeze_lower_layers(model, config.freeze_layers)
     if config.model.lora.enabled:
         # SEQ_CLS: peft wraps ``score`` in modules_to_save, so the head trains fully
-        # (tests/stages/test_reward.py::test_lora_keeps_score_head_trainable).
+        # (tests/trainers/test_reward.py::test_lora_keeps_score_head_trainable).
         model = apply_lora(model, config.model.lora, task_type="SEQ_CLS")
     return model
 

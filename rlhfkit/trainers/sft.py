@@ -3,7 +3,7 @@
 loss = Σ_{response tokens} −log π(y_t | x, y_<t) / (response tokens in the global batch)
 The denominator counts tokens over every process and accumulation micro-step
 (``global_count``), so 2 processes × 4 rows equal 1 process × 8 rows exactly
-(tests/stages/test_distributed.py) and accumulation 1×8 equals 8×1.
+(tests/trainers/test_distributed.py) and accumulation 1×8 equals 8×1.
 """
 from __future__ import annotations
 

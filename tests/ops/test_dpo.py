@@ -14,8 +14,15 @@ import math
 import pytest
 import torch
 
-from rlhfkit.ops.dpo import (DPO_LOSSES, PreferenceLogps, dpo_metrics, hinge_loss, ipo_loss,
-                             sigmoid_loss, simpo_loss)
+from rlhfkit.ops.dpo import (
+    DPO_LOSSES,
+    PreferenceLogps,
+    dpo_metrics,
+    hinge_loss,
+    ipo_loss,
+    sigmoid_loss,
+    simpo_loss,
+)
 
 SP_M1 = 0.31326168751822286
 SP_P1 = 1.3132616875182228

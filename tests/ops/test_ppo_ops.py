@@ -9,8 +9,15 @@ import torch
 
 from rlhfkit.ops.masked import masked_mean
 from rlhfkit.ops.ppo import (
-    KL_ESTIMATORS, adaptive_kl_update, apply_missing_eos_penalty, compute_rewards,
-    explained_variance, gae, last_token_mask, policy_loss, value_loss,
+    KL_ESTIMATORS,
+    adaptive_kl_update,
+    apply_missing_eos_penalty,
+    compute_rewards,
+    explained_variance,
+    gae,
+    last_token_mask,
+    policy_loss,
+    value_loss,
 )
 
 NAN = float("nan")

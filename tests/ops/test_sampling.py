@@ -4,8 +4,13 @@ import math
 import pytest
 import torch
 
-from rlhfkit.ops.sampling import (NUCLEUS_CANDIDATES, filter_candidates, inverse_cdf_sample,
-                                  sample_next_tokens, top_p_keep_mask)
+from rlhfkit.ops.sampling import (
+    NUCLEUS_CANDIDATES,
+    filter_candidates,
+    inverse_cdf_sample,
+    sample_next_tokens,
+    top_p_keep_mask,
+)
 
 
 def logs(*probs):

@@ -1,7 +1,7 @@
 """What the online stages (PPO, GRPO) share: the rollout and reward settings, prompts, the
 scoring pass of a rollout, held-out evaluation and the loop (``train_online``: evaluation
 before/after, logs, checkpoints holding the stage's state, ``final/``, ``resume=true``).
-The stages themselves (rlhfkit/trainers/ppo.py, grpo.py) hold their config and one iteration.
+The stages themselves (rlhfkit/online/ppo.py, grpo.py) hold their config and one iteration.
 """
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from typing import NamedTuple
 
 import torch
 
-from rlhfkit import rollout as rollouts
 from rlhfkit.config import StageConfig, Validated, option, require
 from rlhfkit.data import encode, load_splits, render_prompt
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
+from rlhfkit.online import rollout as rollouts
+from rlhfkit.online.roles import Roles, build_roles
 from rlhfkit.ops import masked_sum
-from rlhfkit.roles import Roles, build_roles
 from rlhfkit.trainers import common
 
 
@@ -40,7 +40,7 @@ class RewardPart(Validated):
     model_path: str = option("", "Reward model folder (the final/ of `rlhfkit rm`); empty = none.")
     model_weight: float = option(1.0, "Weight of the reward-model score in the sum.")
     function: str = option("", "Python reward 'module:function(prompts, responses, **kwargs) -> "
-                           "list[float]'; empty = none. Example: rlhfkit.rewards:char_share.")
+                           "list[float]'; empty = none. Example: rlhfkit.online.rewards:char_share.")
     function_kwargs: dict = option(None, "Keyword arguments passed to the function.",
                                    factory=dict)
     function_weight: float = option(1.0, "Weight of the function's score in the sum.")

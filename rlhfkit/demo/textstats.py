@@ -2,7 +2,7 @@
 
 A policy that learns to repeat one rewarded word ("great great great …") keeps a high score
 while distinct-2 collapses and the repetition rate climbs; the demo reports both before and
-after PPO. Tests: tests/test_textstats.py.
+after PPO. Tests: tests/demo/test_textstats.py.
 """
 from __future__ import annotations
 

@@ -8,10 +8,9 @@ import torch
 from rlhfkit.data import encode
 from rlhfkit.models import MINILM, load_scalar_model
 from rlhfkit.models.forward import sequence_scores, token_scores
-from rlhfkit.scoring import RewardScorer
+from rlhfkit.models.scoring import RewardScorer
 from rlhfkit.trainers import common, reward
-
-from tests.stages.test_reward import rm_config, toy_rows, write_jsonl
+from tests.trainers.test_reward import rm_config, toy_rows, write_jsonl
 
 
 def test_minilm_alias_loads_a_pretrained_encoder(bert_tokenizer):

@@ -22,18 +22,30 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhfkit import rollout as rollouts
 from rlhfkit.config import Validated, option, require
 from rlhfkit.data import Encoded
 from rlhfkit.models.forward import response_logprobs
-from rlhfkit.models.packing import PackedBatch, can_pack, pack_shared_prompts, packed_token_logprobs
+from rlhfkit.models.packing import (
+    PackedBatch,
+    can_pack,
+    pack_shared_prompts,
+    packed_token_logprobs,
+)
+from rlhfkit.online import rollout as rollouts
+from rlhfkit.online.loop import (
+    OnlineConfig,
+    Prompts,
+    gather_rows,
+    generate_for,
+    require_reward_and_reference,
+    resolve_reference,
+    seed_sampling,
+    train_online,
+)
+from rlhfkit.online.roles import Roles
 from rlhfkit.ops import masked_sum
 from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
-from rlhfkit.roles import Roles
 from rlhfkit.trainers import common
-from rlhfkit.trainers.online import (OnlineConfig, Prompts, gather_rows, generate_for,
-                                     require_reward_and_reference, resolve_reference,
-                                     seed_sampling, train_online)
 
 
 @dataclass(frozen=True)

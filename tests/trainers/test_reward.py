@@ -11,8 +11,8 @@ from rlhfkit.config import load_config
 from rlhfkit.data import RankedExample, left_pad
 from rlhfkit.models import load_scalar_model
 from rlhfkit.models.forward import sequence_scores
+from rlhfkit.models.scoring import RewardScorer, load_reward_stats
 from rlhfkit.ops.ranking import ranking_loss
-from rlhfkit.scoring import RewardScorer, load_reward_stats
 from rlhfkit.trainers import common, reward
 
 FILLER = ["the", "movie", "plot", "was", "acting", "film", "story", "very", "quite", "really"]

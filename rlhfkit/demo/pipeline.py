@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import Validated, build, option, to_dict
+from rlhfkit.demo.textstats import distinct_n, mean_repetition
 from rlhfkit.models.loading import cache_root
-from rlhfkit.textstats import distinct_n, mean_repetition
 
-DATA = Path(__file__).resolve().parent.parent / "data"  # the bundled data (editable install)
+DATA = Path(__file__).resolve().parents[2] / "data"  # the bundled data (editable install)
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def print_table(before: dict, after: dict) -> list[list]:
 
 def write_report(config: DemoConfig, ppo_dir: Path, table: list[list], before_rows, after_rows,
                  seconds: float) -> Path:
-    from rlhfkit.report import build_report
+    from rlhfkit.demo.report import build_report
 
     after_by_prompt = {r["prompt"]: r for r in after_rows}
     samples = [{"prompt": b["prompt"], "before": b["response"], "before_score": b["score"],
@@ -192,7 +192,7 @@ def write_report(config: DemoConfig, ppo_dir: Path, table: list[list], before_ro
 
 
 def run(config: DemoConfig) -> dict:
-    from rlhfkit.trainers import ppo
+    from rlhfkit.online import ppo
 
     config = resolve(config)
     start = time.perf_counter()

@@ -6,12 +6,20 @@ import shutil
 import pytest
 import torch
 
-from rlhfkit import rollout as rollouts
 from rlhfkit.config import ConfigError, load_config
 from rlhfkit.data import PromptExample
 from rlhfkit.models import ModelLoadError, load_tokenizer
-from rlhfkit.rewards import FunctionReward, RewardError, RewardSources, char_share, compressibility
-from rlhfkit.trainers import common, ppo
+from rlhfkit.online import loop, ppo
+from rlhfkit.online import rollout as rollouts
+from rlhfkit.online.rewards import (
+    FunctionReward,
+    RewardError,
+    RewardSources,
+    char_share,
+    compressibility,
+)
+from rlhfkit.online.roles import build_roles
+from rlhfkit.trainers import common
 
 TINY = "examples/ppo_tiny.yaml"
 TIMING = ("time_", "tokens_per_second")
@@ -26,7 +34,7 @@ def config(repo_root, out, *overrides):
 def setup(cfg, iterations=2):
     run = common.start_run(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
-    roles = ppo.build_roles(run, cfg, tokenizer, iterations)
+    roles = build_roles(run, cfg, tokenizer, iterations)
     return run, tokenizer, roles
 
 
@@ -34,10 +42,10 @@ PROMPTS = ["One of the best", "You can't even tell if this film", "The plot", "A
 
 
 def tiny_rollout(run, tokenizer, roles, cfg):
-    pool = ppo.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+    pool = loop.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
                               cfg.data)
-    ppo.seed_sampling(0, 1, 0)
-    return pool, ppo.generate_for(run, roles, cfg, tokenizer, pool.ids)
+    loop.seed_sampling(0, 1, 0)
+    return pool, loop.generate_for(run, roles, cfg, tokenizer, pool.ids)
 
 
 # ----------------------------------------------------------------------------- the example
@@ -96,7 +104,7 @@ def leak_batch(run, tokenizer, roles, cfg):
     ids[0, P + 2] = tokenizer.eos_token_id  # EOS at response position 2: positions 3.. are out
     mask = rollouts.response_mask_from(ids[:, P:], tokenizer.eos_token_id)
     rollout = rollouts.Rollout(ids, torch.cat([rollout.attention_mask[:, :P], mask], 1), mask, P)
-    scored = ppo.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
+    scored = loop.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
     ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
     batch, _, _ = ppo.rewards_and_advantages(run, cfg, rollout, scored, 0.05, ended)
     return batch
@@ -158,7 +166,7 @@ def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora):
     assert (roles.critic is None) == (layout == "shared")
     policy_before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
     critic_before = [p.detach().clone() for p in critic.parameters()]
-    pool = ppo.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+    pool = loop.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
                               cfg.data)
     metrics, _, _ = ppo.ppo_iteration(run, roles, cfg, tokenizer, pool, 1, 0.05)
     assert metrics["critic_loss"] > 0 and metrics["actor_grad_norm"] > 0
@@ -197,7 +205,7 @@ def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path):
                 if "lora_B" in name:
                     p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
         _, rollout = tiny_rollout(run, tokenizer, roles, cfg)
-        scored[mode] = ppo.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
+        scored[mode] = loop.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
     mask = scored["copy"].logprobs != 0
     assert torch.allclose(scored["adapter"].ref_logprobs, scored["copy"].ref_logprobs, atol=1e-5)
     assert not torch.allclose(scored["copy"].logprobs[mask], scored["copy"].ref_logprobs[mask],
@@ -250,10 +258,10 @@ def test_config_errors(repo_root, tmp_path):
 
 
 def test_reward_function_loading():
-    reward = FunctionReward("rlhfkit.rewards:char_share", {"chars": "a"})
+    reward = FunctionReward("rlhfkit.online.rewards:char_share", {"chars": "a"})
     assert reward(["p", "p"], ["aab", ""]).tolist() == pytest.approx([2 / 3, 0.0])
     assert char_share([""], ["a b"]) == [0.5]
-    for spec in ("no_colon", "rlhfkit.nope:f", "rlhfkit.rewards:nope"):
+    for spec in ("no_colon", "rlhfkit.nope:f", "rlhfkit.online.rewards:nope"):
         with pytest.raises(RewardError):
             FunctionReward(spec)
 

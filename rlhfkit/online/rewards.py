@@ -9,7 +9,7 @@ list[float]``, or from both, summed with weights::
 
 Prompts are the raw prompt texts (no chat template), responses the decoded response texts.
 ``reward.normalize`` standardises the RM score with the mean/std the RM stage saved in
-``reward_stats.json`` next to its weights (rlhfkit/scoring.py reads it).
+``reward_stats.json`` next to its weights (rlhfkit/models/scoring.py reads it).
 
 The example functions at the bottom are documented reward functions for examples and tests.
 """
@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+
 class RewardError(ValueError):
     """A reward source that cannot be loaded or returned the wrong thing."""
 
@@ -32,7 +33,7 @@ def load_function(spec: str) -> Callable:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise RewardError(f"reward.function={spec!r} is invalid: expected 'module:function', "
-                          "e.g. 'rlhfkit.rewards:char_share'")
+                          "e.g. 'rlhfkit.online.rewards:char_share'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -62,7 +63,7 @@ class FunctionReward:
 
 # ----------------------------------------------------------------------------- reward models
 class ModelReward:
-    """A frozen reward model (``rlhfkit.scoring.RewardScorer``: the text is rendered exactly as
+    """A frozen reward model (``rlhfkit.models.scoring.RewardScorer``: the text is rendered exactly as
     in the RM's training, from its reward_stats.json, and re-tokenised with the RM's tokenizer).
 
     model_input 'pair' scores (prompt, response) as a prompted RM saw them; 'text' scores
@@ -73,7 +74,7 @@ class ModelReward:
 
     def __init__(self, path: str, device: str = "auto", dtype: str = "auto",
                  model_input: str = "pair", batch_size: int = 16, normalize: bool = False):
-        from rlhfkit.scoring import RewardScorer
+        from rlhfkit.models.scoring import RewardScorer
 
         self.scorer = RewardScorer.from_pretrained(path, device, dtype)
         self.scorer.model.requires_grad_(False)
@@ -127,7 +128,7 @@ def build_reward_sources(reward_config, device: str = "auto", dtype: str = "auto
 # ----------------------------------------------------------------------------- example functions
 def char_share(prompts: list[str], responses: list[str], chars: str = "aeiou") -> list[float]:
     """Share of the response's non-space characters that are in ``chars`` (0 for an empty one).
-    Example: ``reward.function: rlhfkit.rewards:char_share``, ``reward.function_kwargs:
+    Example: ``reward.function: rlhfkit.online.rewards:char_share``, ``reward.function_kwargs:
     {chars: aeiou}``."""
     wanted = set(chars)
     shares = []

@@ -12,8 +12,9 @@ from rlhfkit.data import load_splits
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.packing import can_pack
-from rlhfkit.roles import build_roles
-from rlhfkit.trainers import common, grpo, ppo
+from rlhfkit.online import grpo, loop
+from rlhfkit.online.roles import build_roles
+from rlhfkit.trainers import common
 
 TINY = "examples/grpo_tiny.yaml"
 TIMING = ("time_", "tokens_per_second")
@@ -29,7 +30,7 @@ def setup(cfg):
     run = common.start_run(cfg)
     tokenizer = load_tokenizer(cfg.model.name)
     roles = build_roles(run, cfg, tokenizer, 2)
-    pool = ppo.encode_prompts(load_splits(cfg.data, "prompt", cfg.train.seed)[0], tokenizer,
+    pool = loop.encode_prompts(load_splits(cfg.data, "prompt", cfg.train.seed)[0], tokenizer,
                               cfg.data)
     return run, tokenizer, roles, pool
 
@@ -64,7 +65,7 @@ def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root,
 
     def remember(run_, roles_, config_, tokenizer_, prompt_ids):
         seen["prompt_ids"] = prompt_ids
-        return ppo.generate_for(run_, roles_, config_, tokenizer_, prompt_ids)
+        return loop.generate_for(run_, roles_, config_, tokenizer_, prompt_ids)
 
     original, grpo.generate_for = grpo.generate_for, remember
     original_update = grpo.grpo_update
@@ -95,9 +96,9 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
     assert not cfg.reuses_rollout and config(repo_root, tmp_path, "grpo.epochs=2").reuses_rollout
     run, tokenizer, roles, pool = setup(cfg)
     assert cfg.grpo.share_prompt and can_pack(roles.policy(run.accelerator))  # the packed path
-    ppo.seed_sampling(0, 1, 0)
+    loop.seed_sampling(0, 1, 0)
     groups = [pool.ids[i] for i in range(2) for _ in range(4)]  # 2 prompts × 4 samples
-    rollout = ppo.generate_for(run, roles, cfg, tokenizer, groups)
+    rollout = loop.generate_for(run, roles, cfg, tokenizer, groups)
     assert grpo.packed_rows(rollout, torch.arange(8)).input_ids.shape[0] == 2
     ref, old = grpo.score_group_rollout(run, roles, cfg, rollout)
     assert old is None

@@ -6,7 +6,7 @@
 
 The text is rendered exactly as in training: the template, system prompt and lengths come from
 ``final/reward_stats.json``, which also holds the reward mean/std (``normalize=True`` returns
-(r − mean) / std). Tests: tests/stages/test_reward.py.
+(r − mean) / std). Tests: tests/trainers/test_reward.py.
 """
 from __future__ import annotations
 
@@ -16,9 +16,20 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.data import DataError, collate_sequences, encode, read_records, render_prompt
+from rlhfkit.data import (
+    DataError,
+    collate_sequences,
+    encode,
+    read_records,
+    render_prompt,
+)
 from rlhfkit.data.formats import parse_ranked
-from rlhfkit.models import load_scalar_model, load_tokenizer, resolve_device, resolve_dtype
+from rlhfkit.models import (
+    load_scalar_model,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from rlhfkit.models.forward import sequence_scores
 from rlhfkit.ops.ranking import ranking_loss
 

@@ -1,7 +1,7 @@
 """A self-contained HTML report of an RLHF run: curves, before/after table, token-level view.
 
 Everything is inlined (plots as base64 PNG, CSS in the page), so ``report.html`` opens from
-disk in any browser with no network. Tests: tests/test_report.py.
+disk in any browser with no network. Tests: tests/demo/test_report.py.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Hand values for distinct-n and repetition (rlhfkit/textstats.py)."""
+"""Hand values for distinct-n and repetition (rlhfkit/demo/textstats.py)."""
 import pytest
 
-from rlhfkit.textstats import distinct_n, mean_repetition, repetition_rate, words
+from rlhfkit.demo.textstats import distinct_n, mean_repetition, repetition_rate, words
 
 
 def test_words_split_punctuation_and_lowercase():

@@ -1,6 +1,6 @@
 """PPO step 1, the rollout: the policy samples responses to left-padded prompts with the KV cache.
 
-Layout of a rollout (pinned by tests/stages/test_ppo.py::test_rollout_layout_and_eos_mask):
+Layout of a rollout (pinned by tests/online/test_ppo.py::test_rollout_layout_and_eos_mask):
 prompts are left-padded to one width P, so response token j sits at column P + j in every row::
 
     input_ids (B, P + R):   [pad pad prompt prompt | resp resp EOS pad]
@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from rlhfkit.data import left_pad
-from rlhfkit.decoding import decode
+from rlhfkit.models.generate import decode
 
 
 class Rollout(NamedTuple):

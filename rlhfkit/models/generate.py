@@ -12,7 +12,7 @@ machinery (logits processors, stopping criteria, growing masks and id tensors, c
 - CPU: ``row_major_linears`` computes the decode steps' linears (a few rows: B tokens) as
   W·xᵀ. Same product; MKL runs ``x·Wᵀ`` with 16 rows at ~50 GFLOP/s and ``W·xᵀ`` at ~80 on
   SmolLM2's shapes (2 threads, AVX2), the lm-head 21.9 → 13.4 ms (bench/README.md).
-Tests: tests/test_decoding.py (greedy equals HF ``generate`` token for token with left
+Tests: tests/models/test_generate.py (greedy equals HF ``generate`` token for token with left
 padding; EOS stops a row; the output width).
 """
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Stage 3: PPO with four roles — policy (actor), value_model (critic), reward_model, ref_policy.
 
 One iteration = the six steps of the algorithm, numbered where they happen (``ppo_iteration``):
-  1. Rollout: sample prompts; the policy generates responses (rlhfkit/rollout.py).
+  1. Rollout: sample prompts; the policy generates responses (rlhfkit/online/rollout.py).
   2. Scoring, no gradients: old ``logprobs``, ``ref_logprobs``, critic values V_t, and the score
-     of each whole response (reward model and/or Python function: rlhfkit/rewards.py).
+     of each whole response (reward model and/or Python function: rlhfkit/online/rewards.py).
   3. Rewards: r_t = −kl_coef·KL_t, clipped score added at the last real token (ops.compute_rewards).
   4. Advantages: GAE, returns = A + V, advantages whitened over the global batch (ops.gae).
   5. Update: ppo_epochs over shuffled minibatches of the clipped actor and critic losses
@@ -12,11 +12,11 @@ One iteration = the six steps of the algorithm, numbered where they happen (``pp
   6. KL control: fixed kl_coef, or the adaptive controller (ops.adaptive_kl_update), whose state
      is saved in checkpoints.
 Every tensor is over response tokens only: (B, R) with ``response_mask`` (padding and tokens
-after EOS never count: tests/stages/test_ppo.py::test_padding_and_after_eos_never_leak).
+after EOS never count: tests/online/test_ppo.py::test_padding_and_after_eos_never_leak).
 Losses divide by the response tokens of the minibatch over all processes (``global_count``).
 Reproducible: the sampling RNG is seeded per (seed, iteration, process) and checkpoints also
 hold every RNG state, so ``resume=true`` gives the uninterrupted run's metrics
-(tests/stages/test_ppo.py::test_resume_equals_uninterrupted).
+(tests/online/test_ppo.py::test_resume_equals_uninterrupted).
 """
 from __future__ import annotations
 
@@ -26,17 +26,36 @@ from typing import NamedTuple
 
 import torch
 
-from rlhfkit import rollout as rollouts
 from rlhfkit.config import Validated, option, require
-from rlhfkit.ops import (KL_ESTIMATORS, adaptive_kl_update, apply_missing_eos_penalty,
-                         compute_rewards, explained_variance, gae, masked_mean, masked_sum,
-                         masked_var, masked_whiten, policy_loss, value_loss)
-from rlhfkit.roles import Roles, build_roles  # noqa: F401  (tests build PPO roles from here)
+from rlhfkit.online import rollout as rollouts
+from rlhfkit.online.loop import (
+    OnlineConfig,
+    Prompts,
+    Scored,
+    gather_rows,
+    generate_for,
+    require_reward_and_reference,
+    resolve_reference,
+    score_rollout,
+    seed_sampling,
+    train_online,
+)
+from rlhfkit.online.roles import Roles
+from rlhfkit.ops import (
+    KL_ESTIMATORS,
+    adaptive_kl_update,
+    apply_missing_eos_penalty,
+    compute_rewards,
+    explained_variance,
+    gae,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
 from rlhfkit.trainers import common
-from rlhfkit.trainers.online import (  # noqa: F401  (the shared pieces, also reached from here)
-    OnlineConfig, Prompts, RewardPart, RolloutPart, Scored, encode_prompts, evaluate, gather_rows,
-    generate_for, require_reward_and_reference, resolve_reference, score_rollout, seed_sampling,
-    train_online)
 
 
 # ----------------------------------------------------------------------------- config

@@ -1,5 +1,5 @@
 """The HTML report is self-contained and shows curves, samples and the token view."""
-from rlhfkit.report import build_report, token_view
+from rlhfkit.demo.report import build_report, token_view
 
 
 def test_token_view_colours_and_escapes():

@@ -4,8 +4,16 @@ import json
 
 import pytest
 
-from rlhfkit.data import (DataError, collate_sequences, encode, left_pad, load_examples,
-                          read_records, render_prompt, train_eval_split)
+from rlhfkit.data import (
+    DataError,
+    collate_sequences,
+    encode,
+    left_pad,
+    load_examples,
+    read_records,
+    render_prompt,
+    train_eval_split,
+)
 
 
 def write_jsonl(path, rows, gz=False):

@@ -7,8 +7,13 @@ import torch
 from rlhfkit.data import Encoded, collate_sequences
 from rlhfkit.models import load_causal_lm, load_scalar_model
 from rlhfkit.models.forward import response_logprobs, sequence_scores
-from rlhfkit.models.packing import (attention_mask_4d, can_pack, pack_shared_prompts,
-                                    packed_sequence_logprobs, packed_sequence_scores)
+from rlhfkit.models.packing import (
+    attention_mask_4d,
+    can_pack,
+    pack_shared_prompts,
+    packed_sequence_logprobs,
+    packed_sequence_scores,
+)
 from rlhfkit.ops import masked_sum
 
 PAD = 0

@@ -1,4 +1,4 @@
-"""The rollout decode loop (rlhfkit/decoding.py) against HF ``generate`` on tiny-llama: greedy
+"""The rollout decode loop (rlhfkit/models/generate.py) against HF ``generate`` on tiny-llama: greedy
 token for token with left padding, EOS handling and the output width, seeded sampling."""
 import copy
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from rlhfkit import rollout
 from rlhfkit.config import LoraConfig
 from rlhfkit.data import left_pad
-from rlhfkit.decoding import decode, prompt_positions
 from rlhfkit.models import apply_lora, load_causal_lm
+from rlhfkit.models.generate import decode, prompt_positions
+from rlhfkit.online import rollout
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], [300, 301, 302, 303], [17]]  # left-padded to 7
 

@@ -1,7 +1,7 @@
 """The four roles of PPO and how they are built: ``policy`` (the actor, trainable),
-``value_model`` (the critic), ``reward_model`` (frozen, rlhfkit/rewards.py) and ``ref_policy``
+``value_model`` (the critic), ``reward_model`` (frozen, rlhfkit/online/rewards.py) and ``ref_policy``
 (frozen: a copy of the initial policy, or the LoRA policy with its adapter switched off —
-no second copy of the weights; tests/stages/test_ppo.py::test_adapter_reference_equals_frozen_copy).
+no second copy of the weights; tests/online/test_ppo.py::test_adapter_reference_equals_frozen_copy).
 
 Critic layouts: ``separate`` — a value model initialised from the reward model, with its own
 optimiser (DeepSpeed-Chat style); ``shared`` — a value head on the policy's last hidden state,
@@ -19,12 +19,17 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.models import (ModelLoadError, adapter_disabled, apply_lora, load_causal_lm,
-                            load_scalar_model)
+from rlhfkit.models import (
+    ModelLoadError,
+    adapter_disabled,
+    apply_lora,
+    load_causal_lm,
+    load_scalar_model,
+)
 from rlhfkit.models.forward import response_logprobs, score_head, token_scores
 from rlhfkit.models.packing import packed_token_logprobs
-from rlhfkit.rewards import build_reward_sources
-from rlhfkit.scoring import STATS_FILE
+from rlhfkit.models.scoring import STATS_FILE
+from rlhfkit.online.rewards import build_reward_sources
 from rlhfkit.trainers import common
 
 

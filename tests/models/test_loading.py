@@ -4,10 +4,17 @@ import copy
 import pytest
 import torch
 
-from rlhfkit.models import (adapter_disabled, apply_lora, load_causal_lm, load_scalar_model,
-                            load_tokenizer, resolve_dtype, smollm2_dir)
-from rlhfkit.models.forward import response_logprobs, sequence_scores
 from rlhfkit.config import LoraConfig
+from rlhfkit.models import (
+    adapter_disabled,
+    apply_lora,
+    load_causal_lm,
+    load_scalar_model,
+    load_tokenizer,
+    resolve_dtype,
+    smollm2_dir,
+)
+from rlhfkit.models.forward import response_logprobs, sequence_scores
 
 
 def test_tiny_llama_is_deterministic_and_small(tokenizer):
