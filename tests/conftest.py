@@ -6,6 +6,18 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Every device-dependent test runs once per device: the CPU always, CUDA where there is one, so
+# the same suite checks the GPU path on a machine that has a GPU (scripts/gpu_check.sh selects
+# the CUDA runs with ``-k cuda``). RLHFKIT_TEST_DEVICES=cpu,cuda overrides the list.
+DEVICES = [d for d in os.environ.get("RLHFKIT_TEST_DEVICES", "").split(",") if d] or \
+    ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """The device a test runs on ("cpu", "cuda"): pass it as ``model.device``."""
+    return request.param
+
 
 @pytest.fixture(scope="session")
 def tokenizer():
