@@ -16,26 +16,14 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from rlhfkit.ops.masked import masked_mean, masked_sum, masked_var
-
-
-def _pick(table: dict, name, what: str):
-    """table[name], or a ValueError naming what was asked and what is allowed."""
-    try:
-        return table[name]
-    except KeyError:
-        raise ValueError(f"unknown {what} {name!r}; allowed: {sorted(map(str, table))}") from None
-
-
-def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x at real tokens, 0 elsewhere (where(), not x*mask: 0*NaN is NaN, also in the backward)."""
-    return torch.where(mask, x, torch.zeros_like(x))
-
-
-def _log_ratio(logprobs: torch.Tensor, other_logprobs: torch.Tensor,
-               response_mask: torch.Tensor) -> torch.Tensor:
-    """log π − log π_other at real tokens, 0 at padding. (B, T)."""
-    return _clean(logprobs, response_mask) - _clean(other_logprobs, response_mask)
+from rlhfkit.ops.masked import (
+    masked_log_ratio,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    zero_outside_mask,
+)
+from rlhfkit.ops.tables import pick
 
 
 # --- 1. KL estimators (Schulman 2020, "Approximating KL divergence") -------------------------
@@ -45,20 +33,20 @@ def _log_ratio(logprobs: torch.Tensor, other_logprobs: torch.Tensor,
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
           response_mask: torch.Tensor) -> torch.Tensor:
     """k1 = log_ratio = −log r: unbiased, high variance, can be negative per token. (B, T)."""
-    return _log_ratio(logprobs, ref_logprobs, response_mask)
+    return masked_log_ratio(logprobs, ref_logprobs, response_mask)
 
 
 def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
           response_mask: torch.Tensor) -> torch.Tensor:
     """k2 = ½·log_ratio²: biased, low variance, ≥ 0. (B, T)."""
-    return 0.5 * _log_ratio(logprobs, ref_logprobs, response_mask) ** 2
+    return 0.5 * masked_log_ratio(logprobs, ref_logprobs, response_mask) ** 2
 
 
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
           response_mask: torch.Tensor) -> torch.Tensor:
     """k3 = (r − 1) − log r = exp(−log_ratio) − 1 + log_ratio: unbiased, ≥ 0. (B, T)."""
-    log_ratio = _log_ratio(logprobs, ref_logprobs, response_mask)
-    return _clean(torch.expm1(-log_ratio) + log_ratio, response_mask)
+    log_ratio = masked_log_ratio(logprobs, ref_logprobs, response_mask)
+    return zero_outside_mask(torch.expm1(-log_ratio) + log_ratio, response_mask)
 
 
 KL_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
@@ -86,17 +74,26 @@ def last_token_mask(response_mask: torch.Tensor) -> torch.Tensor:
 def _per_token_kl_penalty(kl: torch.Tensor, response_mask: torch.Tensor,
                           kl_coef: float) -> torch.Tensor:
     """−kl_coef·KL_t at every real token (Ziegler et al. 2019, eq. 2, spread over tokens)."""
-    return _clean(-kl_coef * kl, response_mask)
+    return zero_outside_mask(-kl_coef * kl, response_mask)
 
 
 def _sequence_kl_penalty(kl: torch.Tensor, response_mask: torch.Tensor,
                          kl_coef: float) -> torch.Tensor:
     """−kl_coef·mean_t KL_t once, at the last real token; 0 elsewhere."""
     mean_kl = masked_mean(kl, response_mask, dim=1)  # (B,)
-    return _clean((-kl_coef * mean_kl)[:, None].expand_as(kl), last_token_mask(response_mask))
+    return zero_outside_mask((-kl_coef * mean_kl)[:, None].expand_as(kl), last_token_mask(response_mask))
 
 
 _KL_PENALTY_PLACEMENT = {False: _per_token_kl_penalty, True: _sequence_kl_penalty}
+
+
+def clip_scores(scores: torch.Tensor, reward_clip: float) -> torch.Tensor:
+    """scores (B,) clamped to ±reward_clip; reward_clip 0 = off (scores unchanged), like every
+    "0 = off" setting (max_grad_norm, top_k, missing_eos_penalty). Negative values are rejected.
+    """
+    if reward_clip < 0:
+        raise ValueError(f"reward_clip must be >= 0 (0 = off); got {reward_clip}")
+    return scores if reward_clip == 0 else scores.clamp(-reward_clip, reward_clip)
 
 
 def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
@@ -104,17 +101,18 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
                     sequence_kl: bool = False, reward_clip: float = 5.0) -> RewardOutput:
     """Per-token PPO rewards: KL penalty to the reference policy plus the reward-model score.
 
-    scores (B,) are clamped to ±reward_clip and added at the last real token of each row.
+    scores (B,) are clamped to ±reward_clip (``clip_scores``; 0 = off) and added at the last
+    real token of each row.
     sequence_kl=False: r_t = −kl_coef·KL_t at every real token.
     sequence_kl=True: no per-token penalty; −kl_coef·(mean KL over the response) is added
     once at the last real token. ``kl`` is the per-token estimate in both cases.
     Padding positions (and rows with no response token) have reward 0.
     """
-    kl = _pick(KL_ESTIMATORS, kl_estimator, "kl_estimator")(logprobs, ref_logprobs, response_mask)
-    place = _pick(_KL_PENALTY_PLACEMENT, bool(sequence_kl), "sequence_kl")
+    kl = pick(KL_ESTIMATORS, kl_estimator, "kl_estimator")(logprobs, ref_logprobs, response_mask)
+    place = pick(_KL_PENALTY_PLACEMENT, bool(sequence_kl), "sequence_kl")
     non_score_reward = place(kl, response_mask, kl_coef)  # (B, T)
-    clipped = scores.clamp(-reward_clip, reward_clip).to(kl.dtype)  # (B,)
-    score_reward = _clean(clipped[:, None].expand_as(kl), last_token_mask(response_mask))
+    clipped = clip_scores(scores, reward_clip).to(kl.dtype)  # (B,)
+    score_reward = zero_outside_mask(clipped[:, None].expand_as(kl), last_token_mask(response_mask))
     return RewardOutput(non_score_reward + score_reward, kl, non_score_reward)
 
 
@@ -133,8 +131,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     whatever the padding holds (test_gae_padding_garbage_never_leaks). Loop over T, vectorised
     over B.
     """
-    rewards = _clean(rewards, response_mask)
-    values = _clean(values, response_mask)
+    rewards = zero_outside_mask(rewards, response_mask)
+    values = zero_outside_mask(values, response_mask)
     T = rewards.shape[1]
     zero = torch.zeros_like(values[:, 0])  # (B,)
     next_value, next_adv = zero, zero
@@ -145,7 +143,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
         next_value = values[:, t]
         advantages[t] = next_adv
     adv = torch.stack(advantages, dim=1) if T else torch.zeros_like(values)  # (B, T)
-    return GAEOutput(adv, _clean(adv + values, response_mask))
+    return GAEOutput(adv, zero_outside_mask(adv + values, response_mask))
 
 
 # --- 5./6. Clipped PPO losses (Schulman et al. 2017, eq. 7) -------------------------------------
@@ -173,9 +171,9 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     At ρ = 1 the loss is −masked_mean(A). approx_kl = masked_mean(½·(logprobs − old_logprobs)²)
     (Schulman's k2). clipfrac and approx_kl are local masked means, also with loss_denominator.
     """
-    log_ratio = _log_ratio(logprobs, old_logprobs, response_mask)  # (B, T)
+    log_ratio = masked_log_ratio(logprobs, old_logprobs, response_mask)  # (B, T)
     ratio = torch.exp(log_ratio)
-    advantages = _clean(advantages, response_mask)
+    advantages = zero_outside_mask(advantages, response_mask)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     loss = _token_mean(torch.maximum(unclipped, clipped), response_mask, loss_denominator)
@@ -193,9 +191,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
                response_mask: torch.Tensor, clip_eps_value: float = 0.2,
                loss_denominator: float | torch.Tensor | None = None) -> ValueLossOutput:
     """½·mean max((V − R)², (clip(V, V_old − ε_v, V_old + ε_v) − R)²)."""
-    values = _clean(values, response_mask)
-    old_values = _clean(old_values, response_mask)
-    returns = _clean(returns, response_mask)
+    values = zero_outside_mask(values, response_mask)
+    old_values = zero_outside_mask(old_values, response_mask)
+    returns = zero_outside_mask(returns, response_mask)
     clipped_values = old_values + (values - old_values).clamp(-clip_eps_value, clip_eps_value)
     unclipped_sq = (values - returns) ** 2
     clipped_sq = (clipped_values - returns) ** 2
@@ -214,8 +212,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor,
     When Var[R] == 0 (constant returns, or < 2 tokens) the ratio is undefined; return 0
     ("explains nothing"), never NaN or −inf, so logged curves stay plottable.
     """
-    values = _clean(values, response_mask)
-    returns = _clean(returns, response_mask)
+    values = zero_outside_mask(values, response_mask)
+    returns = zero_outside_mask(returns, response_mask)
     var_returns = masked_var(returns, response_mask)
     var_residual = masked_var(returns - values, response_mask)
     defined = var_returns > 0

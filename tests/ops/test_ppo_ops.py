@@ -12,6 +12,7 @@ from rlhfkit.ops.ppo import (
     KL_ESTIMATORS,
     adaptive_kl_update,
     apply_missing_eos_penalty,
+    clip_scores,
     compute_rewards,
     explained_variance,
     gae,
@@ -84,6 +85,28 @@ def test_compute_rewards_clips_scores_both_ways():
     lp = torch.zeros(2, 1)
     out = compute_rewards(torch.tensor([-9.0, 2.5]), lp, lp, mask, kl_coef=0.1, reward_clip=2.0)
     close(out.rewards, [[-2.0], [2.0]])  # KL is 0, so rewards are the clamped scores
+
+
+def test_compute_rewards_reward_clip_zero_is_off():
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    lp = torch.zeros(2, 1)
+    # reward_clip=0 means "no clipping" (as max_grad_norm=0, top_k=0): KL is 0, so the rewards
+    # are the scores unchanged, not clamp(score, −0, 0) = 0.
+    out = compute_rewards(torch.tensor([-9.0, 2.5]), lp, lp, mask, kl_coef=0.1, reward_clip=0.0)
+    close(out.rewards, [[-9.0], [2.5]])
+
+
+def test_clip_scores_hand_values_and_zero_is_off():
+    scores = torch.tensor([-9.0, -0.5, 0.25, 7.0])
+    close(clip_scores(scores, 2.0), [-2.0, -0.5, 0.25, 2.0])  # clamp to [−2, 2]
+    close(clip_scores(scores, 0.0), [-9.0, -0.5, 0.25, 7.0])  # 0 = off: unchanged
+
+
+def test_compute_rewards_rejects_negative_reward_clip():
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="reward_clip"):
+        compute_rewards(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1, 1), mask, kl_coef=0.1,
+                        reward_clip=-1.0)
 
 
 def test_compute_rewards_sequence_kl_subtracts_mean_kl_once_at_last_token():
