@@ -23,9 +23,16 @@ class ConfigError(ValueError):
 
 
 def option(default: Any, help: str, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, factory: Any = None):
-    """A dataclass field with its help text and the constraints ``validate`` checks."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+           max: float | None = None, factory: Any = None, above: float | None = None):
+    """A dataclass field with its help text and the constraints ``validate`` checks: ``min``
+    and ``max`` inclusive, ``above`` exclusive (``above=0``: 0 is rejected).
+
+    Zero: a key that accepts 0 either switches its feature off ("0 = off" in its help: no
+    clipping, no penalty, no limit) or names what 0 stands for ("0 = train.learning_rate");
+    where 0 would silently break a run (a clip range of 0, a β of 0) the key takes ``above=0``.
+    tests/test_config.py::test_zero_means_off_is_accepted_and_documented pins the list.
+    """
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,7 +41,9 @@ def option(default: Any, help: str, choices: tuple | None = None, min: float | N
 def _allowed_text(meta: dict) -> str:
     if meta.get("choices"):
         return "one of " + ", ".join(repr(c) for c in meta["choices"])
-    lo, hi = meta.get("min"), meta.get("max")
+    lo, hi, above = meta.get("min"), meta.get("max"), meta.get("above")
+    if above is not None:
+        return f"a number in ({above}, {hi}]" if hi is not None else f"a number > {above}"
     if lo is not None and hi is not None:
         return f"a number in [{lo}, {hi}]"
     if lo is not None:
@@ -55,6 +64,8 @@ def validate(obj) -> None:
             if meta.get("min") is not None and value < meta["min"]:
                 bad = True
             if meta.get("max") is not None and value > meta["max"]:
+                bad = True
+            if meta.get("above") is not None and value <= meta["above"]:
                 bad = True
         if bad:
             raise ConfigError(f"{f.name}={value!r} is invalid: expected {_allowed_text(meta)}")
@@ -78,8 +89,9 @@ class Validated:
 class LoraConfig(Validated):
     enabled: bool = option(False, "Train a LoRA adapter (peft) instead of all weights.")
     r: int = option(16, "LoRA rank.", min=1)
-    alpha: float = option(32.0, "LoRA alpha (scale = alpha / r).", min=0)
-    dropout: float = option(0.0, "Dropout on the LoRA input.", min=0, max=1)
+    alpha: float = option(32.0, "LoRA alpha (scale = alpha / r; 0 would switch the adapter "
+                          "off and train nothing).", above=0)
+    dropout: float = option(0.0, "Dropout on the LoRA input (0 = off).", min=0, max=1)
     target_modules: tuple = option(
         None, "Module names to adapt.",
         factory=lambda: ("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -105,8 +117,8 @@ class DataConfig(Validated):
     train_path: str = option("", "Training data: .jsonl, .json, .jsonl.gz/.json.gz or a datasets "
                              "folder saved with save_to_disk.")
     eval_path: str = option("", "Held-out data; empty = split eval_fraction off train_path.")
-    eval_fraction: float = option(0.1, "Share of train rows held out when eval_path is empty.",
-                                  min=0, max=0.9)
+    eval_fraction: float = option(0.1, "Share of train rows held out when eval_path is empty "
+                                  "(0 = off: no held-out split).", min=0, max=0.9)
     max_rows: int = option(0, "Use at most this many training rows (0 = all).", min=0)
     max_eval_rows: int = option(0, "Use at most this many eval rows (0 = all).", min=0)
     max_prompt_length: int = option(256, "Prompt tokens kept (truncated from the left).", min=1)
@@ -127,7 +139,7 @@ class DataConfig(Validated):
 @dataclass(frozen=True)
 class TrainConfig(Validated):
     learning_rate: float = option(1e-5, "Peak learning rate.", min=0)
-    weight_decay: float = option(0.0, "AdamW weight decay.", min=0)
+    weight_decay: float = option(0.0, "AdamW weight decay (0 = off).", min=0)
     adam_beta1: float = option(0.9, "AdamW beta1.", min=0, max=1)
     adam_beta2: float = option(0.999, "AdamW beta2.", min=0, max=1)
     batch_size: int = option(8, "Global batch size (rows per optimiser step, over all processes "
@@ -135,7 +147,7 @@ class TrainConfig(Validated):
     micro_batch_size: int = option(0, "Rows per forward pass per process (0 = batch_size / "
                                    "processes, no accumulation).", min=0)
     max_steps: int = option(0, "Optimiser steps (0 = num_epochs over the data).", min=0)
-    num_epochs: float = option(1.0, "Epochs when max_steps is 0.", min=0)
+    num_epochs: float = option(1.0, "Epochs when max_steps is 0.", above=0)
     lr_scheduler: str = option("cosine", "Schedule after warm-up.",
                                choices=("cosine", "linear", "constant"))
     warmup_steps: int = option(0, "Linear warm-up steps.", min=0)

@@ -74,3 +74,48 @@ def test_cli_help_and_config_error_exit(capsys):
     assert "train.warmup_steps = 0" in capsys.readouterr().out
     assert main(["sft", "train.batch_size=-1"]) == 2
     assert "train.batch_size=-1 is invalid" in capsys.readouterr().err
+
+
+# "0 = off" means the same everywhere: a key that accepts 0 either switches its feature off
+# (and its help says so) or rejects 0 when 0 would silently break training (issue 12).
+ONLINE = ["reward.function=rlhfkit.online.rewards:char_share"]
+
+
+def _stage_config(stage: str):
+    from rlhfkit.cli import STAGES
+    import importlib
+
+    module_name, class_name = STAGES[stage]
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+@pytest.mark.parametrize("stage, key", [
+    ("ppo", "reward.reward_clip"), ("ppo", "reward.missing_eos_penalty"),
+    ("ppo", "rollout.top_k"), ("ppo", "ppo.kl_coef"), ("ppo", "ppo.entropy_coef"),
+    ("grpo", "grpo.beta"), ("grpo", "reward.reward_clip"),
+    ("sft", "train.max_grad_norm"), ("sft", "train.weight_decay"), ("sft", "model.lora.dropout"),
+    ("sft", "data.eval_fraction"), ("rm", "center_coef"), ("dpo", "dpo.label_smoothing"),
+])
+def test_zero_means_off_is_accepted_and_documented(stage, key):
+    cls = _stage_config(stage)
+    config = load_config(cls, None, (ONLINE if stage in ("ppo", "grpo") else []) + [f"{key}=0"])
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    assert node == 0
+    line = next(line for line in help_lines(cls) if line.startswith(f"  {key} = "))
+    assert "0 = off" in line, line
+
+
+@pytest.mark.parametrize("stage, key", [
+    ("ppo", "ppo.target_kl"), ("ppo", "ppo.clip_eps"), ("ppo", "ppo.clip_eps_value"),
+    ("grpo", "grpo.clip_eps"), ("dpo", "dpo.beta"), ("sft", "model.lora.alpha"),
+    ("sft", "train.num_epochs"),
+])
+def test_zero_that_cannot_mean_off_is_rejected(stage, key):
+    cls = _stage_config(stage)
+    extra = ONLINE if stage in ("ppo", "grpo") else []
+    with pytest.raises(ConfigError, match=rf"{key}=0(\.0)? is invalid: expected a number > 0"):
+        load_config(cls, None, extra + [f"{key}=0"])
+    line = next(line for line in help_lines(cls) if line.startswith(f"  {key} = "))
+    assert "[a number > 0" in line or "[a number in (0," in line, line

@@ -51,7 +51,7 @@ from rlhfkit.trainers import common
 @dataclass(frozen=True)
 class GRPOPart(Validated):
     num_generations: int = option(4, "G: responses sampled per prompt (one group).", min=2)
-    beta: float = option(0.04, "β of the k3 KL-to-reference term in the loss (0 = none; the "
+    beta: float = option(0.04, "β of the k3 KL-to-reference term in the loss (0 = off; the "
                          "reference still gives the logged KL).", min=0)
     scale_rewards: str = option("group", "Advantage divisor: group = the group's std (GRPO), "
                                 "batch = the whole batch's std, none = 1 (Dr. GRPO).",
@@ -61,7 +61,7 @@ class GRPOPart(Validated):
                               "then over responses (the paper).", choices=tuple(AGGREGATIONS))
     epochs: int = option(1, "Updates per rollout batch (μ); 1 = on-policy, ρ = 1.", min=1)
     minibatches: int = option(1, "Minibatches per epoch (the rollout rows must divide).", min=1)
-    clip_eps: float = option(0.2, "ε of the clipped ratio.", min=0)
+    clip_eps: float = option(0.2, "ε of the clipped ratio.", above=0)
     share_prompt: bool = option(True, "Run a group's G responses as one packed row with the "
                                 "prompt computed once, in scoring and in the update (causal "
                                 "decoders; the same log-probs, fewer tokens).")

@@ -51,7 +51,8 @@ class RewardPart(Validated):
                               choices=("pair", "text", "response"))
     normalize: bool = option(False, "Standardise the RM score with the mean/std in its "
                              "reward_stats.json.")
-    reward_clip: float = option(5.0, "The score is clipped to ±reward_clip.", min=0)
+    reward_clip: float = option(5.0, "The score is clipped to ±reward_clip (0 = off: no "
+                                "clipping).", min=0)
     missing_eos_penalty: float = option(0.0, "Subtracted from the score of responses cut at "
                                         "max_new_tokens without EOS (0 = off).", min=0)
     batch_size: int = option(16, "Rows per reward-model forward pass.", min=1)

@@ -61,23 +61,24 @@ from rlhfkit.trainers import common
 # ----------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class PPOPart(Validated):
-    kl_coef: float = option(0.05, "β of the per-token KL penalty (initial value when adaptive).",
-                            min=0)
+    kl_coef: float = option(0.05, "β of the per-token KL penalty (initial value when adaptive; "
+                            "0 = off).", min=0)
     kl_estimator: str = option("k1", "KL_t estimator: k1 = log-ratio, k2 = ½ log-ratio², "
                                "k3 = (r−1) − log r.", choices=tuple(KL_ESTIMATORS))
     sequence_kl: bool = option(False, "Subtract kl_coef · mean KL once at the last token instead "
                                "of a per-token penalty.")
     kl_controller: str = option("fixed", "fixed kl_coef, or adaptive (Ziegler et al. 2019).",
                                 choices=("fixed", "adaptive"))
-    target_kl: float = option(6.0, "Adaptive controller: target KL per response (nats).", min=0)
+    target_kl: float = option(6.0, "Adaptive controller: target KL per response (nats).",
+                              above=0)
     kl_horizon: int = option(10000, "Adaptive controller: horizon in samples.", min=1)
     gamma: float = option(1.0, "Discount γ.", min=0, max=1)
     gae_lambda: float = option(0.95, "GAE λ.", min=0, max=1)
     whiten_advantages: bool = option(True, "Whiten advantages over the global batch.")
     ppo_epochs: int = option(4, "Passes over each rollout batch.", min=1)
     minibatches: int = option(1, "Minibatches per pass (train.batch_size must divide).", min=1)
-    clip_eps: float = option(0.2, "ε of the clipped policy ratio.", min=0)
-    clip_eps_value: float = option(0.2, "ε_v of the clipped value update.", min=0)
+    clip_eps: float = option(0.2, "ε of the clipped policy ratio.", above=0)
+    clip_eps_value: float = option(0.2, "ε_v of the clipped value update.", above=0)
     vf_coef: float = option(0.1, "Critic loss weight in the shared layout.", min=0)
     entropy_coef: float = option(0.0, "Entropy bonus weight (0 = off).", min=0)
     reference: str = option("auto", "ref_policy: copy (frozen copy of the initial policy), "

@@ -66,9 +66,9 @@ class DPOPart(Validated):
                             "with label_smoothing), ipo, simpo (reference-free), hinge (SLiC).",
                             choices=tuple(DPO_LOSSES))
     beta: float = option(0.1, "β: the strength of the KL tie to the reference (DPO, hinge), "
-                         "IPO's τ, SimPO's reward scale.", min=0)
+                         "IPO's τ, SimPO's reward scale.", above=0)
     label_smoothing: float = option(0.0, "cDPO ε: probability that a preference label is "
-                                    "flipped (sigmoid only).", min=0, max=0.5)
+                                    "flipped (sigmoid only; 0 = off).", min=0, max=0.5)
     gamma: float = option(0.0, "SimPO target reward margin γ (simpo only).", min=0)
     reference: str = option("auto", "Where the reference log-probs come from: precomputed (once, "
                             "before training), copy (frozen copy every step), adapter (LoRA base "

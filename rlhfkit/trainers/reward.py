@@ -38,7 +38,7 @@ class RMConfig(StageConfig):
     output_dir: str = option("runs/rm", "Everything the run writes goes here.")
     margin: float = option(0.0, "Margin m inside log σ(r_i − r_j − m) (Llama 2, eq. 2).")
     center_coef: float = option(0.0, "Reward centering: adds center_coef · mean(r²) over the "
-                                "batch's responses (Eisenstein et al. 2023).", min=0)
+                                "batch's responses (Eisenstein et al. 2023; 0 = off).", min=0)
     freeze_layers: int = option(0, "Freeze the token embeddings and the lowest N decoder layers "
                                 "(0 = train everything); the score head always trains.", min=0)
     head_learning_rate: float = option(0.0, "Peak learning rate of the score head (0 = "
