@@ -11,8 +11,9 @@ from typing import NamedTuple
 
 import torch
 
-from rlhfkit.ops.masked import masked_mean
-from rlhfkit.ops.ppo import _clean, _log_ratio, _pick, kl_k3
+from rlhfkit.ops.masked import masked_log_ratio, masked_mean, zero_outside_mask
+from rlhfkit.ops.ppo import clipped_surrogate, kl_k3
+from rlhfkit.ops.tables import pick
 
 
 def _group_std(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -44,7 +45,7 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group"
                          f"{tuple(scores.shape)} and group_size {group_size}")
     scores = scores.float()
     means = scores.view(-1, group_size).mean(dim=1).repeat_interleave(group_size)
-    spread = _pick(REWARD_SCALES, scale, "scale")(scores, group_size)
+    spread = pick(REWARD_SCALES, scale, "scale")(scores, group_size)
     return (scores - means) / (spread + eps)
 
 
@@ -73,7 +74,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
               response_mask: torch.Tensor, clip_eps: float = 0.2, beta: float = 0.0,
               aggregation: str = "token",
               loss_denominator: float | torch.Tensor | None = None) -> GRPOLossOutput:
-    """Per token: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) + β·k3(π, π_ref), ρ = exp(logprobs − old).
+    """Per token: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) + β·k3(π, π_ref), ρ = exp(logprobs − old);
+    the first term is PPO's ``clipped_surrogate`` (one op for both losses).
 
     ``advantages`` are per response (B,) and broadcast over its tokens. Aggregation: ``token``
     sums over real tokens and divides by their count, ``sequence`` averages each response over
@@ -84,19 +86,17 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     """
     if ref_logprobs is None and beta:
         raise ValueError("beta > 0 needs ref_logprobs")
-    ratio = torch.exp(_log_ratio(logprobs, old_logprobs, response_mask))  # (B, T)
-    adv = advantages.to(ratio.dtype)[:, None]
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    per_token = torch.maximum(unclipped, clipped)
+    log_ratio = masked_log_ratio(logprobs, old_logprobs, response_mask)  # (B, T)
+    surrogate = clipped_surrogate(log_ratio, advantages.to(log_ratio.dtype)[:, None], clip_eps)
+    per_token = surrogate.per_token
     kl = (kl_k3(logprobs, ref_logprobs, response_mask) if ref_logprobs is not None
           else torch.zeros_like(per_token))
     if beta:  # never 0 × inf: k3 overflows where log π_ref − log π > ~88
         per_token = per_token + beta * kl
-    per_token = _clean(per_token, response_mask)
-    weights = _pick(AGGREGATIONS, aggregation, "aggregation")(response_mask)
+    per_token = zero_outside_mask(per_token, response_mask)
+    weights = pick(AGGREGATIONS, aggregation, "aggregation")(response_mask)
     if loss_denominator is None:
         loss_denominator = weights.sum().clamp(min=1)
     loss = (per_token * weights).sum() / loss_denominator
-    clipfrac = masked_mean((clipped > unclipped).to(ratio.dtype), response_mask)
+    clipfrac = masked_mean(surrogate.clipped_mask.to(log_ratio.dtype), response_mask)
     return GRPOLossOutput(loss, masked_mean(kl.detach(), response_mask), clipfrac.detach())

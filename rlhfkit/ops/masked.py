@@ -8,10 +8,27 @@ from __future__ import annotations
 import torch
 
 
+def zero_outside_mask(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``mask`` is True, 0 elsewhere; same shape.
+
+    ``torch.where``, not ``values * mask``: 0·NaN and 0·inf are NaN, in the forward and in the
+    backward, so garbage at padding would leak (test_zero_outside_mask_blocks_nan_in_the_gradient).
+    """
+    return torch.where(mask, values, torch.zeros_like(values))
+
+
+def masked_log_ratio(logprobs: torch.Tensor, other_logprobs: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """log π − log π_other where ``mask`` is True, 0 elsewhere. (B, T).
+
+    Each side is zeroed before the subtraction, so NaN/inf at padding never meets arithmetic.
+    """
+    return zero_outside_mask(logprobs, mask) - zero_outside_mask(other_logprobs, mask)
+
+
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Sum of ``values`` where ``mask`` is True (over all elements, or along ``dim``)."""
-    zeros = torch.zeros_like(values)
-    kept = torch.where(mask, values, zeros)  # where(), not values*mask: NaN/inf at padding must not leak
+    kept = zero_outside_mask(values, mask)
     return kept.sum() if dim is None else kept.sum(dim)
 
 
@@ -46,4 +63,4 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
-    return torch.where(mask, whitened, torch.zeros_like(whitened))
+    return zero_outside_mask(whitened, mask)

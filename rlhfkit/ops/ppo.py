@@ -81,7 +81,8 @@ def _sequence_kl_penalty(kl: torch.Tensor, response_mask: torch.Tensor,
                          kl_coef: float) -> torch.Tensor:
     """−kl_coef·mean_t KL_t once, at the last real token; 0 elsewhere."""
     mean_kl = masked_mean(kl, response_mask, dim=1)  # (B,)
-    return zero_outside_mask((-kl_coef * mean_kl)[:, None].expand_as(kl), last_token_mask(response_mask))
+    return zero_outside_mask((-kl_coef * mean_kl)[:, None].expand_as(kl),
+                             last_token_mask(response_mask))
 
 
 _KL_PENALTY_PLACEMENT = {False: _per_token_kl_penalty, True: _sequence_kl_penalty}
@@ -112,7 +113,8 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
     place = pick(_KL_PENALTY_PLACEMENT, bool(sequence_kl), "sequence_kl")
     non_score_reward = place(kl, response_mask, kl_coef)  # (B, T)
     clipped = clip_scores(scores, reward_clip).to(kl.dtype)  # (B,)
-    score_reward = zero_outside_mask(clipped[:, None].expand_as(kl), last_token_mask(response_mask))
+    score_reward = zero_outside_mask(clipped[:, None].expand_as(kl),
+                                     last_token_mask(response_mask))
     return RewardOutput(non_score_reward + score_reward, kl, non_score_reward)
 
 
@@ -157,6 +159,25 @@ def _token_mean(per_token: torch.Tensor, response_mask: torch.Tensor,
     return masked_sum(per_token, response_mask) / loss_denominator
 
 
+class ClippedSurrogate(NamedTuple):
+    per_token: torch.Tensor     # (B, T) max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), to minimise
+    clipped_mask: torch.Tensor  # (B, T) bool, True where the clipped branch is the larger
+
+
+def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor,
+                      clip_eps: float) -> ClippedSurrogate:
+    """PPO-clip per token (Schulman et al. 2017, eq. 7, negated): ρ = exp(log_ratio),
+    max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)). ``advantages`` broadcast against ``log_ratio`` (B, T):
+    (B, T) per token (PPO) or (B, 1) per response (GRPO). No masking and no reduction: callers
+    pass a masked log-ratio (``masked_log_ratio``) and aggregate their own way. A tie (ρ inside
+    the clip range) is not "clipped". Shared by ``policy_loss`` and ops.grpo.grpo_loss.
+    """
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    return ClippedSurrogate(torch.maximum(unclipped, clipped), clipped > unclipped)
+
+
 class PolicyLossOutput(NamedTuple):
     loss: torch.Tensor  # () clipped surrogate, to minimise
     clipfrac: torch.Tensor  # () share of real tokens where the clipped branch is active
@@ -172,12 +193,10 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     (Schulman's k2). clipfrac and approx_kl are local masked means, also with loss_denominator.
     """
     log_ratio = masked_log_ratio(logprobs, old_logprobs, response_mask)  # (B, T)
-    ratio = torch.exp(log_ratio)
     advantages = zero_outside_mask(advantages, response_mask)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
-    loss = _token_mean(torch.maximum(unclipped, clipped), response_mask, loss_denominator)
-    clipfrac = masked_mean((clipped > unclipped).to(ratio.dtype), response_mask)
+    surrogate = clipped_surrogate(log_ratio, advantages, clip_eps)
+    loss = _token_mean(surrogate.per_token, response_mask, loss_denominator)
+    clipfrac = masked_mean(surrogate.clipped_mask.to(log_ratio.dtype), response_mask)
     approx_kl = masked_mean(kl_k2(logprobs, old_logprobs, response_mask).detach(), response_mask)
     return PolicyLossOutput(loss, clipfrac.detach(), approx_kl)
 

@@ -3,7 +3,14 @@ import math
 
 import torch
 
-from rlhfkit.ops import masked_mean, masked_sum, masked_var, masked_whiten
+from rlhfkit.ops.masked import (
+    masked_log_ratio,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    zero_outside_mask,
+)
 
 V = torch.tensor([[1.0, 2.0, 3.0], [4.0, float("nan"), float("inf")]])
 M = torch.tensor([[True, True, True], [True, False, False]])
@@ -43,3 +50,25 @@ def test_masked_whiten_keep_mean():
     # adds the mean 2.5 back at real positions only
     assert math.isclose(out[0, 0].item(), -1.161895 + 2.5, abs_tol=1e-6)
     assert out[1, 1].item() == 0.0
+
+
+def test_zero_outside_mask_keeps_real_values_and_zeroes_the_rest():
+    # row 0 kept whole; row 1 keeps 4, its nan and inf become 0
+    out = zero_outside_mask(V, M)
+    assert torch.equal(out, torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]]))
+
+
+def test_zero_outside_mask_blocks_nan_in_the_gradient():
+    # values·mask would give 0·nan = nan in the forward and nan·0 in the backward; where() gives
+    # d(sum)/dx = 1 at kept positions and exactly 0 at masked ones.
+    x = V.clone().requires_grad_(True)
+    zero_outside_mask(x, M).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]))
+
+
+def test_masked_log_ratio_by_hand():
+    # [−0.5 − (−1), −1 − (−0.5), padding] = [0.5, −0.5, 0]; garbage on either side never leaks
+    logprobs = torch.tensor([[-0.5, -1.0, float("nan")]])
+    other = torch.tensor([[-1.0, -0.5, float("inf")]])
+    mask = torch.tensor([[True, True, False]])
+    assert torch.equal(masked_log_ratio(logprobs, other, mask), torch.tensor([[0.5, -0.5, 0.0]]))

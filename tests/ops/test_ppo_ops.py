@@ -11,6 +11,7 @@ from rlhfkit.ops.masked import masked_mean
 from rlhfkit.ops.ppo import (
     KL_ESTIMATORS,
     adaptive_kl_update,
+    clipped_surrogate,
     apply_missing_eos_penalty,
     clip_scores,
     compute_rewards,
@@ -226,6 +227,26 @@ def test_policy_loss_batch_of_cases_is_their_mean():
     out = policy_loss(logprobs, torch.zeros(1, 4), adv, torch.ones(1, 4, dtype=torch.bool))
     close(out.loss, 0.15)
     close(out.clipfrac, 0.5)
+
+
+def test_clipped_surrogate_per_token_by_hand():
+    # The five clipping cases of test_policy_loss_clipping_by_hand, per token, ε = 0.2:
+    # ρ=1.5 A=1 → −1.2 (clipped); ρ=0.5 A=1 → −0.5; ρ=0.5 A=−1 → 0.8 (clipped);
+    # ρ=1.5 A=−1 → 1.5; ρ=1.1 A=1 → −1.1 (inside the range: a tie, not clipped).
+    log_ratio = torch.log(torch.tensor([[1.5, 0.5, 0.5, 1.5, 1.1]]))
+    out = clipped_surrogate(log_ratio, torch.tensor([[1.0, 1.0, -1.0, -1.0, 1.0]]), 0.2)
+    close(out.per_token, [[-1.2, -0.5, 0.8, 1.5, -1.1]])
+    assert out.clipped_mask.tolist() == [[T_, F_, T_, F_, F_]]
+
+
+def test_clipped_surrogate_broadcasts_one_advantage_per_response():
+    # advantages (B, 1), as GRPO passes them. Row 0, A = 2: ρ = 1.5 → max(−3, −2.4) = −2.4
+    # (clipped), ρ = 1 → −2. Row 1, A = −0.5: ρ = 0.5 → max(0.25, 0.4) = 0.4 (clipped),
+    # ρ = 2 → max(1.0, 0.6) = 1.0.
+    log_ratio = torch.log(torch.tensor([[1.5, 1.0], [0.5, 2.0]]))
+    out = clipped_surrogate(log_ratio, torch.tensor([[2.0], [-0.5]]), 0.2)
+    close(out.per_token, [[-2.4, -2.0], [0.4, 1.0]])
+    assert out.clipped_mask.tolist() == [[T_, F_], [T_, F_]]
 
 
 def test_policy_loss_padding_garbage_gives_finite_grads():
