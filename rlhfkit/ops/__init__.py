@@ -1,24 +1,94 @@
-"""Pure tensor math of RLHF: every function imports only torch and is tested by hand in tests/ops."""
+"""Pure tensor math of RLHF: every function imports only torch and is tested by hand in tests/ops.
+
+Formula index: each formula, the function that computes it (rlhfkit/ops/), and the test that pins
+it by hand (tests/ops/). tests/test_docs.py checks that every reference below exists.
+
+Next-token log-probs: log p(y_t+1 | y_≤t) = l_t[y_t+1] − logsumexp(l_t), logits t ↔ token t + 1
+    ops/logprobs.py::selective_logprobs, ops/logprobs.py::shift_for_next_token
+    test_logprobs.py::test_selective_logprobs_hand_value
+    test_logprobs.py::test_shift_pairs_logit_t_with_token_t_plus_1
+Entropy: H = logsumexp(l) − Σ softmax(l)·l
+    ops/logprobs.py::entropy_from_logits · test_logprobs.py::test_entropy_hand_values
+Masked reductions: Σ / mean / var / whiten (x − μ)/√(σ² + ε) over positions where mask is True
+    ops/masked.py::masked_sum, masked_mean, masked_var, masked_whiten
+    test_masked.py::test_masked_mean_overall_and_per_row, test_masked_whiten_hand_values
+Padding never reaches arithmetic: where(mask, x, 0); log π − log π_other at real tokens
+    ops/masked.py::zero_outside_mask, masked_log_ratio
+    test_masked.py::test_zero_outside_mask_blocks_nan_in_the_gradient
+    test_masked.py::test_masked_log_ratio_by_hand
+KL estimators (Schulman 2020): k1 = log π − log π_ref, k2 = ½·k1², k3 = (r − 1) − log r
+    ops/ppo.py::kl_k1, kl_k2, kl_k3 (KL_ESTIMATORS)
+    test_ppo_ops.py::test_kl_k1_is_log_ratio, test_kl_k2_is_half_squared_log_ratio
+    test_ppo_ops.py::test_kl_k3_is_r_minus_1_minus_log_r
+Per-token KL reward: r_t = −kl_coef·KL_t, + clip(score, ±c) at the last real token
+    ops/ppo.py::compute_rewards, last_token_mask, apply_missing_eos_penalty
+    test_ppo_ops.py::test_compute_rewards_per_token_kl_and_score_at_last_real_token
+GAE (Schulman et al. 2016, eq. 16): δ_t = r_t + γV_t+1 − V_t, A_t = δ_t + γλ·A_t+1, R = A + V
+    ops/ppo.py::gae · test_ppo_ops.py::test_gae_gamma_1_lambda_095
+PPO clipped surrogate (Schulman et al. 2017, eq. 7): max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε))
+    ops/ppo.py::clipped_surrogate · test_ppo_ops.py::test_clipped_surrogate_per_token_by_hand
+PPO policy loss: token mean of the surrogate; clipfrac; approx_kl = mean k2(π_old, π)
+    ops/ppo.py::policy_loss · test_ppo_ops.py::test_policy_loss_clipping_by_hand
+Clipped value loss: ½·mean max((V − R)², (V_old + clip(V − V_old, ±ε_v) − R)²)
+    ops/ppo.py::value_loss · test_ppo_ops.py::test_value_loss_clipping_by_hand
+Explained variance: 1 − Var[R − V] / Var[R]
+    ops/ppo.py::explained_variance · test_ppo_ops.py::test_explained_variance_by_hand
+Adaptive KL controller (Ziegler et al. 2019): β ← β·(1 + clip(KL/target − 1, ±0.2)·n/horizon)
+    ops/ppo.py::adaptive_kl_update · test_ppo_ops.py::test_adaptive_kl_update_by_hand
+Ranking loss (InstructGPT eq. 1): −1/C(K,2)·Σ_i<j log σ(r_i − r_j − m); K = 2 is Bradley–Terry
+    ops/ranking.py::ranking_loss, pairwise_loss
+    test_ranking.py::test_k3_averages_over_three_pairs, test_pairwise_loss_is_ranking_at_k2
+DPO (Rafailov et al. 2023, eq. 7): −log σ(β·z), z = (π_w − ref_w) − (π_l − ref_l)
+    ops/dpo.py::dpo_loss (DPO_LOSSES["sigmoid"]) · test_dpo.py::test_sigmoid_hand_value
+DPO family: IPO (z − 1/(2β))², SimPO −log σ(β·Δ(π/|y|) − γ), SLiC hinge max(0, 1 − β·z)
+    ops/dpo.py::ipo_loss, simpo_loss, hinge_loss (DPO_LOSSES)
+    test_dpo.py::test_ipo_hand_value, test_simpo_hand_value, test_hinge_hand_value
+DPO implicit rewards: β·(π − ref) of chosen and rejected, margin, accuracy
+    ops/dpo.py::dpo_metrics · test_dpo.py::test_metrics_hand_values
+GRPO group advantages (Shao et al. 2024): A_i = (r_i − mean of its group) / (std + eps)
+    ops/grpo.py::group_advantages
+    test_grpo_ops.py::test_group_scale_uses_each_groups_unbiased_std_and_equal_groups_get_zero
+GRPO loss: clipped surrogate + β·k3 to the reference, token or sequence aggregation
+    ops/grpo.py::grpo_loss
+    test_grpo_ops.py::test_on_policy_loss_is_minus_the_advantage_per_token_or_per_sequence
+Sampling filters: temperature, top-k, then top-p (keep while the mass before < top_p)
+    ops/sampling.py::filter_candidates, top_p_keep_mask, sample_next_tokens
+    test_sampling.py::test_top_p_keeps_tokens_whose_mass_before_is_below_top_p
+    test_sampling.py::test_filters_keep_the_same_tokens_as_hf_warpers
+Inverse-CDF draw: column j where (1 − u)·W ∈ (C_j−1, C_j], C = cumsum(exp(s − max s))
+    ops/sampling.py::inverse_cdf_sample · test_sampling.py::test_inverse_cdf_hand_values
+Variant tables: one function per variant, picked by name (ValueError listing the allowed ones)
+    ops/tables.py::pick
+    test_tables.py::test_pick_names_what_was_asked_and_the_sorted_allowed_names
+"""
 from rlhfkit.ops.logprobs import (
     entropy_from_logits,
     selective_logprobs,
     shift_for_next_token,
 )
-from rlhfkit.ops.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from rlhfkit.ops.masked import (
+    masked_log_ratio,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+    zero_outside_mask,
+)
 
 __all__ = [
     "entropy_from_logits", "selective_logprobs", "shift_for_next_token",
-    "masked_mean", "masked_sum", "masked_var", "masked_whiten",
+    "masked_log_ratio", "masked_mean", "masked_sum", "masked_var", "masked_whiten",
+    "zero_outside_mask",
 ]
 
 from rlhfkit.ops.dpo import (  # noqa: E402
     DPO_LOSSES,
     DPOMetrics,
     PreferenceLogps,
+    dpo_loss,
     dpo_metrics,
     hinge_loss,
     ipo_loss,
-    sigmoid_loss,
     simpo_loss,
 )
 from rlhfkit.ops.ranking import (  # noqa: E402
@@ -29,19 +99,21 @@ from rlhfkit.ops.ranking import (  # noqa: E402
 )
 
 __all__ += [
-    "DPO_LOSSES", "DPOMetrics", "PreferenceLogps", "dpo_metrics", "hinge_loss", "ipo_loss",
-    "sigmoid_loss", "simpo_loss",
+    "DPO_LOSSES", "DPOMetrics", "PreferenceLogps", "dpo_loss", "dpo_metrics", "hinge_loss",
+    "ipo_loss", "simpo_loss",
     "RankingLossOutput", "pairwise_loss", "ranked_pair_mask", "ranking_loss",
 ]
 
 from rlhfkit.ops.ppo import (  # noqa: E402
     KL_ESTIMATORS,
+    ClippedSurrogate,
     GAEOutput,
     PolicyLossOutput,
     RewardOutput,
     ValueLossOutput,
     adaptive_kl_update,
     apply_missing_eos_penalty,
+    clipped_surrogate,
     compute_rewards,
     explained_variance,
     gae,
@@ -54,8 +126,9 @@ from rlhfkit.ops.ppo import (  # noqa: E402
 )
 
 __all__ += [
-    "KL_ESTIMATORS", "GAEOutput", "PolicyLossOutput", "RewardOutput", "ValueLossOutput",
-    "adaptive_kl_update", "apply_missing_eos_penalty", "compute_rewards", "explained_variance",
+    "KL_ESTIMATORS", "ClippedSurrogate", "GAEOutput", "PolicyLossOutput", "RewardOutput",
+    "ValueLossOutput", "adaptive_kl_update", "apply_missing_eos_penalty", "clipped_surrogate",
+    "compute_rewards", "explained_variance",
     "gae", "kl_k1", "kl_k2", "kl_k3", "last_token_mask", "policy_loss", "value_loss",
 ]
 

@@ -47,9 +47,9 @@ def _per_token(seq_logps: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
     return seq_logps / length.to(seq_logps.dtype).clamp(min=1)
 
 
-def sigmoid_loss(logps: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0.0,
+def dpo_loss(logps: PreferenceLogps, beta: float = 0.1, label_smoothing: float = 0.0,
                  gamma: float = 0.0) -> torch.Tensor:
-    """DPO (Rafailov et al. 2023, eq. 7): −log σ(βz), per example (B,).
+    """DPO (Rafailov et al. 2023, eq. 7): −log σ(βz), per example (B,). DPO_LOSSES["sigmoid"].
 
     With label_smoothing ε > 0, the conservative DPO of Mitchell (2023), which assumes each
     preference label is flipped with probability ε:
@@ -104,7 +104,7 @@ def hinge_loss(logps: PreferenceLogps, beta: float = 0.1, label_smoothing: float
 LossFn = Callable[..., torch.Tensor]
 
 DPO_LOSSES: dict[str, LossFn] = {
-    "sigmoid": sigmoid_loss,
+    "sigmoid": dpo_loss,
     "ipo": ipo_loss,
     "simpo": simpo_loss,
     "hinge": hinge_loss,

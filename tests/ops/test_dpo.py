@@ -17,10 +17,10 @@ import torch
 from rlhfkit.ops.dpo import (
     DPO_LOSSES,
     PreferenceLogps,
+    dpo_loss,
     dpo_metrics,
     hinge_loss,
     ipo_loss,
-    sigmoid_loss,
     simpo_loss,
 )
 
@@ -52,13 +52,13 @@ def at_reference(values=(-3.0, -7.5, -20.0)):
 
 def test_sigmoid_hand_value():
     # β = ½: βz = ±1 → [−log σ(1), −log σ(−1)] = [sp(−1), sp(1)]
-    torch.testing.assert_close(sigmoid_loss(example(), beta=0.5), t([SP_M1, SP_P1]), **TOL)
+    torch.testing.assert_close(dpo_loss(example(), beta=0.5), t([SP_M1, SP_P1]), **TOL)
 
 
 def test_sigmoid_label_smoothing_hand_value():
     # ε = 0.1, βz = 1: 0.9·sp(−1) + 0.1·sp(1) = 0.9·sp(−1) + 0.1·(1 + sp(−1)) = sp(−1) + 0.1
     # βz = −1: 0.9·sp(1) + 0.1·sp(−1) = sp(−1) + 0.9
-    out = sigmoid_loss(example(), beta=0.5, label_smoothing=0.1)
+    out = dpo_loss(example(), beta=0.5, label_smoothing=0.1)
     torch.testing.assert_close(out, t([SP_M1 + 0.1, SP_M1 + 0.9]), **TOL)
 
 
@@ -66,7 +66,7 @@ def test_sigmoid_label_smoothing_hand_value():
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
 def test_sigmoid_is_log2_at_reference(beta, label_smoothing):
     # z = 0 → −(1 − ε)·log ½ − ε·log ½ = log 2
-    out = sigmoid_loss(at_reference(), beta=beta, label_smoothing=label_smoothing)
+    out = dpo_loss(at_reference(), beta=beta, label_smoothing=label_smoothing)
     torch.testing.assert_close(out, t([LOG2] * 3), **TOL)
 
 
@@ -114,6 +114,7 @@ def test_hinge_is_one_at_reference():
 
 def test_dispatch_table_and_common_signature():
     assert set(DPO_LOSSES) == {"sigmoid", "ipo", "simpo", "hinge"}
+    assert DPO_LOSSES["sigmoid"] is dpo_loss  # the config name of the paper's loss
     for name, fn in DPO_LOSSES.items():
         out = fn(example(), beta=0.5, label_smoothing=0.1, gamma=0.5)
         assert out.shape == (2,), name
@@ -138,7 +139,7 @@ def test_sigmoid_gradient_hand_value():
     # ∂/∂π_w sp(−βz) = −β·σ(−βz); β = ½, z = 2 → −½·σ(−1) = −½/(1 + e)
     logps = example()
     chosen = logps.policy_chosen.clone().requires_grad_()
-    sigmoid_loss(logps._replace(policy_chosen=chosen), beta=0.5)[0].backward()
+    dpo_loss(logps._replace(policy_chosen=chosen), beta=0.5)[0].backward()
     torch.testing.assert_close(chosen.grad, t([-0.5 / (1 + math.e), 0.0]), **TOL)
 
 
@@ -160,7 +161,7 @@ def test_sigmoid_large_margin_values():
     # βz = 2e4 → sp(−2e4) = 0; βz = −2e4 → sp(2e4) = 2e4
     logps = PreferenceLogps(torch.tensor([0.0, -2e4]), torch.tensor([-2e4, 0.0]),
                             torch.zeros(2), torch.zeros(2))
-    torch.testing.assert_close(sigmoid_loss(logps, beta=1.0), torch.tensor([0.0, 2e4]),
+    torch.testing.assert_close(dpo_loss(logps, beta=1.0), torch.tensor([0.0, 2e4]),
                                rtol=0, atol=1e-6)
 
 
@@ -185,5 +186,5 @@ def test_sigmoid_matches_pairwise_ranking_loss_on_implicit_rewards():
     # DPO is Bradley–Terry on the implicit rewards β·log(π/ref) (DPO eq. 5 → eq. 7).
     from rlhfkit.ops.ranking import pairwise_loss
     m = dpo_metrics(example(), beta=0.5)
-    torch.testing.assert_close(sigmoid_loss(example(), beta=0.5).mean(),
+    torch.testing.assert_close(dpo_loss(example(), beta=0.5).mean(),
                                pairwise_loss(m.chosen_rewards, m.rejected_rewards).loss, **TOL)
