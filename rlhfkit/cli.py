@@ -57,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "score":
         return score_main(argv[1:])
+    if argv and argv[0] == "label":  # human rankings: rlhfkit/label/commands.py
+        from rlhfkit.label.commands import main as label_main
+
+        return label_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         print("usage: rlhfkit {" + ",".join(STAGES) + "} --config FILE.yaml [key=value ...]\n"
               "       rlhfkit demo [--quick]   the whole pipeline on the embedded model\n"
               "       rlhfkit score --model DIR --data FILE [--output FILE]\n"
+              "       rlhfkit label {init,generate,import,add-annotator,serve,stats,export,...}\n"
               "       rlhfkit <stage> --help   lists every key with its default and doc")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     stage, rest = argv[0], argv[1:]
