@@ -15,6 +15,7 @@ from rlhfkit.data import encode, load_splits, render_prompt
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.online import rollout as rollouts
+from rlhfkit.online.rewards import Prompt
 from rlhfkit.online.roles import Roles, build_roles
 from rlhfkit.ops import masked_sum
 from rlhfkit.trainers import common
@@ -86,12 +87,15 @@ def require_reward_and_reference(config, reference: str, key: str) -> None:
 # ----------------------------------------------------------------------------- prompts
 @dataclass
 class Prompts:
-    texts: list   # raw prompt texts (what reward functions and the RM see)
+    texts: list   # rewards.Prompt per example: the str reward functions read, carrying the
+    #               whole conversation the reward model scores (tests/online/test_rewards.py)
     ids: list     # rendered (template) and tokenised, cut from the left
 
 
 def encode_prompts(examples, tokenizer, data_config) -> Prompts:
-    texts = [e.messages[-1][1] for e in examples]
+    """Every turn of each prompt reaches the reward sources, not only the last one: a reward
+    model trained on whole dialogues (HH) scores the text it was trained on."""
+    texts = [Prompt(e.messages) for e in examples]
     ids = [encode(tokenizer, render_prompt(e.messages, tokenizer, data_config.template,
                                            data_config.system_prompt),
                   None, data_config.max_prompt_length, data_config.max_length).prompt_ids

@@ -7,7 +7,12 @@ list[float]``, or from both, summed with weights::
     score = reward.model_weight · RM(prompt, response)
           + reward.function_weight · f(prompt, response)
 
-Prompts are the raw prompt texts (no chat template), responses the decoded response texts.
+What each source reads (tests/online/test_rewards.py): the online loop hands over ``Prompt``
+objects. A reward model scores the whole conversation (every turn of a multi-turn prompt),
+rendered with the template it was trained with, as ``rlhfkit score`` does. A Python function
+gets plain strings: a single-turn prompt is its text as written in the data; a multi-turn one
+is the whole conversation, one paragraph per turn in the Anthropic-HH convention ("Human: …",
+"Assistant: …"), so no source silently loses the history. Responses are the decoded texts.
 ``reward.normalize`` standardises the RM score with the mean/std the RM stage saved in
 ``reward_stats.json`` next to its weights (rlhfkit/models/scoring.py reads it).
 
@@ -25,6 +30,39 @@ import torch
 
 class RewardError(ValueError):
     """A reward source that cannot be loaded or returned the wrong thing."""
+
+
+# ----------------------------------------------------------------------------- prompts
+ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+EMPTY_PROMPT = (("user", ""),)  # what prompt-free reward models read as the prompt
+
+
+def conversation_text(messages) -> str:
+    """Chat messages ((role, content), ...) → the prompt string Python reward functions read:
+    a single user turn is its text unchanged; more turns are one paragraph each, "Human: …" /
+    "Assistant: …" / "System: …" (the HH transcript convention, data/formats.py::split_hh)."""
+    if len(messages) == 1 and messages[0][0] == "user":
+        return messages[0][1]
+    return "\n\n".join(f"{ROLE_NAMES.get(role, role)}: {content}" for role, content in messages)
+
+
+class Prompt(str):
+    """A prompt of the online loop: the string reward functions read (``conversation_text``)
+    that also carries its chat ``messages``, which a reward model renders as in its training.
+    A str, so the loop's prompt lists, logs and samples stay lists of strings."""
+
+    def __new__(cls, messages):
+        prompt = super().__new__(cls, conversation_text(messages))
+        prompt.messages = tuple(messages)
+        return prompt
+
+    def __reduce__(self):  # copies and pickles rebuild from the messages, not the text
+        return Prompt, (self.messages,)
+
+
+def prompt_messages(prompt) -> tuple:
+    """The messages of a ``Prompt``; a plain string is a single user turn."""
+    return getattr(prompt, "messages", None) or (("user", str(prompt)),)
 
 
 # ----------------------------------------------------------------------------- python functions
@@ -51,7 +89,7 @@ class FunctionReward:
         self.spec, self.function, self.kwargs = spec, load_function(spec), dict(kwargs or {})
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        values = list(self.function(list(prompts), list(responses), **self.kwargs))
+        values = list(self.function([str(p) for p in prompts], list(responses), **self.kwargs))
         if len(values) != len(responses):
             raise RewardError(f"reward function {self.spec} returned {len(values)} values for "
                               f"{len(responses)} responses; expected one float per response")
@@ -66,7 +104,8 @@ class ModelReward:
     """A frozen reward model (``rlhfkit.models.scoring.RewardScorer``: the text is rendered exactly as
     in the RM's training, from its reward_stats.json, and re-tokenised with the RM's tokenizer).
 
-    model_input 'pair' scores (prompt, response) as a prompted RM saw them; 'text' scores
+    model_input 'pair' scores (prompt messages, response) as a prompted RM saw them: every
+    turn of the conversation (``prompt_messages``); 'text' scores
     prompt + response as one text with an empty prompt, for prompt-free RMs (the IMDB
     sentiment RM judges whole reviews: opening + continuation); 'response' scores the response
     alone with an empty prompt (the demo: "is the continuation positive?").
@@ -81,16 +120,16 @@ class ModelReward:
         self.model_input, self.batch_size, self.normalize = model_input, batch_size, normalize
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        prompts, responses = MODEL_INPUTS[self.model_input](list(prompts), list(responses))
-        scores = self.scorer(list(prompts), list(responses), self.batch_size, self.normalize)
+        messages, responses = MODEL_INPUTS[self.model_input](list(prompts), list(responses))
+        scores = self.scorer.score_messages(messages, responses, self.batch_size, self.normalize)
         return torch.tensor(scores, dtype=torch.float32)  # (B,)
 
 
-MODEL_INPUTS = {  # what a reward model reads: (prompts, responses) → (prompts, responses)
-    "pair": lambda prompts, responses: (prompts, responses),
-    "text": lambda prompts, responses: ([""] * len(prompts),
-                                        [p + r for p, r in zip(prompts, responses)]),
-    "response": lambda prompts, responses: ([""] * len(prompts), responses),
+MODEL_INPUTS = {  # what a reward model reads: (prompts, responses) → (messages, responses)
+    "pair": lambda prompts, responses: ([prompt_messages(p) for p in prompts], responses),
+    "text": lambda prompts, responses: ([EMPTY_PROMPT] * len(prompts),
+                                        [str(p) + r for p, r in zip(prompts, responses)]),
+    "response": lambda prompts, responses: ([EMPTY_PROMPT] * len(prompts), responses),
 }
 
 

@@ -1,0 +1,90 @@
+"""Reward sources (rlhfkit/online/rewards.py) and the prompts the online loop hands them
+(rlhfkit/online/loop.py::encode_prompts): a reward model reads the whole conversation, rendered
+as in its training; a Python reward function reads a plain string."""
+import json
+
+import pytest
+import torch
+
+from rlhfkit.config import DataConfig
+from rlhfkit.data import PromptExample
+from rlhfkit.models import load_scalar_model
+from rlhfkit.models.scoring import STATS_FILE, RewardScorer
+from rlhfkit.online.loop import encode_prompts
+from rlhfkit.online.rewards import FunctionReward, ModelReward
+
+TWO_TURNS = (("user", "Name a fruit that is yellow."), ("assistant", "A banana."),
+             ("user", "And one that is red?"))
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, tokenizer):
+    """A final/ folder as `rlhfkit rm` writes it: tiny-llama scorer, tokenizer, stats."""
+    folder = tmp_path_factory.mktemp("rm") / "final"
+    load_scalar_model("tiny-llama", tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    stats = {"mean": 0.0, "std": 1.0, "count": 0, "source": "test", "template": "auto",
+             "system_prompt": "", "max_prompt_length": 256, "max_length": 512}
+    (folder / STATS_FILE).write_text(json.dumps(stats))
+    return str(folder)
+
+
+def read_inputs(model_reward: ModelReward, prompts, responses) -> list[str]:
+    """The texts the reward model's forward pass receives (decoded input_ids, padding dropped)."""
+    seen = []
+
+    def record(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs["attention_mask"].bool()
+        seen.extend(model_reward.scorer.tokenizer.decode(row[m]) for row, m in zip(ids, mask))
+
+    handle = model_reward.scorer.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        model_reward(prompts, responses)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_reward_model_reads_the_whole_conversation(tiny_rm, tokenizer):
+    pool = encode_prompts([PromptExample(TWO_TURNS)], tokenizer, DataConfig())
+    reward = ModelReward(tiny_rm, device="cpu")
+    (text,) = read_inputs(reward, pool.texts, ["A strawberry."])
+    assert "Name a fruit that is yellow." in text and "A banana." in text
+    assert "And one that is red?" in text and "A strawberry." in text
+    # ... rendered exactly as the RM's training renders the dialogue (score_messages).
+    scorer = RewardScorer.from_pretrained(tiny_rm, device="cpu")
+    expected = scorer.score_messages([TWO_TURNS], ["A strawberry."])
+    assert reward(pool.texts, ["A strawberry."]).tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def test_single_turn_prompt_scores_as_before(tiny_rm, tokenizer):
+    pool = encode_prompts([PromptExample((("user", "Name a fruit."),))], tokenizer, DataConfig())
+    reward = ModelReward(tiny_rm, device="cpu")
+    scorer = RewardScorer.from_pretrained(tiny_rm, device="cpu")
+    assert reward(pool.texts, ["A pear."]).tolist() == \
+        pytest.approx(scorer(["Name a fruit."], ["A pear."]), abs=1e-6)
+    # A plain string (a caller outside the loop) is a single user turn.
+    assert reward(["Name a fruit."], ["A pear."]).tolist() == \
+        pytest.approx(scorer(["Name a fruit."], ["A pear."]), abs=1e-6)
+
+
+def test_prompt_free_inputs_keep_the_conversation_text(tiny_rm, tokenizer):
+    pool = encode_prompts([PromptExample(TWO_TURNS)], tokenizer, DataConfig())
+    reward = ModelReward(tiny_rm, device="cpu", model_input="text")
+    (text,) = read_inputs(reward, pool.texts, [" A strawberry."])
+    assert "A banana." in text and "A strawberry." in text
+
+
+def test_reward_functions_read_the_conversation_as_a_plain_string(tokenizer):
+    pool = encode_prompts([PromptExample(TWO_TURNS), PromptExample((("user", "Hi there"),))],
+                          tokenizer, DataConfig())
+    seen = []
+    reward = FunctionReward("rlhfkit.online.rewards:char_share")  # the shipped wrapper ...
+    reward.function = lambda prompts, responses: seen.extend(prompts) or [0.0] * len(responses)
+    # ... around a function that records what it is given.
+    reward(pool.texts, ["x", "y"])
+    assert all(type(p) is str for p in seen)  # a plain str, nothing attached
+    # One paragraph per turn, HH-style role names; a single user turn is its text unchanged.
+    assert seen == ["Human: Name a fruit that is yellow.\n\nAssistant: A banana.\n\n"
+                    "Human: And one that is red?", "Hi there"]
