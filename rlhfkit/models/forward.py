@@ -26,7 +26,9 @@ class ResponseLogprobs(NamedTuple):
 
 
 def position_ids_from(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only, so left padding does not shift them."""
+    """(B, T) positions counted over real tokens only (cumsum − 1; padding before them gets 0), so
+    left padding does not shift them: HF's formula for ``generate``, used by every forward pass and
+    by the decode loop's prompt (models/generate.py)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 

@@ -3,8 +3,8 @@ machinery (logits processors, stopping criteria, growing masks and id tensors, c
 
 - KV cache: a ``StaticCache`` sized P + max_new_tokens, written in place (``DynamicCache`` grows
   every layer's keys and values by ``cat`` each token).
-- Positions as HF derives them: cumsum of the prompt mask − 1, then + 1 per new token; the
-  attention mask is one preallocated (B, P + R) tensor sliced per step.
+- Positions as HF derives them: cumsum of the prompt mask − 1 (``forward.position_ids_from``),
+  then + 1 per new token; the attention mask is one preallocated (B, P + R) tensor sliced per step.
 - Logits at the last position only (``logits_to_keep=1``): (B, V), never (B, T, V).
 - Sampling: ``ops.sampling.sample_next_tokens`` (temperature, top-k, top-p; greedy at T = 0).
 - A finished row (its EOS sampled) gets ``pad_id`` from then on, as HF writes; the loop stops
@@ -22,6 +22,7 @@ import types
 
 import torch
 
+from rlhfkit.models.forward import position_ids_from
 from rlhfkit.ops.sampling import sample_next_tokens
 
 FEW_ROWS = 64  # linears with at most this many rows take W·xᵀ; the prefill keeps x·Wᵀ
@@ -52,11 +53,6 @@ def row_major_linears(model):
             del module.forward
 
 
-def prompt_positions(prompt_mask: torch.Tensor) -> torch.Tensor:
-    """(B, P) rotary positions of left-padded prompts: 0, 1, … over the real tokens (pads 0)."""
-    return (prompt_mask.long().cumsum(-1) - 1).clamp_(min=0)
-
-
 def make_cache(model, max_len: int):
     from transformers import StaticCache
 
@@ -81,7 +77,7 @@ def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, 
     out = torch.full((batch, total), pad_id, dtype=ids.dtype, device=ids.device)  # (B, P + R)
     out[:, :width] = ids
     cache = make_cache(model, total)
-    positions = prompt_positions(prompt_mask)  # (B, P)
+    positions = position_ids_from(prompt_mask)  # (B, P)
     logits = model(input_ids=ids, attention_mask=attention[:, :width], position_ids=positions,
                    past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
     next_position = positions[:, -1:] + 1  # (B, 1): the last prompt column is real in every row

@@ -9,7 +9,7 @@ from transformers import GenerationConfig
 from rlhfkit.config import LoraConfig
 from rlhfkit.data import left_pad
 from rlhfkit.models import apply_lora, load_causal_lm
-from rlhfkit.models.generate import decode, prompt_positions
+from rlhfkit.models.generate import decode
 from rlhfkit.online import rollout
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], [300, 301, 302, 303], [17]]  # left-padded to 7
@@ -29,11 +29,6 @@ def hf_greedy(model, ids, mask, new, pad_id, eos_id):
     settings = GenerationConfig(do_sample=False, max_new_tokens=new, eos_token_id=eos_id,
                                 pad_token_id=pad_id)
     return model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=settings)
-
-
-def test_prompt_positions_count_real_tokens_only():
-    mask = torch.tensor([[False, False, True, True], [True, True, True, True]])
-    assert prompt_positions(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (1.0, 1)])  # argmax; top-1 sampling
