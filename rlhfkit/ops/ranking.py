@@ -10,7 +10,10 @@ penalty coef · mean(r²) that pins the reward's free additive constant near 0 (
 al. 2023, "Helping or Herding?", §3). K = 2 is the Bradley–Terry pairwise loss.
 
 A batch holds lists of different lengths padded to K: ``list_mask`` (B, K) is True where a
-rank slot exists (valid slots are a prefix; column 0 is the best answer). Padding never
+rank slot exists (valid slots are a prefix; column 0 is the best answer). Ties: optional
+``ranks`` (B, K), non-decreasing along a list (1 = best, equal = tie, as people rank in
+``rlhfkit label``); a tied pair carries no preference and is skipped, so C(K,2) becomes the
+number of strictly ordered pairs of the list. Padding never
 reaches the arithmetic (``torch.where``, not multiplication), so NaN/inf at padded slots
 cannot leak into the loss or its gradient.
 Tests: tests/ops/test_ranking.py.
@@ -40,7 +43,8 @@ def ranked_pair_mask(list_mask: torch.Tensor) -> torch.Tensor:
 
 
 def ranking_loss(rewards: torch.Tensor, list_mask: torch.Tensor,
-                 margin: float | torch.Tensor = 0.0, center_coef: float = 0.0) -> RankingLossOutput:
+                 margin: float | torch.Tensor = 0.0, center_coef: float = 0.0,
+                 ranks: torch.Tensor | None = None) -> RankingLossOutput:
     """Ranking loss for rewards (B, K), column 0 = best, ``list_mask`` (B, K) bool.
 
     Each list b is first averaged over its own C(K_b, 2) pairs, then lists are averaged with
@@ -49,11 +53,14 @@ def ranking_loss(rewards: torch.Tensor, list_mask: torch.Tensor,
     or a per-list (B,) tensor, subtracted inside the sigmoid. ``center_coef`` adds
     center_coef · mean(r²) over all valid slots of the batch. log σ is computed with
     ``logsigmoid``, so a gap of ±1000 gives 0 / 2000, never inf/NaN. The metrics are detached
-    and pooled over all valid pairs of the batch.
+    and pooled over all valid pairs of the batch. ``ranks`` (B, K) int: only pairs with
+    ranks[i] < ranks[j] count (ties skipped); a list whose slots all tie has no pair.
     """
     list_mask = list_mask.bool()
     safe = torch.where(list_mask, rewards, torch.zeros_like(rewards))  # (B, K) padding → 0
     pair_mask = ranked_pair_mask(list_mask)  # (B, K, K)
+    if ranks is not None:
+        pair_mask = pair_mask & (ranks[:, :, None] < ranks[:, None, :])  # tied pairs out
     diff = safe[:, :, None] - safe[:, None, :]  # (B, K, K) r_i − r_j
     margin = torch.as_tensor(margin, dtype=rewards.dtype, device=rewards.device)
     margin = margin.reshape(-1, 1, 1) if margin.ndim else margin  # (B,) → (B, 1, 1)

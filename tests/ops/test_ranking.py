@@ -186,3 +186,33 @@ def test_gradient_pushes_best_up_and_worst_down():
     ranking_loss(r, full_mask(r)).loss.backward()
     s = 1 / (1 + math.e)
     torch.testing.assert_close(r.grad, t([[-s, s]]), **TOL)
+
+
+def test_tied_pairs_are_skipped():
+    # r = [2, 1, 0] with ranks [1, 2, 2]: slots 1 and 2 tie, so only (0,1) d=1 and (0,2) d=2
+    # count: loss = (sp(−1) + sp(−2)) / 2 = (0.31326168751822286 + 0.1269280110429725) / 2
+    r = t([[2.0, 1.0, 0.0]])
+    out = ranking_loss(r, full_mask(r), ranks=torch.tensor([[1, 2, 2]]))
+    torch.testing.assert_close(out.loss, t(0.22009484928059768), **TOL)
+    torch.testing.assert_close(out.pair_accuracy, t(1.0), **TOL)
+    torch.testing.assert_close(out.mean_margin, t(1.5), **TOL)  # (1 + 2) / 2
+    assert out.num_pairs.item() == 2
+
+
+def test_a_list_of_ties_drops_out_and_strict_ranks_change_nothing():
+    # List 0 ranks [1, 1] (a tie: no pair) is left out of the list average; list 1 ranks
+    # [1, 2] gives sp(−1). Strict ranks 1..K equal no ranks at all (K4_LOSS).
+    r = t([[1.0, 0.0], [1.0, 0.0]]).requires_grad_()
+    out = ranking_loss(r, full_mask(r), ranks=torch.tensor([[1, 1], [1, 2]]))
+    torch.testing.assert_close(out.loss, t(SP_M1), **TOL)
+    assert out.num_pairs.item() == 1
+    out.loss.backward()
+    assert torch.equal(r.grad[0], torch.zeros(2, dtype=torch.float64))  # the tie pulls nothing
+    k4 = t([[3.0, 1.0, 2.0, 0.0]])
+    strict = ranking_loss(k4, full_mask(k4), ranks=torch.tensor([[1, 2, 3, 4]])).loss
+    torch.testing.assert_close(strict, t(K4_LOSS), **TOL)
+    # ranks [1, 2, 2, 3] on that list: pair (1,2) d=−1 is a tie and drops out:
+    # (sp(−2) + sp(−1) + sp(−3) + sp(−1) + sp(−2)) / 5 = (2.2422284362143561 − sp(1)) / 5
+    tied = ranking_loss(k4, full_mask(k4), ranks=torch.tensor([[1, 2, 2, 3]]))
+    torch.testing.assert_close(tied.loss, t((2.2422284362143561 - SP_P1) / 5), **TOL)
+    torch.testing.assert_close(tied.pair_accuracy, t(1.0), **TOL)
