@@ -6,8 +6,10 @@ Accepted rows:
               Anthropic-HH transcripts {"chosen", "rejected"} (whole dialogues: the shared
               prompt is everything up to the last "\\n\\nAssistant:");
               sharegpt {"conversations": [{"from", "value"}...], "chosen": {...}, "rejected": {...}}
-- ranked:     {"prompt", "responses": [best, ..., worst]} (K ≥ 2, no ties); preference rows
-              are read as K = 2 lists
+- ranked:     {"prompt", "responses": [best, ..., worst]} (K ≥ 2) with optional
+              "ranks": [1, 2, 2, 3] (non-decreasing, equal numbers = tie, at least two
+              distinct: what `rlhfkit label export` writes); preference rows are read as K = 2
+              lists
 - prompt:     {"prompt": str} (any of the above also gives its prompt)
 A malformed row raises DataError naming file:line, the field and what was expected.
 Tests: tests/data/test_data.py.
@@ -35,9 +37,11 @@ class SFTExample:
 
 @dataclass(frozen=True)
 class RankedExample:
-    """K ≥ 2 responses best → worst; a preference pair is K = 2 (chosen, rejected)."""
+    """K ≥ 2 responses best → worst; a preference pair is K = 2 (chosen, rejected).
+    ``ranks``: None (strictly ordered) or one rank per response, equal = tie."""
     messages: Messages
     responses: tuple
+    ranks: tuple | None = None
 
     @property
     def chosen(self) -> str:
@@ -154,7 +158,21 @@ def parse_ranked(record: Record) -> RankedExample:
     if len(set(ranked)) < len(ranked):
         raise DataError(f"{record.where()}: tie: the same response appears twice in the ranking; "
                         "expected responses strictly ordered best → worst")
-    return RankedExample(messages, ranked)
+    return RankedExample(messages, ranked, _ranks(record, len(ranked)))
+
+
+def _ranks(record: Record, k: int) -> tuple | None:
+    """Optional "ranks" of a ranked list: k integers ≥ 1, non-decreasing, not all equal."""
+    if "ranks" not in record.row:
+        return None
+    ranks = record.row["ranks"]
+    if not isinstance(ranks, list) or len(ranks) != k or \
+            not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranks) or \
+            any(a > b for a, b in zip(ranks, ranks[1:])) or ranks[0] == ranks[-1]:
+        raise DataError(f"{record.where()}: field 'ranks': expected {k} integers ≥ 1, one per "
+                        "response, non-decreasing (equal = tie) with at least two distinct, got "
+                        f"{str(ranks)[:60]}")
+    return tuple(ranks)
 
 
 def parse_prompt(record: Record) -> PromptExample:

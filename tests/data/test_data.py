@@ -49,13 +49,20 @@ def test_pair_ranked_hh_and_sharegpt_formats(tmp_path):
     ])
     pair, ranked, hh, sharegpt = load_examples(path, "ranked")
     assert pair.responses == ("good", "bad")
-    assert ranked.responses == ("best", "mid", "worst")
+    assert ranked.responses == ("best", "mid", "worst") and ranked.ranks is None
     # HH: the shared prompt is everything up to the last "\n\nAssistant:"
     assert hh.messages == (("user", "hi"), ("assistant", "hello"), ("user", "how?"))
     assert (hh.chosen, hh.rejected) == ("fine", "go away")
     assert sharegpt.messages == (("user", "q2"),) and sharegpt.chosen == "yes"
     prompts = load_examples(path, "prompt")
     assert prompts[2].messages == hh.messages
+
+
+def test_ranked_list_with_ties(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "q", "responses": ["best", "mid a", "mid b", "worst"], "ranks": [1, 2, 2, 3]}])
+    (example,) = load_examples(path, "ranked")
+    assert example.ranks == (1, 2, 2, 3) and example.responses[1:3] == ("mid a", "mid b")
 
 
 @pytest.mark.parametrize("row, kind, message", [
@@ -69,6 +76,10 @@ def test_pair_ranked_hh_and_sharegpt_formats(tmp_path):
     ({"conversations": [{"from": "alien", "value": "x"}], "chosen": {}, "rejected": {}}, "ranked",
      "field 'conversations': expected a turn"),
     ({"text": "x"}, "ranked", "p.jsonl:2: expected a preference row"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranks": [2, 1]}, "ranked", "field 'ranks'"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranks": [1, 1]}, "ranked", "field 'ranks'"),
+    ({"prompt": "q", "responses": ["a", "b", "c"], "ranks": [1, 2]}, "ranked", "field 'ranks'"),
+    ({"prompt": "q", "responses": ["a", "b"], "ranks": [0, 1]}, "ranked", "field 'ranks'"),
     ({"text": "x"}, "prompt", "p.jsonl:2: missing field 'prompt'"),
 ])
 def test_malformed_row_names_file_line_field(tmp_path, row, kind, message):
