@@ -140,6 +140,22 @@ def load_causal_lm(name: str, tokenizer, dtype: torch.dtype = torch.float32, cac
         raise ModelLoadError(f"cannot load model '{name}': {err}") from None
 
 
+def disable_dropout(model):
+    """Every dropout rate of ``model`` set to 0, in place: ``nn.Dropout`` modules (LoRA's
+    ``lora_dropout`` included) and the float rates attention layers read themselves (Llama's
+    ``attention_dropout``, BERT's SDPA ``dropout_prob``). Then a train-mode forward equals an
+    eval-mode one: online RL scores rollouts in eval mode and updates in train mode, and the
+    first PPO ratio must be 1 (TRL's ``disable_dropout_in_model``; tests/online/test_roles.py).
+    The saved config keeps its rates."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    return model
+
+
 def load_scalar_model(name: str, tokenizer, dtype: torch.dtype = torch.float32,
                       cache_dir: str = ""):
     """A sequence model with one output (reward model / critic backbone + linear head).

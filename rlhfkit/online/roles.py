@@ -27,6 +27,7 @@ from rlhfkit.models import (
     load_scalar_model,
 )
 from rlhfkit.models.forward import response_logprobs, score_head, token_scores
+from rlhfkit.models.loading import disable_dropout
 from rlhfkit.models.packing import packed_token_logprobs
 from rlhfkit.models.scoring import STATS_FILE
 from rlhfkit.online.rewards import build_reward_sources
@@ -112,7 +113,7 @@ def build_value_model(run, config, tokenizer):
             torch.nn.init.zeros_(head.bias)
     if config.model.lora.enabled and config.critic.lora:
         value_model = apply_lora(value_model, config.model.lora, task_type="SEQ_CLS")
-    return value_model
+    return disable_dropout(value_model)  # values scored in eval mode = values in the update
 
 
 def build_roles(run, config, tokenizer, iterations: int) -> Roles:
@@ -127,6 +128,9 @@ def build_roles(run, config, tokenizer, iterations: int) -> Roles:
         ref_policy = copy.deepcopy(policy).eval().requires_grad_(False).to(run.device)
     if config.model.lora.enabled:
         policy = apply_lora(policy, config.model.lora)
+    # Rollouts are scored in eval mode and the update runs in train mode: with dropout on, the
+    # first ratio π/π_old would not be 1 (tests/online/test_roles.py).
+    disable_dropout(policy)
     layout = config.critic_layout  # separate | shared | none (GRPO: no critic)
     shared = layout == "shared"
     value_head = None
