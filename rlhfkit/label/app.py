@@ -1,0 +1,222 @@
+"""The labelling web app: FastAPI on uvicorn (why FastAPI: docs/label.md, "Web stack").
+
+Routes (the contract with the page: notes in docs/label.md, "HTTP API"):
+    GET  /  /admin  /static/...           the page, every asset served from the package
+    GET  /api/me                          {"name", "done", "queue"}
+    GET  /api/tasks/next                  200 the task as shown to this annotator | 204 empty
+    POST /api/judgments                   201 {"judgment_id"} | 200 the same again | 422 | 409
+    POST /api/tasks/{task_id}/skip        200
+    GET  /api/admin/summary               progress, agreement, per-annotator table
+    POST /api/admin/annotators            201 {"name", "token", "link"}
+    POST /api/admin/annotators/{name}/disable | /enable
+    GET  /api/admin/export?format=ranked|pairs[&keep_all_bad=true]   JSONL download
+
+Security: ``Authorization: Bearer <token>``; no or an unknown token → 401, a disabled
+annotator → 403, an annotator token on an admin route (or the admin token on an annotator
+route) → 403. Only token hashes are stored. Bodies over ``max_body_bytes`` → 413 before they
+are parsed. Handlers are plain ``def`` (FastAPI runs them in its thread pool): the store is
+synchronous SQLAlchemy. Tests: tests/label/test_app.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlhfkit.label import queue
+from rlhfkit.label.export import FORMATS, export_lines, summary
+from rlhfkit.label.store import (
+    StoreError,
+    add_annotator,
+    hash_token,
+    open_store,
+    set_annotator_active,
+)
+
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 64 * 1024
+
+
+class JudgmentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: int
+    ranks: list[int] = Field(min_length=2, max_length=64)
+    flags: list[str] = Field(default_factory=list, max_length=8)
+    comment: str = Field(default="", max_length=queue.MAX_COMMENT)
+    seconds: float | None = Field(default=None, ge=0)
+
+
+class AnnotatorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=100)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes, by Content-Length or as it streams."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await JSONResponse({"detail": f"request body over {self.limit} bytes"},
+                                      413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, f"request body over {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def bearer(request: Request) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "missing 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return token.strip()
+
+
+def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The app over the store at ``db_url``. ``admin_token`` None: the admin token is the one
+    `rlhfkit label init` printed (its hash is in the store). ``base_url`` prefixes the login
+    links the admin API hands out (default: the address the request came to)."""
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        admin_hash = hash_token(admin_token) if admin_token else store.get_meta(
+            conn, "admin_token_hash")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        yield
+        store.close()
+
+    app = FastAPI(title="rlhfkit label", version="1", lifespan=lifespan,
+                  description="Rank model responses; the judgments train `rlhfkit rm`/`dpo`.")
+    app.state.store = store
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    def is_admin(token: str) -> bool:
+        return admin_hash is not None and hmac.compare_digest(hash_token(token), admin_hash)
+
+    def annotator(token: str = Depends(bearer)) -> queue.Annotator:
+        if is_admin(token):
+            raise HTTPException(403, "the admin token is not an annotator's")
+        found = queue.annotator_by_token_hash(store, hash_token(token))
+        if found is None:
+            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+        if not found.active:
+            raise HTTPException(403, f"annotator {found.name!r} is disabled")
+        return found
+
+    def admin(token: str = Depends(bearer)) -> None:
+        if is_admin(token):
+            return
+        if queue.annotator_by_token_hash(store, hash_token(token)) is not None:
+            raise HTTPException(403, "admin only")
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+
+    def refused(err: queue.QueueError):
+        return JSONResponse({"detail": str(err)}, err.status)
+
+    # ------------------------------------------------------------------ pages
+    def page(name: str):
+        path = STATIC / name
+        if not path.exists():
+            raise HTTPException(404, f"{name} is not installed")
+        return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return page("index.html")
+
+    @app.get("/admin", include_in_schema=False)
+    def admin_page():
+        return page("admin.html")
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # ------------------------------------------------------------------ annotators
+    @app.get("/api/me")
+    def me(who: queue.Annotator = Depends(annotator)):
+        with store.engine.connect() as conn:
+            overlap = store.settings(conn).overlap
+            return {"name": who.name, "done": queue.done_count(conn, who.id),
+                    "queue": queue.queue_size(conn, who.id, overlap)}
+
+    @app.get("/api/tasks/next", responses={204: {"description": "queue empty"}})
+    def next_task(who: queue.Annotator = Depends(annotator)):
+        task = queue.next_task(store, who)
+        return Response(status_code=204) if task is None else task
+
+    @app.post("/api/judgments", status_code=201)
+    def post_judgment(body: JudgmentIn, who: queue.Annotator = Depends(annotator)):
+        try:
+            judgment_id, created = queue.submit(store, who, body.task_id, body.ranks, body.flags,
+                                                body.comment, body.seconds)
+        except queue.QueueError as err:
+            return refused(err)
+        return JSONResponse({"judgment_id": judgment_id}, 201 if created else 200)
+
+    @app.post("/api/tasks/{task_id}/skip")
+    def skip(task_id: int, who: queue.Annotator = Depends(annotator)):
+        try:
+            queue.skip(store, who, task_id)
+        except queue.QueueError as err:
+            return refused(err)
+        return {"skipped": task_id}
+
+    # ------------------------------------------------------------------ admin
+    @app.get("/api/admin/summary", dependencies=[Depends(admin)])
+    def admin_summary():
+        return summary(store)
+
+    @app.post("/api/admin/annotators", status_code=201, dependencies=[Depends(admin)])
+    def admin_add(body: AnnotatorIn, request: Request):
+        try:
+            token = add_annotator(store, body.name)
+        except StoreError as err:
+            return JSONResponse({"detail": str(err)}, 409)
+        root = base_url or str(request.base_url).rstrip("/")
+        return {"name": body.name.strip(), "token": token, "link": f"{root}/?token={token}"}
+
+    def set_active(name: str, active: bool):
+        try:
+            set_annotator_active(store, name, active)
+        except StoreError as err:
+            return JSONResponse({"detail": str(err)}, 404)
+        return {"name": name, "active": active}
+
+    @app.post("/api/admin/annotators/{name}/disable", dependencies=[Depends(admin)])
+    def admin_disable(name: str):
+        return set_active(name, False)
+
+    @app.post("/api/admin/annotators/{name}/enable", dependencies=[Depends(admin)])
+    def admin_enable(name: str):
+        return set_active(name, True)
+
+    @app.get("/api/admin/export", dependencies=[Depends(admin)])
+    def admin_export(format: str = "ranked", keep_all_bad: bool = False):
+        if format not in FORMATS:
+            return JSONResponse({"detail": f"format: expected one of {list(FORMATS)}"}, 422)
+        return Response("".join(export_lines(store, format, keep_all_bad)),
+                        media_type="application/x-ndjson", headers={
+                            "Content-Disposition": f'attachment; filename="{format}.jsonl"'})
+
+    return app

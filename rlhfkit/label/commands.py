@@ -1,0 +1,198 @@
+"""``rlhfkit label <command>``: parse and dispatch (the commands are in docs/label.md).
+
+    init | config | generate | import | score | add-annotator | disable-annotator |
+    enable-annotator | admin-token | serve | stats | export
+
+A user error (bad --db, malformed file, unknown annotator) is one line on stderr, exit 2.
+Tests: tests/label/test_commands.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rlhfkit.data import DataError
+from rlhfkit.label import store as label_store
+from rlhfkit.label.store import ORDERS, Settings, StoreError
+from rlhfkit.models import ModelLoadError
+
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit label", description="Collect human rankings of model responses and "
+        "export them for `rlhfkit rm` / `rlhfkit dpo`. --db is a SQLite file path or "
+        "postgresql://user@host/dbname.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--db", required=True, help="SQLite file or postgresql:// URL")
+        return p
+
+    def queue_settings(p, defaults: bool):
+        d = Settings() if defaults else Settings(None, None, None)
+        p.add_argument("--overlap", type=int, default=d.overlap,
+                       help="annotators per task (each task is judged this many times)")
+        p.add_argument("--order", choices=ORDERS, default=d.order,
+                       help="which task comes next: import order, random, or the tasks whose "
+                            "candidates the reward model scores closest first (uncertainty)")
+        p.add_argument("--lease-seconds", type=float, default=d.lease_seconds,
+                       help="an opened task returns to the queue after this long")
+
+    queue_settings(command("init", "Create a new label store; prints the admin token."), True)
+    queue_settings(command("config", "Change the queue settings of a store."), False)
+    p = command("generate", "Sample K candidates per prompt from a policy and add a task each.")
+    p.add_argument("--policy", required=True, help="model folder (e.g. runs/sft/final) or alias")
+    p.add_argument("--prompts", required=True, help="JSONL/JSON(.gz) rows with a 'prompt'")
+    p.add_argument("--k", type=int, default=4, help="candidates per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="as rollout.max_new_tokens")
+    p.add_argument("--temperature", type=float, default=1.0, help="as rollout.temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="as rollout.top_p (1 = off)")
+    p.add_argument("--top-k", type=int, default=0, help="as rollout.top_k (0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences decoded at once")
+    p.add_argument("--template", default="auto", choices=("auto", "chat", "plain"),
+                   help="prompt rendering, as data.template")
+    p.add_argument("--max-prompt-length", type=int, default=256, help="prompt tokens kept")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--reward-model", default="", help="also score the new candidates with "
+                   "this reward model (final/ of `rlhfkit rm`) for --order uncertainty")
+    p = command("import", "Add a task per row of a candidates file.")
+    p.add_argument("--data", required=True,
+                   help='rows {"prompt", "responses": [...], "models": [...] (optional)}')
+    p.add_argument("--reward-model", default="", help="score the candidates (see generate)")
+    p = command("score", "Score candidates with a reward model (the uncertainty order).")
+    p.add_argument("--reward-model", required=True, help="final/ folder of `rlhfkit rm`")
+    p.add_argument("--only-missing", action="store_true", help="skip tasks already scored")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    for name, help_ in (("add-annotator", "Add an annotator; prints their login link."),
+                        ("disable-annotator", "Disable an annotator's token."),
+                        ("enable-annotator", "Enable a disabled annotator again.")):
+        p = command(name, help_)
+        p.add_argument("name")
+        p.add_argument("--base-url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                       help="the address annotators reach `serve` at (for the link)")
+    p = command("admin-token", "Replace the admin token; prints the new admin link.")
+    p.add_argument("--base-url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
+    p = command("serve", "Serve the labelling page and API (FastAPI on uvicorn).")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help="interface to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--admin-token", default="",
+                   help="admin token to accept instead of the stored one")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024,
+                   help="requests with a larger body get 413")
+    p = command("stats", "Progress, agreement and the per-annotator table.")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p = command("export", "Write the judgments as training data.")
+    p.add_argument("--format", required=True, choices=("ranked", "pairs"),
+                   help="ranked: for `rlhfkit rm` (ties as 'ranks'); pairs: for `rlhfkit dpo`")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.add_argument("--keep-all-bad", action="store_true",
+                   help="keep tasks most annotators flagged 'all bad'")
+    return parser
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def stats_table(summary: dict) -> str:
+    agreement = summary["agreement"]
+    lines = [f"tasks {summary['tasks']}  complete {summary['complete']} (overlap "
+             f"{summary['overlap']})  judgments {summary['judgments']}  order {summary['order']}",
+             f"agreement on {agreement['overlapping_tasks']} overlapping tasks: pairwise "
+             f"{_fmt(agreement['pairwise'])}  Krippendorff's α (ordinal) "
+             f"{_fmt(agreement['krippendorff_alpha_ordinal'])}"]
+    columns = ["name", "active", "judgments", "median_seconds", "agreement_with_majority",
+               "agreement_with_rm", "first_shown_best_share", "first_shown_best_chance", "all_bad"]
+    table = [columns] + [[_fmt(row[c]) for c in columns] for row in summary["annotators"]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines)
+
+
+def run_command(args) -> None:
+    from rlhfkit.label import sources
+    from rlhfkit.label.export import export_lines, summary
+
+    if args.command == "init":
+        _, token = label_store.init_store(args.db, Settings(args.overlap, args.order,
+                                                            args.lease_seconds))
+        print(f"created {args.db}\nadmin link (keep it secret): "
+              f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/admin?token={token}")
+        return
+    store = label_store.open_store(args.db)
+    try:
+        if args.command == "config":
+            changes = {k: v for k, v in (("overlap", args.overlap), ("order", args.order),
+                                         ("lease_seconds", args.lease_seconds)) if v is not None}
+            print(json.dumps(label_store.update_settings(store, **changes).__dict__))
+        elif args.command in ("generate", "import"):
+            if args.command == "generate":
+                if args.k < 2:
+                    raise StoreError(f"--k {args.k}: expected ≥ 2 candidates per prompt")
+                sampling = sources.Sampling(args.max_new_tokens, args.temperature, args.top_p,
+                                            args.top_k, args.seed)
+                added, skipped = sources.generate_candidates(
+                    store, args.policy, args.prompts, args.k, sampling, args.batch_size,
+                    args.template, args.max_prompt_length, args.device)
+            else:
+                added, skipped = sources.import_candidates(store, args.data)
+            print(f"added {added} tasks" + (f" (skipped {skipped} prompts with < 2 distinct "
+                                            "responses)" if skipped else ""))
+            if args.reward_model:
+                sources.score_candidates(store, args.reward_model, only_missing=True)
+        elif args.command == "score":
+            n = sources.score_candidates(store, args.reward_model, device=args.device,
+                                         only_missing=args.only_missing)
+            print(f"scored {n} tasks")
+        elif args.command == "add-annotator":
+            token = label_store.add_annotator(store, args.name)
+            print(f"{args.base_url.rstrip('/')}/?token={token}")
+        elif args.command in ("disable-annotator", "enable-annotator"):
+            label_store.set_annotator_active(store, args.name, args.command[0] == "e")
+            print(f"{args.name}: {'enabled' if args.command[0] == 'e' else 'disabled'}")
+        elif args.command == "admin-token":
+            token = label_store.new_token()
+            with store.transaction() as conn:
+                store.set_meta(conn, "admin_token_hash", label_store.hash_token(token))
+            print(f"{args.base_url.rstrip('/')}/admin?token={token}")
+        elif args.command == "stats":
+            result = summary(store)
+            print(json.dumps(result, indent=2) if args.json else stats_table(result))
+        elif args.command == "export":
+            lines = export_lines(store, args.format, args.keep_all_bad)
+            with open(args.out, "w", encoding="utf-8") as handle:
+                handle.writelines(lines)
+            print(f"wrote {len(lines)} {args.format} rows to {args.out}")
+        elif args.command == "serve":
+            serve(args)
+    finally:
+        store.close()
+
+
+def serve(args) -> None:
+    import uvicorn
+
+    from rlhfkit.label.app import create_app
+
+    app = create_app(args.db, args.admin_token or None, max_body_bytes=args.max_body_bytes)
+    print(f"rlhfkit label: serving http://{args.host}:{args.port} (Ctrl-C stops); annotators "
+          "log in with the link `label add-annotator` printed", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run_command(args)
+    except (StoreError, DataError, ModelLoadError, OSError) as err:
+        print(f"rlhfkit label {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0

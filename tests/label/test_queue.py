@@ -1,0 +1,180 @@
+"""The store and the queue on SQLite and PostgreSQL: schema version, overlap, never twice to
+one annotator, leases that expire, the three orders, idempotent submit, skip."""
+import random
+
+import pytest
+from sqlalchemy import func, select, update
+
+from rlhfkit.label import queue
+from rlhfkit.label.store import (
+    Store,
+    StoreError,
+    add_annotator,
+    add_task,
+    init_store,
+    judgments,
+    meta,
+    open_store,
+    tasks,
+    update_settings,
+)
+
+
+def annotator(store: Store, name: str) -> queue.Annotator:
+    from rlhfkit.label.store import hash_token
+
+    return queue.annotator_by_token_hash(store, hash_token(add_annotator(store, name)))
+
+
+def add_tasks(store: Store, n: int, k: int = 3) -> list[int]:
+    rng = random.Random(0)
+    with store.transaction() as conn:
+        return [add_task(conn, (("user", f"prompt {i}"),), [f"r{i}.{j}" for j in range(k)],
+                         ["m"] * k, [{}] * k, rng) for i in range(n)]
+
+
+def n_judgments(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(judgments)).scalar()
+
+
+def test_init_refuses_an_existing_store_and_open_checks_the_version(store_and_admin):
+    db, store, _ = store_and_admin
+    with pytest.raises(StoreError, match="already holds a label store"):
+        init_store(db)
+    with store.transaction() as conn:
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="99"))
+    with pytest.raises(StoreError, match="schema version 99, this rlhfkit reads version 1"):
+        open_store(db)
+
+
+def test_open_refuses_what_is_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no such file"):
+        open_store(str(tmp_path / "missing.sqlite"))
+    (tmp_path / "other.sqlite").write_bytes(b"")
+    with pytest.raises(StoreError, match="not a label store"):
+        open_store(str(tmp_path / "other.sqlite"))
+
+
+def test_sqlite_is_wal_and_fsyncs_every_commit(tmp_path):
+    store, _ = init_store(str(tmp_path / "l.sqlite"))
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 10000
+    store.close()
+
+
+def test_shown_order_is_per_annotator_and_ranks_are_stored_in_slot_order(store_and_admin):
+    _, store, _ = store_and_admin
+    update_settings(store, overlap=2)
+    (task_id,) = add_tasks(store, 1, k=4)
+    alice, bob = annotator(store, "alice"), annotator(store, "bob")
+    shown = queue.next_task(store, alice, rng=random.Random(3))
+    assert shown["task_id"] == task_id and shown["done"] == 0 and shown["queue"] == 0
+    texts = [c["text"] for c in shown["candidates"]]
+    assert sorted(texts) == ["r0.0", "r0.1", "r0.2", "r0.3"] and texts != sorted(texts)
+    # rank as shown: the first shown best, then the rest; stored in slot order
+    ranks_as_shown = [1, 2, 2, 3]
+    judgment_id, created = queue.submit(store, alice, task_id, ranks_as_shown, seconds=4.5)
+    assert created
+    with store.engine.connect() as conn:
+        row = conn.execute(select(judgments).where(judgments.c.id == judgment_id)).one()
+    slot_of = {f"r0.{j}": j for j in range(4)}
+    expected = [0] * 4
+    for text, rank in zip(texts, ranks_as_shown):
+        expected[slot_of[text]] = rank
+    assert row.ranks == expected and row.seconds == 4.5 and row.server_seconds >= 0
+    assert row.shown_order == [c["id"] for c in shown["candidates"]]
+    # the lease of a second annotator shows the same task in its own stored order
+    again = queue.next_task(store, bob, rng=random.Random(4))
+    assert again["task_id"] == task_id
+
+
+def test_overlap_and_never_twice_to_the_same_annotator(store_and_admin):
+    _, store, _ = store_and_admin
+    update_settings(store, overlap=2)
+    ids = add_tasks(store, 2)
+    a, b, c = (annotator(store, n) for n in "abc")
+    seen = {}
+    for person in (a, b, c):
+        for _ in range(2):
+            task = queue.next_task(store, person)
+            if task is None:
+                break
+            queue.submit(store, person, task["task_id"], [1, 2, 3])
+            seen.setdefault(person.name, []).append(task["task_id"])
+    assert seen == {"a": ids, "b": ids}  # two judgments per task fill both; c gets nothing
+    assert queue.next_task(store, c) is None and n_judgments(store) == 4
+    assert queue.next_task(store, a) is None  # a has judged both: never twice
+
+
+def test_a_lease_holds_the_slot_until_it_expires(store_and_admin):
+    _, store, _ = store_and_admin
+    update_settings(store, lease_seconds=60)
+    (task_id,) = add_tasks(store, 1)
+    alice, bob = annotator(store, "alice"), annotator(store, "bob")
+    assert queue.next_task(store, alice, now=1000.0)["task_id"] == task_id
+    assert queue.next_task(store, bob, now=1030.0) is None  # leased to alice
+    # alice coming back gets her own lease again, same order
+    first = queue.next_task(store, alice, now=1031.0)
+    assert queue.next_task(store, alice, now=1032.0)["candidates"] == first["candidates"]
+    # 60 s after her last renewal the lease has expired: bob may take it
+    assert queue.next_task(store, bob, now=1093.0)["task_id"] == task_id
+    # alice's late answer is still kept (the work was done); bob's too: two judgments
+    assert queue.submit(store, alice, task_id, [1, 2, 3], now=1100.0)[1]
+    assert queue.submit(store, bob, task_id, [3, 2, 1], now=1101.0)[1]
+    assert n_judgments(store) == 2
+
+
+def test_submit_is_idempotent_and_checks_the_lease(store_and_admin):
+    _, store, _ = store_and_admin
+    (task_id,) = add_tasks(store, 1)
+    alice, bob = annotator(store, "alice"), annotator(store, "bob")
+    with pytest.raises(queue.QueueError, match="not leased to you") as err:
+        queue.submit(store, alice, task_id, [1, 2, 3])
+    assert err.value.status == 409
+    queue.next_task(store, alice)
+    for ranks, message in (([1, 2], "expected 3 ranks"), ([0, 1, 2], "integers 1..3"),
+                           ([1, 4, 2], "integers 1..3")):
+        with pytest.raises(queue.QueueError, match=message):
+            queue.submit(store, alice, task_id, ranks)
+    with pytest.raises(queue.QueueError, match="flags: unknown"):
+        queue.submit(store, alice, task_id, [1, 2, 3], flags=["great"])
+    first = queue.submit(store, alice, task_id, [1, 1, 2], flags=["all_bad"], comment="meh")
+    assert first[1] and queue.submit(store, alice, task_id, [1, 1, 2]) == (first[0], False)
+    assert n_judgments(store) == 1
+    with pytest.raises(queue.QueueError, match="not leased to you"):
+        queue.submit(store, bob, task_id, [1, 2, 3])
+
+
+def test_skip_releases_the_task_for_others_only(store_and_admin):
+    _, store, _ = store_and_admin
+    first, second = add_tasks(store, 2)
+    alice, bob = annotator(store, "alice"), annotator(store, "bob")
+    assert queue.next_task(store, alice)["task_id"] == first
+    queue.skip(store, alice, first)
+    with pytest.raises(queue.QueueError):
+        queue.skip(store, alice, first)
+    assert queue.next_task(store, alice)["task_id"] == second  # never first again
+    assert queue.next_task(store, bob)["task_id"] == first  # free for bob
+
+
+@pytest.mark.parametrize("order", ["fifo", "random", "uncertainty"])
+def test_orders(store_and_admin, order):
+    _, store, _ = store_and_admin
+    update_settings(store, order=order, overlap=1)
+    ids = add_tasks(store, 4)
+    gaps = {ids[0]: 0.9, ids[1]: None, ids[2]: 0.1, ids[3]: 0.5}
+    with store.transaction() as conn:
+        for task_id, gap in gaps.items():
+            conn.execute(update(tasks).where(tasks.c.id == task_id).values(score_gap=gap))
+        keys = dict(conn.execute(select(tasks.c.id, tasks.c.random_key)).all())
+    alice = annotator(store, "alice")
+    got = []
+    while (task := queue.next_task(store, alice)) is not None:
+        got.append(task["task_id"])
+        queue.skip(store, alice, task["task_id"])
+    expected = {"fifo": ids, "random": sorted(ids, key=keys.get),
+                "uncertainty": [ids[2], ids[3], ids[0], ids[1]]}[order]  # closest first
+    assert got == expected
