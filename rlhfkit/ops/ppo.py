@@ -7,8 +7,12 @@ arithmetic, so it never leaks into results or gradients
 (tests/ops/test_ppo_ops.py::test_gae_padding_garbage_never_leaks,
 ::test_policy_loss_padding_garbage_gives_finite_grads).
 
+Sections are numbered by the step of a PPO iteration they serve, as in rlhfkit/online/ppo.py
+and the rows of docs/ppo.md: step 3 rewards (3.1 KL estimators, 3.2 token rewards, 3.3 missing-EOS
+penalty), step 4 advantages (4.1 GAE), step 5 update (5.2 clipped losses), step 6 KL control
+(6.1 adaptive controller); explained variance is a metric logged every iteration.
 Whitening advantages is ``masked_whiten``; the entropy bonus is ``entropy_from_logits``.
-Tests: tests/ops/test_ppo_ops.py.
+Tests: tests/ops/test_ppo_ops.py (its sections carry the same numbers).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from rlhfkit.ops.masked import (
 from rlhfkit.ops.tables import pick
 
 
-# --- 1. KL estimators (Schulman 2020, "Approximating KL divergence") -------------------------
+# --- step 3.1 · rewards: KL estimators (Schulman 2020, "Approximating KL divergence") ------------
 # Samples come from π, log_ratio = log π − log π_ref, r = π_ref/π = exp(−log_ratio).
 # All three estimate KL(π ‖ π_ref); masked positions are 0.
 
@@ -52,7 +56,7 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
 KL_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
-# --- 2. Token-level rewards ----------------------------------------------------------------
+# --- step 3.2 · rewards: token-level rewards -----------------------------------------------------
 
 class RewardOutput(NamedTuple):
     rewards: torch.Tensor  # (B, T) non_score_reward + clipped score at the last real token
@@ -118,7 +122,21 @@ def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: 
     return RewardOutput(non_score_reward + score_reward, kl, non_score_reward)
 
 
-# --- 3. Generalised advantage estimation (Schulman et al. 2016, eq. 16) -------------------------
+# --- step 3.3 · rewards: missing-EOS penalty (applied to the scores before 3.2) ------------------
+
+def apply_missing_eos_penalty(scores: torch.Tensor, ended_with_eos: torch.Tensor,
+                              penalty: float) -> torch.Tensor:
+    """scores (B,) minus ``penalty`` (≥ 0) where the response did not end with EOS (truncated).
+
+    ``penalty`` is a magnitude that is subtracted (penalty=1.0 lowers a truncated score by 1),
+    so a sign slip cannot turn it into a bonus: negative values are rejected.
+    """
+    if penalty < 0:
+        raise ValueError(f"penalty must be >= 0 (it is subtracted from scores); got {penalty}")
+    return torch.where(ended_with_eos, scores, scores - penalty)
+
+
+# --- step 4.1 · advantages: GAE (Schulman et al. 2016, eq. 16) -----------------------------------
 
 class GAEOutput(NamedTuple):
     advantages: torch.Tensor  # (B, T), 0 at padding
@@ -148,7 +166,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     return GAEOutput(adv, zero_outside_mask(adv + values, response_mask))
 
 
-# --- 5./6. Clipped PPO losses (Schulman et al. 2017, eq. 7) -------------------------------------
+# --- step 5.2 · update: clipped PPO losses (Schulman et al. 2017, eq. 7) -------------------------
 
 def _token_mean(per_token: torch.Tensor, response_mask: torch.Tensor,
                 loss_denominator: float | torch.Tensor | None) -> torch.Tensor:
@@ -222,7 +240,7 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
     return ValueLossOutput(loss, clipfrac.detach())
 
 
-# --- 7. Debug metric ------------------------------------------------------------------------
+# --- metrics (logged every iteration): explained variance ----------------------------------------
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor,
                        response_mask: torch.Tensor) -> torch.Tensor:
@@ -240,7 +258,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor,
     return torch.where(defined, 1.0 - var_residual / safe, torch.zeros_like(var_returns))
 
 
-# --- 9. Adaptive KL controller (Ziegler et al. 2019, section 2.2) -----------------------------
+# --- step 6.1 · KL control: adaptive controller (Ziegler et al. 2019, section 2.2) ---------------
 
 def adaptive_kl_update(kl_coef: float, current_kl: float, target_kl: float, horizon: int,
                        n_steps: int) -> float:
@@ -250,17 +268,3 @@ def adaptive_kl_update(kl_coef: float, current_kl: float, target_kl: float, hori
     """
     proportional_error = min(max(current_kl / target_kl - 1.0, -0.2), 0.2)
     return kl_coef * (1.0 + proportional_error * n_steps / horizon)
-
-
-# --- 10. Missing-EOS penalty -----------------------------------------------------------------
-
-def apply_missing_eos_penalty(scores: torch.Tensor, ended_with_eos: torch.Tensor,
-                              penalty: float) -> torch.Tensor:
-    """scores (B,) minus ``penalty`` (≥ 0) where the response did not end with EOS (truncated).
-
-    ``penalty`` is a magnitude that is subtracted (penalty=1.0 lowers a truncated score by 1),
-    so a sign slip cannot turn it into a bonus: negative values are rejected.
-    """
-    if penalty < 0:
-        raise ValueError(f"penalty must be >= 0 (it is subtracted from scores); got {penalty}")
-    return torch.where(ended_with_eos, scores, scores - penalty)

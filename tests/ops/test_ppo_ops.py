@@ -31,7 +31,7 @@ def close(actual, expected, atol=1e-6):
                                atol=atol, rtol=0)
 
 
-# --- 1. KL estimators ------------------------------------------------------------------------
+# --- step 3.1 · KL estimators --------------------------------------------------------------------
 # log_ratio = logprobs − ref_logprobs = [0.5, −0.5, (padding)]; the padding holds NaN.
 KL_LOGPROBS = torch.tensor([[-0.5, -1.0, NAN]])
 KL_REF = torch.tensor([[-1.0, -0.5, 0.0]])
@@ -59,7 +59,7 @@ def test_kl_estimators_are_zero_when_policy_equals_reference():
         close(estimator(lp, lp.clone(), torch.ones(1, 3, dtype=torch.bool)), [[0.0, 0.0, 0.0]])
 
 
-# --- 2. Token rewards ------------------------------------------------------------------------
+# --- step 3.2 · token rewards --------------------------------------------------------------------
 # Row 0: 3 real tokens, log_ratio [0.25, 0.5, 0.75]; row 1: 1 real token, log_ratio 0.75 then
 # garbage; row 2: no response token at all (all garbage). kl_coef = 0.5.
 REW_REF = torch.zeros(3, 3)
@@ -135,7 +135,20 @@ def test_compute_rewards_rejects_unknown_estimator():
                         kl_estimator="k4")
 
 
-# --- 3. GAE ----------------------------------------------------------------------------------
+# --- step 3.3 · missing-EOS penalty --------------------------------------------------------------
+
+def test_missing_eos_penalty_subtracts_only_where_truncated():
+    scores = torch.tensor([1.0, 2.0, -0.5])
+    ended = torch.tensor([T_, F_, F_])
+    close(apply_missing_eos_penalty(scores, ended, penalty=1.0), [1.0, 1.0, -1.5])
+
+
+def test_missing_eos_penalty_rejects_negative():
+    with pytest.raises(ValueError, match=">= 0"):
+        apply_missing_eos_penalty(torch.zeros(1), torch.ones(1, dtype=torch.bool), penalty=-1.0)
+
+
+# --- step 4.1 · GAE ------------------------------------------------------------------------------
 # r = [0, 0, 1], V = [0.5, 0.25, 0.75], V after the last token = 0.
 GAE_R = torch.tensor([[0.0, 0.0, 1.0]])
 GAE_V = torch.tensor([[0.5, 0.25, 0.75]])
@@ -193,7 +206,7 @@ def test_gae_padding_garbage_never_leaks():
     close(out.advantages[:1, :2], alone.advantages)
 
 
-# --- 5. Policy loss --------------------------------------------------------------------------
+# --- step 5.2 · policy loss (and the clipped surrogate it shares with GRPO) ----------------------
 
 def test_policy_loss_at_ratio_1_is_minus_mean_advantage():
     logprobs = torch.tensor([[-0.7, -1.3, -0.2, NAN]])
@@ -261,7 +274,15 @@ def test_policy_loss_padding_garbage_gives_finite_grads():
     close(logprobs.grad, [[-2.0, 0.0, 0.0]])
 
 
-# --- 6. Value loss ---------------------------------------------------------------------------
+def test_policy_loss_matches_naive_formula_on_random_batch():
+    # The naive formula from the docstring, normalised with rlhfkit.ops.masked.masked_mean.
+    new, old, adv, mask = _random_batch(seed=2)
+    ratio = torch.exp(torch.where(mask, new - old, torch.zeros_like(new)))
+    per_token = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2))
+    close(policy_loss(new, old, adv, mask).loss, masked_mean(per_token, mask).item(), atol=1e-12)
+
+
+# --- step 5.2 · value loss -----------------------------------------------------------------------
 
 def test_value_loss_clipping_by_hand():
     # old_values = 0, ε_v = 0.2, so clip(V) ∈ [−0.2, 0.2].
@@ -287,7 +308,7 @@ def test_value_loss_without_clipping_is_half_mse():
     close(out.clipfrac, 0.0)
 
 
-# --- loss_denominator (data-parallel normalisation) --------------------------------------------
+# --- step 5.3 · loss_denominator (data-parallel normalisation) -----------------------------------
 
 def _random_batch(seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -319,7 +340,7 @@ def test_loss_denominator_shards_sum():
         close(shard0 + shard1, full.item(), atol=1e-12)
 
 
-# --- 7. Explained variance -------------------------------------------------------------------
+# --- metrics · explained variance ----------------------------------------------------------------
 EV_RETURNS = torch.tensor([[1.0, 2.0, 3.0, 4.0, 1e9]])
 EV_MASK = torch.tensor([[T_, T_, T_, T_, F_]])
 
@@ -346,7 +367,7 @@ def test_explained_variance_constant_returns_is_0_not_nan():
                              torch.ones(1, 3, dtype=torch.bool)), 0.0)
 
 
-# --- 9. Adaptive KL controller ---------------------------------------------------------------
+# --- step 6.1 · adaptive KL controller -----------------------------------------------------------
 
 @pytest.mark.parametrize("current_kl, expected", [
     (6.6, 0.105),   # e = 6.6/6 − 1 = 0.1;      β·(1 + 0.1·50/100) = 0.1·1.05
@@ -359,24 +380,3 @@ def test_adaptive_kl_update_by_hand(current_kl, expected):
     new = adaptive_kl_update(0.1, current_kl, target_kl=6.0, horizon=100, n_steps=50)
     assert isinstance(new, float)
     assert new == pytest.approx(expected, rel=1e-12)
-
-
-# --- 10. Missing-EOS penalty -----------------------------------------------------------------
-
-def test_missing_eos_penalty_subtracts_only_where_truncated():
-    scores = torch.tensor([1.0, 2.0, -0.5])
-    ended = torch.tensor([T_, F_, F_])
-    close(apply_missing_eos_penalty(scores, ended, penalty=1.0), [1.0, 1.0, -1.5])
-
-
-def test_missing_eos_penalty_rejects_negative():
-    with pytest.raises(ValueError, match=">= 0"):
-        apply_missing_eos_penalty(torch.zeros(1), torch.ones(1, dtype=torch.bool), penalty=-1.0)
-
-
-def test_policy_loss_matches_naive_formula_on_random_batch():
-    # The naive formula from the docstring, normalised with rlhfkit.ops.masked.masked_mean.
-    new, old, adv, mask = _random_batch(seed=2)
-    ratio = torch.exp(torch.where(mask, new - old, torch.zeros_like(new)))
-    per_token = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.2))
-    close(policy_loss(new, old, adv, mask).loss, masked_mean(per_token, mask).item(), atol=1e-12)
