@@ -12,6 +12,7 @@ No behaviour lives in a base class: stages call these functions.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -19,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -92,9 +94,14 @@ def batch_rows(n_rows: int, batch_size: int, step: int, seed: int) -> list[int]:
 def micro_batches(rows: list[int], rank: int, world_size: int, micro_batch_size: int
                   ) -> list[list[int]]:
     """This process's slice of a global batch, cut into micro-batches for accumulation."""
-    mine = rows[rank::world_size]
-    size = micro_batch_size or len(mine)
-    return [mine[i:i + size] for i in range(0, len(mine), size)]
+    return chunks(rows[rank::world_size], micro_batch_size)
+
+
+def chunks(rows, size: int) -> list:
+    """``rows`` (a list or a 1-D tensor of indices) cut into consecutive pieces of ``size``
+    (0 = one piece)."""
+    size = size or len(rows)
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
 
 
 def total_steps(train_config, n_rows: int) -> int:
@@ -166,6 +173,42 @@ def make_scheduler(optimizer, train_config, steps: int):
 
     return get_scheduler(train_config.lr_scheduler, optimizer,
                          num_warmup_steps=train_config.warmup_steps, num_training_steps=steps)
+
+
+def accumulate_step(run: Run, models: list, optimizers: list, schedulers: list, pieces: list,
+                    losses: Callable[[object], tuple[list[torch.Tensor], dict]],
+                    sums: dict[str, torch.Tensor] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """One optimiser step per model over the micro-batches ``pieces``: the accumulate-and-step
+    every stage shares (sft, reward, dpo, PPO's and GRPO's minibatch steps).
+
+    ``losses(piece)`` runs under autocast and returns (the losses to backpropagate, each already
+    divided by its global count, and this piece's metric sums). Gradients of every model are
+    all-reduced on the last micro-batch only (``no_sync`` before it); each loss is multiplied
+    by world_size because DDP averages gradients over processes. Then each model's gradients
+    are clipped (train.max_grad_norm) and every optimiser and scheduler steps.
+    ``sums``: where the metric sums start (zeros for the keys every process must reduce, even
+    one without a micro-batch). Returns (the metric sums added over the pieces, detached float;
+    each model's grad norm).
+    """
+    sums = dict(sums or {})
+    for index, piece in enumerate(pieces):
+        with contextlib.ExitStack() as stack:
+            if index < len(pieces) - 1:
+                for model in models:
+                    stack.enter_context(run.accelerator.no_sync(model))
+            with run.accelerator.autocast():
+                to_backward, piece_sums = losses(piece)
+            for loss in to_backward:
+                run.accelerator.backward(loss * run.world_size)
+        for key, value in piece_sums.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+    norms = [clip_gradients(run, model) for model in models]
+    for optimizer, scheduler in zip(optimizers, schedulers):
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return sums, norms
 
 
 # ----------------------------------------------------------------------------- metrics
