@@ -16,14 +16,14 @@ processes and micro-steps with ``common.global_count``), so 2 processes × 4 lis
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from rlhfkit.config import StageConfig, option, require
-from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
+from rlhfkit.data import Encoded, collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_tokenizer
 from rlhfkit.models.forward import score_head, sequence_scores
 from rlhfkit.models.packing import can_pack, pack_shared_prompts, packed_sequence_scores
@@ -31,6 +31,7 @@ from rlhfkit.models.scoring import STATS_FILE
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
 from rlhfkit.trainers import common
+from rlhfkit.trainers.loop import train_loop
 
 
 @dataclass(frozen=True)
@@ -137,39 +138,36 @@ def finish_metrics(sums: dict[str, float], prefix: str = "") -> dict:
 
 
 # ----------------------------------------------------------------------------- training
-def train_step(run, model, optimizer, scheduler, encoded, rows, max_k, pad_id) -> dict:
+def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: LRScheduler, encoded: list[list[Encoded]], rows: list[int], max_k: int,
+               pad_id: int) -> dict:
     """One optimiser step over the global batch ``rows`` (list indices); globally reduced."""
     config = run.config
     chunks = common.micro_batches(rows, run.rank, run.world_size, config.train.micro_batch_size)
     mine = [i for chunk in chunks for i in chunk]
     n_lists = common.global_count(run.accelerator, len(mine))  # lists in the global batch
     n_slots = common.global_count(run.accelerator, sum(len(encoded[i]) for i in mine))
-    sums = zero_sums(max_k, run.device)
-    for index, chunk in enumerate(chunks):
-        last_micro = index == len(chunks) - 1  # gradients are all-reduced on the last only
-        context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
-        with context, run.accelerator.autocast():
-            rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
-                                             run.device, config.share_prompt)
-            rewards = rewards.float()
-            out = ranking_loss(rewards, list_mask, config.margin)
-            # Σ over this chunk's lists / global lists (+ centering Σ r² / global responses);
-            # DDP averages gradients over processes, hence × world_size.
-            loss = out.loss * len(chunk) / n_lists
-            if config.center_coef:
-                loss = loss + config.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
-            run.accelerator.backward(loss * run.world_size)
-        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, config.margin))
-    grad_norm = common.clip_gradients(run, model)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+
+    def losses(chunk):
+        rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id, run.device,
+                                         config.share_prompt)
+        rewards = rewards.float()
+        out = ranking_loss(rewards, list_mask, config.margin)
+        # Σ over this chunk's lists / global lists (+ centering Σ r² / global responses).
+        loss = out.loss * len(chunk) / n_lists
+        if config.center_coef:
+            loss = loss + config.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
+        return [loss], list_sums(rewards, list_mask, max_k, config.margin)
+
+    sums, (grad_norm,) = common.accumulate_step(run, [model], [optimizer], [scheduler], chunks,
+                                                losses, zero_sums(max_k, run.device))
     metrics = finish_metrics(common.global_sum(run.accelerator, sums))
     return {**metrics, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
 
 
 @torch.no_grad()
-def evaluate(run, model, encoded, max_k, pad_id, prefix: str = "eval_") -> tuple[dict, dict]:
+def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[list[Encoded]], max_k: int,
+             pad_id: int, prefix: str = "eval_") -> tuple[dict, dict]:
     """Held-out metrics (each process scores its share of lists) and the global sums."""
     model.eval()
     mine = list(range(len(encoded)))[run.rank::run.world_size]
@@ -273,23 +271,23 @@ def run(config: RMConfig) -> dict:
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
     start, _ = common.maybe_resume(run_)
     pad_id = tokenizer.pad_token_id
-    bar = common.progress(run_, steps, start, "rm")
-    last, eval_totals = {}, None
-    model.train()
-    for step in range(start + 1, steps + 1):
-        rows = common.batch_rows(len(train_encoded), config.train.batch_size, step - 1,
+    evaluated: dict = {}  # the global sums of the latest evaluation
+
+    def held_out(number: int) -> dict:
+        metrics, evaluated["totals"] = evaluate(run_, model, eval_encoded, max_k, pad_id)
+        return metrics
+
+    def step(number: int) -> dict:
+        rows = common.batch_rows(len(train_encoded), config.train.batch_size, number - 1,
                                  config.train.seed)
-        last = train_step(run_, model, optimizer, scheduler, train_encoded, rows, max_k, pad_id)
-        if eval_encoded and common.should(config.train.eval_every, step, steps):
-            eval_metrics, eval_totals = evaluate(run_, model, eval_encoded, max_k, pad_id)
-            last.update(eval_metrics)
-        if common.should(config.train.log_every, step, steps):
-            run_.metrics.log(step, last)
-        if common.should(config.train.save_every, step, steps):
-            common.save_checkpoint(run_, step)
-        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['pair_accuracy']:.2f}")
-        bar.update(1)
-    bar.close()
+        return train_step(run_, model, optimizer, scheduler, train_encoded, rows, max_k, pad_id)
+
+    model.train()
+    last = train_loop(run_, start, steps, step, evaluate=held_out if eval_encoded else None,
+                      desc="rm", postfix=lambda metrics: {
+                          "loss": f"{metrics['loss']:.4f}",
+                          "acc": f"{metrics['pair_accuracy']:.2f}"})
+    eval_totals = evaluated.get("totals")
     # reward_stats.json: rewards of the final evaluation, or of the first stats_rows training
     # lists when there is no held-out split.
     source = "eval" if eval_encoded else "train"

@@ -7,18 +7,19 @@ The denominator counts tokens over every process and accumulation micro-step
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from rlhfkit.config import StageConfig, option
-from rlhfkit.data import collate_sequences, encode, load_splits, render_prompt
+from rlhfkit.data import Encoded, collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.ops import masked_sum
 from rlhfkit.trainers import common
+from rlhfkit.trainers.loop import train_loop
 
 
 @dataclass(frozen=True)
@@ -43,33 +44,31 @@ def sft_loss_sums(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return -masked_sum(out.logprobs, out.mask), out.mask.sum()
 
 
-def train_step(run, model, optimizer, scheduler, encoded, rows, micro_batch_size, pad_id) -> dict:
+def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: LRScheduler, encoded: list[Encoded], rows: list[int],
+               micro_batch_size: int, pad_id: int) -> dict:
     """One optimiser step over the global batch ``rows``; returns globally reduced metrics."""
     chunks = common.micro_batches(rows, run.rank, run.world_size, micro_batch_size)
     batches = [collate_sequences([encoded[i] for i in chunk], pad_id).to(run.device)
                for chunk in chunks]
     # Response tokens predicted (mask shifted by one) over all processes and micro-batches.
     n_tokens = common.global_count(run.accelerator, sum(b.response_mask[:, 1:].sum() for b in batches))
-    total = torch.zeros((), device=run.device)
-    for index, batch in enumerate(batches):
-        last_micro = index == len(batches) - 1  # gradients are all-reduced on the last only
-        context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
-        with context, run.accelerator.autocast():
-            nll_sum, _ = sft_loss_sums(model, batch)
-            # DDP averages gradients over processes, hence × world_size.
-            run.accelerator.backward(nll_sum * run.world_size / n_tokens)
-        total += nll_sum.detach()
-    grad_norm = common.clip_gradients(run, model)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    sums = common.global_sum(run.accelerator, {"nll": total})
+
+    def losses(batch):
+        nll_sum, _ = sft_loss_sums(model, batch)
+        return [nll_sum / n_tokens], {"nll": nll_sum}
+
+    sums, (grad_norm,) = common.accumulate_step(
+        run, [model], [optimizer], [scheduler], batches, losses,
+        {"nll": torch.zeros((), device=run.device)})
+    sums = common.global_sum(run.accelerator, sums)
     return {"loss": sums["nll"] / n_tokens.item(), "grad_norm": grad_norm,
             "lr": scheduler.get_last_lr()[0], "tokens": int(n_tokens.item())}
 
 
 @torch.no_grad()
-def evaluate(run, model, encoded, pad_id, batch_size: int = 8) -> dict:
+def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[Encoded], pad_id: int,
+             batch_size: int = 8) -> dict:
     """Token-weighted held-out loss, each process taking its share of the rows."""
     model.eval()
     nll, count = torch.zeros((), device=run.device), torch.zeros((), device=run.device)
@@ -120,26 +119,20 @@ def run(config: SFTConfig) -> dict:
     scheduler = common.make_scheduler(optimizer, config.train, steps)
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
     start, _ = common.maybe_resume(run_)
-    if eval_encoded and start == 0:  # the held-out loss before training, logged as step 0
-        run_.metrics.log(0, evaluate(run_, model, eval_encoded, tokenizer.pad_token_id))
-    micro = config.train.micro_batch_size
-    bar = common.progress(run_, steps, start, "sft")
-    last = {}
-    model.train()
-    for step in range(start + 1, steps + 1):
-        rows = common.batch_rows(len(train_encoded), config.train.batch_size, step - 1,
+    pad_id = tokenizer.pad_token_id
+    held_out = (lambda step: evaluate(run_, model, eval_encoded, pad_id)) if eval_encoded else None
+    if held_out and start == 0:  # the held-out loss before training, logged as step 0
+        run_.metrics.log(0, held_out(0))
+
+    def step(number: int) -> dict:
+        rows = common.batch_rows(len(train_encoded), config.train.batch_size, number - 1,
                                  config.train.seed)
-        last = train_step(run_, model, optimizer, scheduler, train_encoded, rows, micro,
-                          tokenizer.pad_token_id)
-        if eval_encoded and common.should(config.train.eval_every, step, steps):
-            last.update(evaluate(run_, model, eval_encoded, tokenizer.pad_token_id))
-        if common.should(config.train.log_every, step, steps):
-            run_.metrics.log(step, last)
-        if common.should(config.train.save_every, step, steps):
-            common.save_checkpoint(run_, step)
-        bar.set_postfix(loss=f"{last['loss']:.4f}")
-        bar.update(1)
-    bar.close()
+        return train_step(run_, model, optimizer, scheduler, train_encoded, rows,
+                          config.train.micro_batch_size, pad_id)
+
+    model.train()
+    last = train_loop(run_, start, steps, step, evaluate=held_out, desc="sft",
+                      postfix=lambda metrics: {"loss": f"{metrics['loss']:.4f}"})
     after = greedy_samples(run_, model, tokenizer, config)
     report_samples(run_, before, after)
     common.save_final(run_, model, tokenizer)
