@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from rlhfkit.config import StageConfig, Validated, option, require
 from rlhfkit.data import (
@@ -52,6 +53,7 @@ from rlhfkit.models.packing import (
 )
 from rlhfkit.ops import DPO_LOSSES, PreferenceLogps, dpo_metrics, masked_sum
 from rlhfkit.trainers import common
+from rlhfkit.trainers.loop import train_loop
 
 REFERENCES = ("auto", "precomputed", "copy", "adapter", "none")
 REF_CACHE = "ref_logps.pt"
@@ -307,23 +309,19 @@ def _add(totals: dict, sums: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- step, eval
-def train_step(run, model, optimizer, scheduler, reference, data, rows, pad_id) -> dict:
+def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: LRScheduler, reference: Reference, data: PreferenceData,
+               rows: list[int], pad_id: int) -> dict:
     """One optimiser step over the global batch ``rows``; returns globally reduced metrics."""
     chunks = common.micro_batches(rows, run.rank, run.world_size, run.config.train.micro_batch_size)
     n_pairs = common.global_count(run.accelerator, sum(len(c) for c in chunks))
-    totals: dict = {}
-    for index, chunk in enumerate(chunks):
-        last_micro = index == len(chunks) - 1  # gradients are all-reduced on the last only
-        context = contextlib.nullcontext() if last_micro else run.accelerator.no_sync(model)
-        with context:
-            losses, _, sums = batch_loss(run, model, reference, data, chunk, pad_id)
-            # Σ over this process's pairs / global pairs; DDP averages over processes, hence × W.
-            run.accelerator.backward(losses.sum() * run.world_size / n_pairs)
-        _add(totals, sums)
-    grad_norm = common.clip_gradients(run, model)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+
+    def losses(chunk):
+        pair_losses, _, sums = batch_loss(run, model, reference, data, chunk, pad_id)
+        return [pair_losses.sum() / n_pairs], sums  # Σ over this process's pairs / global pairs
+
+    totals, (grad_norm,) = common.accumulate_step(run, [model], [optimizer], [scheduler], chunks,
+                                                  losses)
     count = n_pairs.item()
     metrics = {k: v / count for k, v in common.global_sum(run.accelerator, totals).items()}
     return {**metrics, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
@@ -331,25 +329,27 @@ def train_step(run, model, optimizer, scheduler, reference, data, rows, pad_id) 
 
 
 @torch.no_grad()
-def evaluate(run, model, reference, data: PreferenceData, pad_id: int, prefix: str = "eval_",
-             per_pair: list | None = None) -> dict:
+def evaluate(run: common.Run, model: torch.nn.Module, reference: Reference, data: PreferenceData,
+             pad_id: int, prefix: str = "eval_", per_pair: list | None = None) -> dict:
     """Pair-averaged loss and metrics on ``data``, each process taking its share of the pairs.
 
     ``per_pair``, when given, receives one dict per pair (all processes' pairs, on every process).
+    Every sum, the pair count included, lives on run.device: they are stacked into one reduce
+    (tests/trainers/test_dpo_trainer.py::test_evaluate_keeps_every_sum_on_the_run_device).
     """
     was_training = model.training
     model.eval()
-    totals: dict = {"count": torch.zeros(())}
+    totals: dict = {"count": torch.zeros((), device=run.device)}
     mine = list(range(len(data.pairs)))[run.rank::run.world_size]
     size, rows = run.config.dpo.eval_batch_size, []
     for start in range(0, len(mine), size):
         idx = mine[start:start + size]
         losses, logps, sums = batch_loss(run, model, reference, data, idx, pad_id)
-        _add(totals, {**sums, "count": torch.tensor(float(len(idx)))})
+        _add(totals, {**sums, "count": torch.tensor(float(len(idx)), device=run.device)})
         if per_pair is not None:
             rows += pair_rows(idx, logps, losses)
     model.train(was_training)
-    sums = common.global_sum(run.accelerator, {k: torch.as_tensor(v) for k, v in totals.items()})
+    sums = common.global_sum(run.accelerator, totals)
     if per_pair is not None:
         from accelerate.utils import gather_object
         per_pair.extend(sorted(gather_object(rows) if run.world_size > 1 else rows,
@@ -392,13 +392,13 @@ def run(config: DPOConfig) -> dict:
     tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
     pad_id = tokenizer.pad_token_id
     train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
-    train = PreferenceData(encode_pairs(train_examples, tokenizer, config.data))
+    train_data = PreferenceData(encode_pairs(train_examples, tokenizer, config.data))
     evaluation = PreferenceData(encode_pairs(eval_examples, tokenizer, config.data))
     model = common.load_policy(run_, config, tokenizer)
     clock = time.perf_counter()
-    reference = make_reference(run_, config, model, tokenizer, train, evaluation)
+    reference = make_reference(run_, config, model, tokenizer, train_data, evaluation)
     timing = {"reference_s": time.perf_counter() - clock}
-    steps = common.total_steps(config.train, len(train.pairs))
+    steps = common.total_steps(config.train, len(train_data.pairs))
     optimizer = common.make_optimizer(model, config.train)
     scheduler = common.make_scheduler(optimizer, config.train, steps)
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
@@ -408,39 +408,42 @@ def run(config: DPOConfig) -> dict:
     if evaluation.pairs and start == 0:
         before = evaluate(run_, policy, reference, evaluation, pad_id)
         run_.metrics.log(0, before)
-    last = train_loop(run_, model, optimizer, scheduler, reference, train, evaluation, pad_id,
-                      start, steps, timing)
+    last = train_steps(run_, model, optimizer, scheduler, reference, train_data, evaluation,
+                       pad_id, start, steps, timing)
     report(run_, before, last, timing)
     common.save_final(run_, model, tokenizer)
     run_.metrics.close()
     return last
 
 
-def train_loop(run, model, optimizer, scheduler, reference, train, evaluation, pad_id,
-               start: int, steps: int, timing: dict) -> dict:
+def train_steps(run: common.Run, model, optimizer, scheduler, reference: Reference,
+                data: PreferenceData, evaluation: PreferenceData, pad_id: int, start: int,
+                steps: int, timing: dict) -> dict:
+    """The stage loop (trainers/loop.py) over DPO's step; adds train/eval seconds to ``timing``."""
     config = run.config
-    bar = common.progress(run, steps, start, "dpo")
     policy = run.accelerator.unwrap_model(model)
-    last, clock, eval_s = {}, time.perf_counter(), 0.0
-    model.train()
-    for step in range(start + 1, steps + 1):
-        rows = common.batch_rows(len(train.pairs), config.train.batch_size, step - 1,
+    timing["eval_s"] = 0.0
+
+    def held_out(number: int) -> dict:
+        clock = time.perf_counter()
+        metrics = evaluate(run, policy, reference, evaluation, pad_id)
+        timing["eval_s"] += time.perf_counter() - clock
+        return metrics
+
+    def step(number: int) -> dict:
+        rows = common.batch_rows(len(data.pairs), config.train.batch_size, number - 1,
                                  config.train.seed)
-        last = train_step(run, model, optimizer, scheduler, reference, train, rows, pad_id)
-        if evaluation.pairs and common.should(config.train.eval_every, step, steps):
-            eval_clock = time.perf_counter()
-            last.update(evaluate(run, policy, reference, evaluation, pad_id))
-            eval_s += time.perf_counter() - eval_clock
-        if common.should(config.train.log_every, step, steps):
-            run.metrics.log(step, last)
-        if common.should(config.train.save_every, step, steps):
-            common.save_checkpoint(run, step)
-        bar.set_postfix(loss=f"{last['loss']:.4f}", acc=f"{last['reward_accuracy']:.2f}")
-        bar.update(1)
-    bar.close()
+        return train_step(run, model, optimizer, scheduler, reference, data, rows, pad_id)
+
+    clock = time.perf_counter()
+    model.train()
+    last = train_loop(run, start, steps, step, evaluate=held_out if evaluation.pairs else None,
+                      desc="dpo", postfix=lambda metrics: {
+                          "loss": f"{metrics['loss']:.4f}",
+                          "acc": f"{metrics['reward_accuracy']:.2f}"})
     elapsed = time.perf_counter() - clock
-    timing.update(steps=steps - start, eval_s=eval_s, train_s=elapsed - eval_s,
-                  s_per_step=(elapsed - eval_s) / max(steps - start, 1))
+    timing.update(steps=steps - start, train_s=elapsed - timing["eval_s"],
+                  s_per_step=(elapsed - timing["eval_s"]) / max(steps - start, 1))
     return last
 
 

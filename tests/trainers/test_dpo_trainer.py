@@ -5,6 +5,7 @@ The loss functions themselves have hand values in tests/ops/test_dpo.py.
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from rlhfkit.config import ConfigError, LoraConfig, load_config
 from rlhfkit.data import Encoded
 from rlhfkit.models import apply_lora, load_causal_lm
+from rlhfkit.ops import PreferenceLogps
 from rlhfkit.trainers import common, dpo
 
 TINY = "examples/dpo_tiny.yaml"
@@ -207,6 +209,33 @@ def test_simpo_runs_reference_free(repo_root, tmp_path, monkeypatch, tokenizer):
     assert all(math.isfinite(r["loss"]) for r in rows[1:]) and "eval_reward_margin" in rows[-1]
     # SimPO's reward is β × per-token log-prob: ≈ 2 × −log(49152) = −21.6 at random init.
     assert rows[1]["chosen_rewards"] == pytest.approx(-2 * math.log(len(tokenizer)), abs=3)
+
+
+def test_evaluate_keeps_every_sum_on_the_run_device(monkeypatch):
+    """Every tensor evaluate hands to common.global_sum lies on run.device. On CUDA the pair
+    count stayed on the CPU beside metric sums on the GPU and stacking them crashed the step-0
+    evaluation; here the "meta" device stands in for the accelerator, and a stand-in
+    batch_loss returns what a model on that device would: (B,) tensors there."""
+    device = torch.device("meta")
+    run = SimpleNamespace(device=device, rank=0, world_size=1, accelerator=None,
+                          config=SimpleNamespace(dpo=dpo.DPOPart(eval_batch_size=2)))
+
+    def batch_loss_on_device(run_, model, reference, data, idx, pad_id):
+        zeros, ones = torch.zeros(len(idx), device=device), torch.ones(len(idx), device=device)
+        logps = PreferenceLogps(zeros, zeros, zeros, zeros, ones, ones)
+        return zeros, logps, dpo.metric_sums(logps, zeros, beta=0.1)
+
+    handed = []
+
+    def global_sum(accelerator, values):
+        handed.extend((key, value.device) for key, value in values.items())
+        return {key: 1.0 for key in values}
+
+    monkeypatch.setattr(dpo, "batch_loss", batch_loss_on_device)
+    monkeypatch.setattr(common, "global_sum", global_sum)
+    metrics = dpo.evaluate(run, torch.nn.Linear(1, 1), None, dpo.PreferenceData([None] * 5), 0)
+    assert "count" in dict(handed) and "eval_loss" in metrics
+    assert [key for key, where in handed if where != device] == []
 
 
 def test_reference_choices_are_checked(repo_root, tmp_path):
