@@ -6,19 +6,21 @@ One iteration (``grpo_iteration``):
      G responses of a prompt are one group, in consecutive rows.
   2. Scoring, no gradients: reference log-probs (when beta > 0), the old policy log-probs
      (only when the rollout is used for more than one update), the score of each response.
-  3. Advantages: each score against its group, A = (r − group mean) / (group std + 1e-4)
+  3. Advantages: the score shaped as PPO's (reward.missing_eos_penalty, then reward.reward_clip:
+     ``shaped_scores``), then against its group, A = (r − group mean) / (group std + 1e-4)
      (``grpo.scale_rewards``), the same for every token of the response (ops.group_advantages).
   4. Update: ``grpo.epochs`` × ``grpo.minibatches`` steps of ops.grpo_loss (clipped ratio
      + beta · k3 KL to the reference). With one update per rollout the old log-probs are the
      current ones (ρ = 1): no extra forward pass.
-Logs, evaluation on held-out prompts, checkpoints and ``resume=true`` are PPO's
-(``online.train_online``); per-iteration metrics: score_mean/std, kl_mean (k1 per response,
-nats), kl_token_mean (k3 per token, the loss term), advantage spread, zero-std groups, times.
+Logs, evaluation on held-out prompts, checkpoints, ``resume=true`` and the update's epochs
+are PPO's (rlhfkit/online/loop.py: ``train_online``, ``update_epochs``); per-iteration metrics:
+score_mean/std, kl_mean (k1 per response, nats), kl_token_mean (k3 per token, the loss term),
+advantage spread, zero-std groups, times.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -41,10 +43,12 @@ from rlhfkit.online.loop import (
     resolve_reference,
     seed_sampling,
     train_online,
+    update_epochs,
 )
 from rlhfkit.online.roles import Roles
 from rlhfkit.ops import masked_sum
 from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
+from rlhfkit.ops.ppo import apply_missing_eos_penalty, clip_scores
 from rlhfkit.trainers import common
 
 
@@ -157,6 +161,15 @@ def score_group_rollout(run, roles: Roles, config: GRPOConfig, rollout):
     return torch.cat(ref), (torch.cat(old) if old else None)
 
 
+def shaped_scores(config: GRPOConfig, scores: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+    """3. The scores the advantages see, shaped as PPO's (``ppo.rewards_and_advantages``): the
+    missing-EOS penalty for responses cut without EOS, then the clip to ±reward.reward_clip
+    (0 = off). (B,)"""
+    if config.reward.missing_eos_penalty > 0:
+        scores = apply_missing_eos_penalty(scores, ended, config.reward.missing_eos_penalty)
+    return clip_scores(scores, config.reward.reward_clip)
+
+
 def advantages_for(run, config: GRPOConfig, scores: torch.Tensor) -> torch.Tensor:
     """3. Group-relative advantages; ``batch`` scaling uses the std of every process's scores."""
     everything = gather_rows(run, scores)
@@ -167,65 +180,62 @@ def advantages_for(run, config: GRPOConfig, scores: torch.Tensor) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------- step 4: update
-def minibatch_step(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict, rows,
-                   seen: torch.Tensor) -> dict:
+class GRPOBatch(NamedTuple):
+    """What the update reads of one rollout (step 4); ``select`` takes rows of every field."""
+    rollout: rollouts.Rollout
+    ref_logprobs: torch.Tensor     # (B, R) ref_policy log-probs of the sampled tokens
+    logprobs: torch.Tensor | None  # (B, R) old policy log-probs; None = the update's own (ρ = 1)
+    advantages: torch.Tensor       # (B,) one per response (group-relative)
+
+    def select(self, rows) -> "GRPOBatch":
+        return GRPOBatch(self.rollout.select(rows),
+                         *(None if t is None else t[rows] for t in self[1:]))
+
+
+def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
+                   rows: torch.Tensor, seen: torch.Tensor) -> dict:
     """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
     are written into ``seen`` (the old ones when the rollout is used once)."""
-    n_tokens = common.global_count(run.accelerator, rollout.response_mask[rows].sum())
+    n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     denominator = (n_tokens if config.grpo.aggregation == "token"
                    else common.global_count(run.accelerator, len(rows)))
-    size = config.train.micro_batch_size or len(rows)
-    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
-    sums = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
-    for index, chunk in enumerate(chunks):
-        mb = rollout.select(chunk)
-        with contextlib.ExitStack() as stack:
-            if index < len(chunks) - 1:  # gradients are all-reduced on the last micro-batch only
-                stack.enter_context(run.accelerator.no_sync(roles.actor))
-            with run.accelerator.autocast():
-                logprobs = policy_logprobs(run, roles, config, rollout, chunk).float()
-                old = tensors["old"][chunk] if tensors["old"] is not None else logprobs.detach()
-                loss = grpo_loss(logprobs, old, tensors["ref"][chunk],
-                                 tensors["advantages"][chunk], mb.response_mask,
-                                 config.grpo.clip_eps, config.grpo.beta, config.grpo.aggregation,
-                                 denominator)
-            run.accelerator.backward(loss.loss * run.world_size)  # DDP averages over processes
+
+    def losses(chunk):
+        mb = batch.select(chunk)
+        logprobs = policy_logprobs(run, roles, config, batch.rollout, chunk).float()
+        old = mb.logprobs if mb.logprobs is not None else logprobs.detach()
+        loss = grpo_loss(logprobs, old, mb.ref_logprobs, mb.advantages, mb.rollout.response_mask,
+                         config.grpo.clip_eps, config.grpo.beta, config.grpo.aggregation,
+                         denominator)
         seen[chunk] = logprobs.detach()
-        share = mb.response_mask.sum() / n_tokens  # token-weighted over micro-batches, processes
-        for key, value in (("loss", loss.loss), ("kl_token_mean", loss.kl * share),
-                           ("clipfrac", loss.clipfrac * share)):
-            sums[key] += value.detach().float()
-    grad_norm = common.clip_gradients(run, roles.actor)
-    for optimizer, scheduler in zip(roles.optimizers, roles.schedulers):
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
+        return [loss.loss], {"loss": loss.loss, "kl_token_mean": loss.kl * share,
+                             "clipfrac": loss.clipfrac * share}
+
+    zeros = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
+    sums, (grad_norm,) = common.accumulate_step(
+        run, [roles.actor], roles.optimizers, roles.schedulers,
+        common.chunks(rows, config.train.micro_batch_size), losses, zeros)
     stats = common.global_sum(run.accelerator, sums)
     stats["grad_norm"] = grad_norm
     return stats
 
 
-def grpo_update(run, roles: Roles, config: GRPOConfig, rollout, tensors: dict, iteration: int):
+def grpo_update(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
+                iteration: int) -> tuple[dict, torch.Tensor]:
     """4. epochs × minibatches steps over shuffled rows → (mean stats, the log-probs the last
     update saw for each row: the rollout policy's when the rollout is used once)."""
-    n_rows = rollout.input_ids.shape[0]
-    size = n_rows // config.grpo.minibatches
-    shuffle = torch.Generator().manual_seed(config.train.seed * 7919 + iteration)
-    seen = torch.zeros(rollout.response_mask.shape, device=run.device)
-    totals: dict = {}
-    for _ in range(config.grpo.epochs):
-        order = torch.randperm(n_rows, generator=shuffle).to(run.device)
-        for k in range(config.grpo.minibatches):
-            stats = minibatch_step(run, roles, config, rollout, tensors,
-                                   order[k * size:(k + 1) * size], seen)
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value / config.updates_per_iteration
-    totals["lr"] = roles.schedulers[0].get_last_lr()[0]
-    return totals, seen
+    seen = torch.zeros(batch.rollout.response_mask.shape, device=run.device)
+    stats = update_epochs(run, config.grpo.epochs, config.grpo.minibatches,
+                          batch.rollout.input_ids.shape[0], iteration,
+                          lambda rows: minibatch_step(run, roles, config, batch, rows, seen),
+                          roles.schedulers)
+    return stats, seen
 
 
-def grpo_iteration(run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
+def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
                    iteration: int) -> tuple[dict, list, list]:
+    """One GRPO iteration, steps 1–4 → (metrics, sample rows, per-token rows)."""
     timer = common.Timer()
     G = config.grpo.num_generations
     seed_sampling(config.train.seed, iteration, run.rank)
@@ -242,16 +252,17 @@ def grpo_iteration(run, roles: Roles, config: GRPOConfig, tokenizer, pool: Promp
         responses = rollouts.decode_responses(tokenizer, rollout)
         scores, parts = roles.reward.score(prompts, responses)
         scores = scores.to(run.device).float()
-        advantages = advantages_for(run, config, scores)
+        ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
+        rewards = shaped_scores(config, scores, ended)
+        advantages = advantages_for(run, config, rewards)
     # 4. Update.
     with timer.phase("update"):
-        tensors = {"ref": ref_logprobs, "old": old_logprobs, "advantages": advantages}
-        update, seen = grpo_update(run, roles, config, rollout, tensors, iteration)
+        batch = GRPOBatch(rollout, ref_logprobs, old_logprobs, advantages)
+        update, seen = grpo_update(run, roles, config, batch, iteration)
     rollout_logprobs = old_logprobs if old_logprobs is not None else seen
     mask = rollout.response_mask
     kl = masked_sum(rollout_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
-    metrics = {**group_metrics(run, config, scores, advantages, kl, mask,
-                               rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)),
+    metrics = {**group_metrics(run, config, scores, rewards, advantages, kl, mask, ended),
                **update}
     for name, part in parts.items():
         if len(parts) > 1:
@@ -264,11 +275,13 @@ def grpo_iteration(run, roles: Roles, config: GRPOConfig, tokenizer, pool: Promp
     return metrics, samples, token_rows
 
 
-def group_metrics(run, config: GRPOConfig, scores, advantages, kl, mask, ended) -> dict:
+def group_metrics(run, config: GRPOConfig, scores, rewards, advantages, kl, mask, ended) -> dict:
+    """Over the global batch. score_mean/std: the sources' scores, as PPO logs them; the group
+    spread and zero-std share: of ``rewards``, the shaped scores the advantages came from."""
     g = {name: gather_rows(run, t) for name, t in (
-        ("scores", scores), ("advantages", advantages), ("kl", kl), ("ended", ended.float()),
-        ("length", mask.sum(1).float()))}
-    group_std = g["scores"].view(-1, config.grpo.num_generations).std(dim=1)
+        ("scores", scores), ("rewards", rewards), ("advantages", advantages), ("kl", kl),
+        ("ended", ended.float()), ("length", mask.sum(1).float()))}
+    group_std = g["rewards"].view(-1, config.grpo.num_generations).std(dim=1)
     return {"score_mean": float(g["scores"].mean()),
             "score_std": float(g["scores"].std(correction=0)),
             "score_group_std_mean": float(group_std.mean()),
@@ -294,7 +307,8 @@ def views(tokenizer, num_samples, prompts, rollout, responses, scores, advantage
     return samples, tokens
 
 
-def grpo_step(run_, roles, config, tokenizer, pool, iteration, state):
+def grpo_step(run_: common.Run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
+              iteration: int, state: dict) -> tuple[dict, list, list, dict]:
     metrics, samples, token_rows = grpo_iteration(run_, roles, config, tokenizer, pool, iteration)
     return metrics, samples, token_rows, state
 

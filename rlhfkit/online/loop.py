@@ -1,12 +1,13 @@
 """What the online stages (PPO, GRPO) share: the rollout and reward settings, prompts, the
-scoring pass of a rollout, held-out evaluation and the loop (``train_online``: evaluation
-before/after, logs, checkpoints holding the stage's state, ``final/``, ``resume=true``).
+scoring pass of a rollout, held-out evaluation, the update's epochs over shuffled minibatches
+(``update_epochs``) and the run (``train_online``: evaluation before/after, rollout logs, and
+the stage loop of rlhfkit/trainers/loop.py with checkpoints holding the stage's state).
 The stages themselves (rlhfkit/online/ppo.py, grpo.py) hold their config and one iteration.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -19,6 +20,7 @@ from rlhfkit.online.rewards import Prompt
 from rlhfkit.online.roles import Roles, build_roles
 from rlhfkit.ops import masked_sum
 from rlhfkit.trainers import common
+from rlhfkit.trainers.loop import train_loop
 
 
 # ----------------------------------------------------------------------------- config parts
@@ -198,9 +200,30 @@ def evaluate(run, roles: Roles, config, tokenizer, pool: Prompts,
             "eval_response_length_mean": sums["length"] / n}, rows
 
 
+def update_epochs(run: common.Run, epochs: int, minibatches: int, n_rows: int, iteration: int,
+                  minibatch_step: Callable[[torch.Tensor], dict], schedulers: list) -> dict:
+    """The update of PPO (step 5) and GRPO (step 4): ``epochs`` passes over the rollout's
+    ``n_rows`` rows, each shuffled (a generator seeded per iteration) and cut into
+    ``minibatches``; ``minibatch_step(rows)`` makes one optimiser step and returns its stats.
+    Returns the stats averaged over the epochs × minibatches updates, and the current lr."""
+    size = n_rows // minibatches
+    shuffle = torch.Generator().manual_seed(run.config.train.seed * 7919 + iteration)
+    totals: dict = {}
+    n_updates = epochs * minibatches
+    for _ in range(epochs):
+        order = torch.randperm(n_rows, generator=shuffle).to(run.device)
+        for k in range(minibatches):
+            stats = minibatch_step(order[k * size:(k + 1) * size])
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value / n_updates
+    totals["lr"] = schedulers[0].get_last_lr()[0]
+    return totals
+
+
 def train_online(config, stage: str, step, state: dict) -> dict:
-    """The loop of the online stages (PPO, GRPO): roles, before/after evaluation on held-out
-    prompts, ``step`` per iteration, logs, checkpoints holding ``state``, ``final/``.
+    """The online stages' run (PPO, GRPO): roles, before/after evaluation on held-out prompts,
+    then the stage loop (trainers/loop.py) over ``step``, checkpoints holding ``state``,
+    ``final/``.
 
     ``step(run, roles, config, tokenizer, pool, iteration, state)`` returns (metrics, sample
     rows, per-token rows, next state); its metrics hold ``score_mean`` and ``kl_mean``."""
@@ -217,30 +240,33 @@ def train_online(config, stage: str, step, state: dict) -> dict:
     logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main, stage)
     logs.truncate_after(start if start else -1)  # a fresh run starts its logs empty
     summary: dict = {}
-    if eval_pool.ids and start == 0:
-        summary["before"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, 0)
-        run_.metrics.log(0, summary["before"])
+
+    def held_out(iteration: int) -> dict:
+        metrics, rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
+        summary["before" if iteration == 0 else "after"] = metrics
         logs.eval.write(rows)
-    bar = common.progress(run_, iterations, start, stage)
-    metrics: dict = {}
-    for iteration in range(start + 1, iterations + 1):
-        metrics, samples, token_rows, state = step(run_, roles, config, tokenizer, pool,
-                                                   iteration, state)
-        if eval_pool.ids and common.should(config.train.eval_every, iteration, iterations):
-            summary["after"], rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
-            metrics.update(summary["after"])
-            logs.eval.write(rows)
-        if common.should(config.train.log_every, iteration, iterations):
-            run_.metrics.log(iteration, metrics)
+        return metrics
+
+    def one_iteration(iteration: int) -> dict:
+        metrics, samples, token_rows, next_state = step(run_, roles, config, tokenizer, pool,
+                                                        iteration, state)
+        state.update(next_state)  # the checkpoint of this iteration holds the next state
         if common.should(config.sample_every, iteration, iterations):
             logs.write_samples(samples, token_rows, iteration)
-        if common.should(config.train.save_every, iteration, iterations):
-            common.save_checkpoint(run_, iteration, state)
-        bar.set_postfix(score=f"{metrics['score_mean']:.3f}", kl=f"{metrics['kl_mean']:.3f}",
-                        s_it=f"{sum(v for k, v in metrics.items() if k.startswith('time_')):.1f}")
-        bar.update(1)
-    bar.close()
+        return metrics
+
+    if eval_pool.ids and start == 0:
+        run_.metrics.log(0, held_out(0))
+    summary["last"] = train_loop(run_, start, iterations, one_iteration,
+                                 evaluate=held_out if eval_pool.ids else None, state=state,
+                                 desc=stage, postfix=online_postfix)
     common.save_final(run_, roles.policy(run_.accelerator), tokenizer)
     run_.metrics.close()
-    summary["last"] = metrics
     return summary
+
+
+def online_postfix(metrics: dict) -> dict:
+    """The progress bar of an online stage: score, KL, seconds per iteration."""
+    seconds = sum(v for k, v in metrics.items() if k.startswith("time_"))
+    return {"score": f"{metrics['score_mean']:.3f}", "kl": f"{metrics['kl_mean']:.3f}",
+            "s_it": f"{seconds:.1f}"}

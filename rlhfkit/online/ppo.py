@@ -20,7 +20,6 @@ hold every RNG state, so ``resume=true`` gives the uninterrupted run's metrics
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -39,10 +38,13 @@ from rlhfkit.online.loop import (
     score_rollout,
     seed_sampling,
     train_online,
+    update_epochs,
 )
 from rlhfkit.online.roles import Roles
 from rlhfkit.ops import (
     KL_ESTIMATORS,
+    PolicyLossOutput,
+    ValueLossOutput,
     adaptive_kl_update,
     apply_missing_eos_penalty,
     compute_rewards,
@@ -169,7 +171,8 @@ def rewards_and_advantages(run, config: PPOConfig, rollout, scored: Scored, kl_c
 
 
 # ----------------------------------------------------------------------------- step 5: update
-def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens):
+def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens: torch.Tensor
+                     ) -> tuple[PolicyLossOutput, ValueLossOutput, torch.Tensor]:
     """Actor and critic losses of one micro-batch, each a share of the minibatch's global mean."""
     P, mask = mb.rollout.prompt_width, mb.rollout.response_mask
     ids, attn = mb.rollout.input_ids, mb.rollout.attention_mask
@@ -186,43 +189,30 @@ def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens):
     return actor, critic, entropy
 
 
-def minibatch_step(run, roles: Roles, config: PPOConfig, batch: PPOBatch, rows) -> dict:
+def minibatch_step(run: common.Run, roles: Roles, config: PPOConfig, batch: PPOBatch,
+                   rows: torch.Tensor) -> dict:
     """One optimiser step per model on minibatch ``rows`` (micro-batches accumulate)."""
-    mask = batch.rollout.response_mask
-    n_tokens = common.global_count(run.accelerator, mask[rows].sum())
-    size = config.train.micro_batch_size or len(rows)
-    chunks = [rows[i:i + size] for i in range(0, len(rows), size)]
+    n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     models = [m for m in (roles.actor, roles.critic) if m is not None]
-    sums = {k: torch.zeros((), device=run.device) for k in
-            ("actor_loss", "critic_loss", "entropy_bonus", "clipfrac", "approx_kl",
-             "value_clipfrac")}
-    for index, chunk in enumerate(chunks):
+
+    def losses(chunk):
         mb = batch.select(chunk)
-        with contextlib.ExitStack() as stack:
-            if index < len(chunks) - 1:  # gradients are all-reduced on the last micro-batch only
-                for model in models:
-                    stack.enter_context(run.accelerator.no_sync(model))
-            with run.accelerator.autocast():
-                actor, critic, entropy = minibatch_losses(roles, config, mb, n_tokens)
-            actor_total = actor.loss - config.ppo.entropy_coef * entropy
-            # DDP averages gradients over processes, hence × world_size.
-            if roles.critic is None:
-                run.accelerator.backward(
-                    (actor_total + config.ppo.vf_coef * critic.loss) * run.world_size)
-            else:
-                run.accelerator.backward(actor_total * run.world_size)
-                run.accelerator.backward(critic.loss * run.world_size)
+        actor, critic, entropy = minibatch_losses(roles, config, mb, n_tokens)
+        actor_total = actor.loss - config.ppo.entropy_coef * entropy
         share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
-        for key, value in (("actor_loss", actor.loss), ("critic_loss", critic.loss),
-                           ("entropy_bonus", entropy), ("clipfrac", actor.clipfrac * share),
-                           ("approx_kl", actor.approx_kl * share),
-                           ("value_clipfrac", critic.clipfrac * share)):
-            sums[key] += value.detach().float()
-    norms = [common.clip_gradients(run, m) for m in models]
-    for optimizer, scheduler in zip(roles.optimizers, roles.schedulers):
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        sums = {"actor_loss": actor.loss, "critic_loss": critic.loss, "entropy_bonus": entropy,
+                "clipfrac": actor.clipfrac * share, "approx_kl": actor.approx_kl * share,
+                "value_clipfrac": critic.clipfrac * share}
+        if roles.critic is None:  # shared layout: one loss through the policy's optimiser
+            return [actor_total + config.ppo.vf_coef * critic.loss], sums
+        return [actor_total, critic.loss], sums
+
+    zeros = {k: torch.zeros((), device=run.device) for k in
+             ("actor_loss", "critic_loss", "entropy_bonus", "clipfrac", "approx_kl",
+              "value_clipfrac")}
+    sums, norms = common.accumulate_step(
+        run, models, roles.optimizers, roles.schedulers,
+        common.chunks(rows, config.train.micro_batch_size), losses, zeros)
     stats = common.global_sum(run.accelerator, sums)
     stats["actor_grad_norm"] = norms[0]
     if len(norms) > 1:
@@ -230,21 +220,13 @@ def minibatch_step(run, roles: Roles, config: PPOConfig, batch: PPOBatch, rows) 
     return stats
 
 
-def ppo_update(run, roles: Roles, config: PPOConfig, batch: PPOBatch, iteration: int) -> dict:
+def ppo_update(run: common.Run, roles: Roles, config: PPOConfig, batch: PPOBatch,
+               iteration: int) -> dict:
     """5. ppo_epochs passes over shuffled minibatches; metrics averaged over the updates."""
-    n_rows = batch.rollout.input_ids.shape[0]
-    size = n_rows // config.ppo.minibatches
-    shuffle = torch.Generator().manual_seed(config.train.seed * 7919 + iteration)
-    totals: dict = {}
-    n_updates = config.ppo.ppo_epochs * config.ppo.minibatches
-    for _ in range(config.ppo.ppo_epochs):
-        order = torch.randperm(n_rows, generator=shuffle).to(run.device)
-        for k in range(config.ppo.minibatches):
-            stats = minibatch_step(run, roles, config, batch, order[k * size:(k + 1) * size])
-            for key, value in stats.items():
-                totals[key] = totals.get(key, 0.0) + value / n_updates
-    totals["lr"] = roles.schedulers[0].get_last_lr()[0]
-    return totals
+    return update_epochs(run, config.ppo.ppo_epochs, config.ppo.minibatches,
+                         batch.rollout.input_ids.shape[0], iteration,
+                         lambda rows: minibatch_step(run, roles, config, batch, rows),
+                         roles.schedulers)
 
 
 # ----------------------------------------------------------------------------- metrics and views
@@ -274,7 +256,7 @@ def rollout_metrics(run, rollout, scored: Scored, rewards, raw, ended) -> dict:
 
 
 # ----------------------------------------------------------------------------- the loop
-def ppo_iteration(run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts,
+def ppo_iteration(run: common.Run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts,
                   iteration: int, kl_coef: float) -> tuple[dict, list, list]:
     """One PPO iteration, steps 1–5 (6, KL control, follows in ``run``)."""
     timer = common.Timer()
@@ -317,7 +299,7 @@ def run(config: PPOConfig) -> dict:
     return train_online(config, "ppo", ppo_step, {"kl_coef": config.ppo.kl_coef})
 
 
-def ppo_step(run_, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts, iteration: int,
+def ppo_step(run_: common.Run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts, iteration: int,
              state: dict) -> tuple[dict, list, list, dict]:
     """Steps 1–5, then 6. KL control: the coefficient for the next iteration (checkpointed)."""
     metrics, samples, token_rows = ppo_iteration(run_, roles, config, tokenizer, pool, iteration,

@@ -13,7 +13,10 @@ from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.packing import can_pack
 from rlhfkit.online import grpo, loop
+from rlhfkit.online import rollout as rollouts
+from rlhfkit.online.rewards import RewardSources
 from rlhfkit.online.roles import build_roles
+from rlhfkit.ops.grpo import group_advantages
 from rlhfkit.trainers import common
 
 TINY = "examples/grpo_tiny.yaml"
@@ -70,9 +73,9 @@ def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root,
     original, grpo.generate_for = grpo.generate_for, remember
     original_update = grpo.grpo_update
 
-    def capture(run_, roles_, config_, rollout, tensors, iteration):
-        seen["advantages"] = tensors["advantages"]
-        return original_update(run_, roles_, config_, rollout, tensors, iteration)
+    def capture(run_, roles_, config_, batch, iteration):
+        seen["advantages"] = batch.advantages
+        return original_update(run_, roles_, config_, batch, iteration)
 
     grpo.grpo_update = capture
     try:
@@ -85,6 +88,36 @@ def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root,
     sums = seen["advantages"].view(3, 4).sum(dim=1)
     torch.testing.assert_close(sums, torch.zeros(3), atol=1e-4, rtol=0)
     assert 0.0 <= metrics["zero_std_group_share"] <= 1.0
+
+
+def test_missing_eos_penalty_then_reward_clip_shape_the_scores(repo_root, tmp_path,
+                                                               monkeypatch):
+    """reward.missing_eos_penalty, then reward.reward_clip, as PPO applies them, before the
+    group advantages. 2 prompts × 4 responses cut at 2 tokens (none ends with EOS), scores
+    s → clip(s − 1, ±2):  [3, 0.5, −4, 1] → [2, −0.5, −2, 0];  [0, 2.5, −1.5, 1.5] →
+    [−1, 1.5, −2, 0.5]. The logged score_mean stays the sources' own mean (0.375), as PPO's."""
+    cfg = config(repo_root, tmp_path, "train.batch_size=2", "grpo.num_generations=4",
+                 "rollout.max_new_tokens=2", "reward.reward_clip=2",
+                 "reward.missing_eos_penalty=1")
+    run, tokenizer, roles, pool = setup(cfg)
+    raw = [3.0, 0.5, -4.0, 1.0, 0.0, 2.5, -1.5, 1.5]
+    roles.reward = RewardSources([("function", 1.0, lambda p, r: torch.tensor(raw))])
+    seen = {}
+
+    def remember(run_, roles_, config_, tokenizer_, prompt_ids):
+        seen["rollout"] = loop.generate_for(run_, roles_, config_, tokenizer_, prompt_ids)
+        return seen["rollout"]
+
+    def record(scores, *args):
+        seen["scores"] = scores
+        return group_advantages(scores, *args)
+
+    monkeypatch.setattr(grpo, "generate_for", remember)
+    monkeypatch.setattr(grpo, "group_advantages", record)
+    metrics, _, _ = grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)
+    assert not rollouts.ended_with_eos(seen["rollout"], tokenizer.eos_token_id).any()
+    assert seen["scores"].tolist() == [2.0, -0.5, -2.0, 0.0, -1.0, 1.5, -2.0, 0.5]
+    assert metrics["score_mean"] == pytest.approx(0.375, abs=1e-7)
 
 
 def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp_path):
@@ -108,8 +141,8 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
                                      rollout.attention_mask, rollout.sequence_response_mask,
                                      False, cfg.rollout.temperature).logprobs[:, P - 1:]
     before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
-    tensors = {"ref": ref, "old": None, "advantages": torch.linspace(-1, 1, 8)}
-    stats, seen = grpo.grpo_update(run, roles, cfg, rollout, tensors, 1)
+    batch = grpo.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8))
+    stats, seen = grpo.grpo_update(run, roles, cfg, batch, 1)
     mask = rollout.response_mask
     torch.testing.assert_close(seen[mask], separate[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(ref[mask], separate[mask], atol=1e-5, rtol=0)  # no update yet
