@@ -16,4 +16,14 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! ls /usr/lib/*/l
   (apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4) >/dev/null 2>&1 || \
     echo "note: libtcmalloc-minimal4 not installed; using glibc tunables instead"
 fi
+# Debian's Chromium for the labelling page's browser tests (tests/label/test_browser.py), driven
+# by PyPI playwright from the test extra. Never `playwright install`: it downloads a browser,
+# which fails offline. As root (CI) a failed install stops here: CI must run those tests.
+if [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: /usr/bin/chromium missing (apt-get install chromium as root): the browser tests skip"
+  fi
+fi
 echo "rlhfkit installed: try 'rlhfkit demo'"
