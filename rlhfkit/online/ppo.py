@@ -11,6 +11,9 @@ One iteration = the six steps of the algorithm, numbered where they happen (``pp
      own optimiser (default) or ``shared`` backbone + value head (loss = actor + vf_coef·critic).
   6. KL control: fixed kl_coef, or the adaptive controller (ops.adaptive_kl_update), whose state
      is saved in checkpoints.
+The details of each step are numbered under it (3.1 KL estimate, 3.2 token rewards, 3.3
+missing-EOS penalty, 4.1 GAE, 5.2 clipped losses, …): the rows of docs/ppo.md, the sections of
+rlhfkit/ops/ppo.py and the comments below use the same numbers.
 Every tensor is over response tokens only: (B, R) with ``response_mask`` (padding and tokens
 after EOS never count: tests/online/test_ppo.py::test_padding_and_after_eos_never_leak).
 Losses divide by the response tokens of the minibatch over all processes (``global_count``).
@@ -156,13 +159,14 @@ def rewards_and_advantages(run, config: PPOConfig, rollout, scored: Scored, kl_c
     """3. Rewards and 4. Advantages → (PPOBatch, RewardOutput, raw GAE output)."""
     mask = rollout.response_mask
     scores = scored.scores
+    # 3.3 A response cut at max_new_tokens (no EOS) loses reward.missing_eos_penalty first.
     if config.reward.missing_eos_penalty > 0:
         scores = apply_missing_eos_penalty(scores, ended, config.reward.missing_eos_penalty)
-    # 3. r_t = −kl_coef·KL_t; the clipped score is added at the last real token.
+    # 3.1–3.2 r_t = −kl_coef·KL_t; the clipped score is added at the last real token.
     rewards = compute_rewards(scores, scored.logprobs, scored.ref_logprobs, mask, kl_coef,
                               config.ppo.kl_estimator, config.ppo.sequence_kl,
                               config.reward.reward_clip)
-    # 4. GAE backwards over response tokens (V after the last token = 0); returns = A + V.
+    # 4.1 GAE backwards over response tokens (V after the last token = 0); returns = A + V.
     raw = gae(rewards.rewards, scored.values, mask, config.ppo.gamma, config.ppo.gae_lambda)
     advantages = whiten_global(run, raw.advantages, mask) if config.ppo.whiten_advantages \
         else raw.advantages
