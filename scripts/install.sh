@@ -26,4 +26,14 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "note: /usr/bin/chromium missing (apt-get install chromium as root): the browser tests skip"
   fi
 fi
+# Debian's PostgreSQL server for the label store's PostgreSQL tests: they start a throwaway
+# cluster themselves (initdb + pg_ctl as the postgres user, unix socket in a temp dir). As root
+# (CI) a failed install stops here: under CI=true those tests fail rather than skip.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "note: PostgreSQL server missing (apt-get install postgresql as root): its tests skip"
+  fi
+fi
 echo "rlhfkit installed: try 'rlhfkit demo'"
