@@ -26,31 +26,49 @@ class Record:
         return f"{self.source}:{self.line}"
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, un-gzipped for .gz; a broken gzip stream is a DataError."""
+    data = path.read_bytes()
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError) as err:  # BadGzipFile is an OSError; EOFError: cut short
+        raise DataError(f"{path}: not a valid gzip file ({err}); expected gzip-compressed "
+                        "JSON or JSONL") from None
+
+
+def _decode(data: bytes, path: Path, first_line: int = 1) -> str:
+    """UTF-8 text, or a DataError naming the file, the line and the byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at "
+                        f"column {column}); expected UTF-8 text") from None
 
 
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
-    with _open_text(path) as handle:
-        for number, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column "
-                                f"{err.colno}); expected one JSON object per line") from None
-            records.append(Record(str(path), number, row))
+    for number, raw in enumerate(_read_bytes(path).splitlines(), start=1):
+        text = _decode(raw, path, number)
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg} at column "
+                            f"{err.colno}); expected one JSON object per line") from None
+        records.append(Record(str(path), number, row))
     return records
 
 
 def _read_json(path: Path) -> list[Record]:
-    with _open_text(path) as handle:
-        try:
-            data = json.load(handle)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    try:
+        data = json.loads(_decode(_read_bytes(path), path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
