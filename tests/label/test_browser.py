@@ -173,7 +173,7 @@ def test_login_by_link_then_rank_by_keyboard_with_tie_and_undo(browser, site):
         page.wait_for_selector("#task:not([hidden])")
         assert "token" not in page.url  # the token leaves the address bar (and history)
         assert page.inner_text("#who") == "alice"
-        assert page.inner_text("#done") == "0" and page.inner_text("#queue") == "1"
+        assert page.inner_text("#done") == "0" and page.inner_text("#left") == "2"
         assert page.inner_text("#prompt") == "Why is the sky blue?"
 
         page.keyboard.press(key_of(page, SKY[1]))  # a slip…
@@ -196,7 +196,7 @@ def test_login_by_link_then_rank_by_keyboard_with_tie_and_undo(browser, site):
         page.keyboard.press("Enter")
         wait_done(page, 1)
         assert page.inner_text("#prompt") == "Second prompt"
-        assert page.inner_text("#queue") == "0"
+        assert page.inner_text("#left") == "1"
 
         [j] = s.judgments()
         assert j["by_text"] == {SKY[2]: 1, SKY[0]: 2, SKY[3]: 2, SKY[1]: 3}
@@ -372,3 +372,54 @@ def test_admin_page_lists_creates_and_disables_annotators(browser, site):
             {headers: {Authorization: 'Bearer ' + t}}).then(r => r.status)""", s.tokens["bob"])
         assert status == 403
         assert page.errors == [] and carol.errors == []
+
+
+DEMO_PROMPT = "Explain to a ten-year-old why the sky is blue."
+DEMO = [
+    "Sunlight is a mix of all colours. Air molecules scatter short (blue) wavelengths much more "
+    "than long (red) ones (Rayleigh scattering), so blue light reaches your eyes from every "
+    "part of the sky.",
+    "Sunlight has every colour in it. When it passes through the air, the tiny bits of gas "
+    "bounce blue light around much more than red light. So wherever you look in the sky, blue "
+    "light is coming at you. That's why it looks blue!",
+    "The sky is blue because it reflects the colour of the ocean.",
+    "Because the air is blue, like how water in a swimming pool looks blue.",
+]
+
+
+def take_screenshots(out_dir: str) -> None:
+    """The README's pictures: ``python tests/label/test_browser.py docs/img`` writes
+    label.png (desktop, mid-ranking: a best, a second, a third, "same rank" armed) and
+    label_phone.png (390 px wide, as a phone shows it)."""
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        s = Site(Path(tmp), {DEMO_PROMPT: DEMO, "Write a haiku about autumn.": ["a", "b"]})
+        chromium = launch_chromium(p)
+        with serve(s.db) as url:
+            page = open_page(chromium, f"{url}/?token={s.tokens['alice']}",
+                             device_scale_factor=1)
+            page.set_viewport_size({"width": 1280, "height": 820})
+            page.wait_for_selector("#task:not([hidden])")
+            for text in (DEMO[1], DEMO[0], DEMO[2]):
+                page.keyboard.press(key_of(page, text))
+            page.keyboard.press("t")
+            page.screenshot(path=out / "label.png")
+            phone = chromium.new_context(viewport={"width": 390, "height": 844},
+                                         device_scale_factor=2, is_mobile=True, has_touch=True)
+            page = phone.new_page()
+            page.goto(f"{url}/?token={s.tokens['alice']}")
+            page.wait_for_selector("#task:not([hidden])")
+            page.keyboard.press(key_of(page, DEMO[1]))
+            page.screenshot(path=out / "label_phone.png")
+        chromium.close()
+        s.store.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    take_screenshots(sys.argv[1] if len(sys.argv) > 1 else "docs/img")

@@ -72,12 +72,13 @@
     msg.className = "msg " + kind;
   }
 
-  function setCounts(done, queue) {
+  // `left` counts the task on screen too: the API's queue excludes a task already leased to us.
+  function setCounts(done, left) {
     $("progress").hidden = false;
     $("done").textContent = done;
-    $("queue").textContent = queue;
-    $("empty-done").textContent = done;
-    const total = done + queue;
+    $("left").textContent = left;
+    $("empty-done").textContent = `${done} judgment${done === 1 ? "" : "s"}`;
+    const total = done + left;
     $("bar-fill").style.width = total ? `${(100 * done) / total}%` : "0%";
   }
 
@@ -143,7 +144,7 @@
         return;
       }
       const data = await resp.json();
-      setCounts(data.done, data.queue);
+      setCounts(data.done, data.queue + 1);
       open(data);
     } catch (_) {
       say("The server does not answer; try again in a moment.", "error");
@@ -250,13 +251,14 @@
       const card = el("article", "card");
       card.dataset.idx = i;
       const head = el("div", "card-head");
-      const grip = el("span", "grip", "⠿");
-      grip.title = "Drag to rank";
       const key = el("kbd", "key", labelOf(i));
-      const name = el("span", "name", pairwise() ? `Response ${labelOf(i)}` : `Response ${i + 1}`);
+      const name = el("span", "name", `Response ${labelOf(i)}`);
       const badge = el("span", "badge");
-      head.append(grip, key, name, badge);
+      head.append(key, name, badge);
       if (!pairwise()) {
+        const grip = el("span", "grip", "⠿");
+        grip.title = "Drag to rank";
+        head.prepend(grip);
         const btn = el("button", "place", "Place next");
         btn.type = "button";
         btn.addEventListener("click", () => {
