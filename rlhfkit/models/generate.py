@@ -18,6 +18,7 @@ padding; EOS stops a row; the output width).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import types
 
 import torch
@@ -59,6 +60,15 @@ def make_cache(model, max_len: int):
     return StaticCache(config=model.config, max_cache_len=max_len)
 
 
+def cache_kwarg(model) -> str:
+    """The forward keyword of the KV cache: ``cache`` in transformers releases that renamed it
+    (``past_key_values`` then warns, a FutureWarning per call), ``past_key_values`` before.
+    A peft model passes it to its base model: ask the base model's signature.
+    Test: tests/models/test_generate.py::test_decode_raises_no_deprecation_warning."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
            temperature: float, top_k: int, top_p: float, pad_id: int, eos_id: int) -> torch.Tensor:
@@ -76,10 +86,10 @@ def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, 
     attention[:, :width] = prompt_mask
     out = torch.full((batch, total), pad_id, dtype=ids.dtype, device=ids.device)  # (B, P + R)
     out[:, :width] = ids
-    cache = make_cache(model, total)
+    cache = {cache_kwarg(model): make_cache(model, total)}
     positions = position_ids_from(prompt_mask)  # (B, P)
     logits = model(input_ids=ids, attention_mask=attention[:, :width], position_ids=positions,
-                   past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
+                   **cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
     next_position = positions[:, -1:] + 1  # (B, 1): the last prompt column is real in every row
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     steps = 0
@@ -92,6 +102,6 @@ def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, 
         if steps == max_new_tokens or bool(finished.all()):
             return out[:, :width + steps]
         logits = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention[:, :width + steps],
-                       position_ids=next_position, past_key_values=cache, use_cache=True,
+                       position_ids=next_position, **cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         next_position = next_position + 1

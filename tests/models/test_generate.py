@@ -103,3 +103,20 @@ def test_rollout_generate_restores_training_mode(model, tokenizer):
     finally:
         model.eval()
     assert out.input_ids.shape[0] == len(PROMPTS) and out.prompt_width == 7
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_decode_raises_no_deprecation_warning(model, tokenizer, lora):
+    """The decode loop uses transformers' current API: a newcomer's terminal shows only our
+    progress, not a FutureWarning per PPO iteration (issue 12)."""
+    import warnings
+
+    policy = apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, r=4)) if lora else model
+    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decode(policy.eval(), ids, mask, 4, 1.0, 0, 1.0, tokenizer.pad_token_id,
+               tokenizer.eos_token_id)
+    deprecations = [str(w.message) for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert deprecations == []
