@@ -51,6 +51,25 @@ GRPO group advantages (Shao et al. 2024): A_i = (r_i − mean of its group) / (s
 GRPO loss: clipped surrogate + β·k3 to the reference, token or sequence aggregation
     ops/grpo.py::grpo_loss
     test_grpo_ops.py::test_on_policy_loss_is_minus_the_advantage_per_token_or_per_sequence
+Critic-free advantage estimators, picked by name (ops/grpo.py::ADVANTAGES):
+  Dr. GRPO (Liu et al. 2025): A_i = r_i − mean of its group, no std
+    ops/grpo.py::dr_grpo_advantages
+    test_grpo_ops.py::test_dr_grpo_centres_each_group_exactly_without_any_divisor
+  RLOO (Ahmadian et al. 2024): A_i = r_i − mean of the other G − 1 of its group
+    ops/grpo.py::rloo_advantages · test_grpo_ops.py::test_rloo_subtracts_the_mean_of_the_other_samples
+    test_grpo_ops.py::test_rloo_with_two_samples_is_each_score_minus_the_other
+  REINFORCE++ (Hu 2025): r_t = −kl_coef·KL_t + score at the last token, A_t = whiten(Σ_s≥t r_s)
+  over the batch; the baseline variant subtracts the group mean from the scores first
+    ops/grpo.py::reinforce_pp_advantages, reinforce_pp_baseline_advantages, returns_to_go
+    test_grpo_ops.py::test_reinforce_pp_folds_the_kl_into_token_rewards_and_whitens_over_the_batch
+    test_grpo_ops.py::test_reinforce_pp_baseline_subtracts_the_group_mean_first
+    test_grpo_ops.py::test_returns_to_go_is_gae_with_no_critic_and_lambda_1
+GSPO sequence ratio (Zheng et al. 2025): s_i = exp(mean_t log ρ_t), clipped per response
+    ops/grpo.py::RATIOS, grpo_loss
+    test_grpo_ops.py::test_sequence_ratio_is_the_geometric_mean_and_clips_whole_responses
+    test_grpo_ops.py::test_on_policy_sequence_ratio_has_the_token_ratios_gradient
+Dr. GRPO's constant loss normaliser: Σ over real tokens / (B × max response length)
+    ops/grpo.py::AGGREGATIONS · test_grpo_ops.py::test_constant_aggregation_divides_by_rows_times_width
 Sampling filters: temperature, top-k, then top-p (keep while the mass before < top_p)
     ops/sampling.py::filter_candidates, top_p_keep_mask, sample_next_tokens
     test_sampling.py::test_top_p_keeps_tokens_whose_mass_before_is_below_top_p

@@ -1,5 +1,8 @@
 """GRPO math (Shao et al. 2024, DeepSeekMath §4.1): group-relative advantages and the clipped
-loss with a k3 KL term to the reference. Pure torch.
+loss with a k3 KL term to the reference; the critic-free family around it as variants picked by
+name: advantage estimators (``ADVANTAGES``: GRPO, Dr. GRPO, RLOO, REINFORCE++ and its baseline
+variant), importance ratios (``RATIOS``: per token, or GSPO's per sequence) and loss
+aggregations (``AGGREGATIONS``). Pure torch.
 
 A group is the G responses sampled for one prompt; they sit in consecutive rows
 (rows g·G … g·G + G − 1). Shapes: B = rows (prompts × G), T = response tokens;
@@ -7,12 +10,17 @@ A group is the G responses sampled for one prompt; they sit in consecutive rows
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
-from rlhfkit.ops.masked import masked_log_ratio, masked_mean, zero_outside_mask
-from rlhfkit.ops.ppo import clipped_surrogate, kl_k3
+from rlhfkit.ops.masked import (
+    masked_log_ratio,
+    masked_mean,
+    masked_whiten,
+    zero_outside_mask,
+)
+from rlhfkit.ops.ppo import clipped_surrogate, kl_k3, last_token_mask
 from rlhfkit.ops.tables import pick
 
 
@@ -32,6 +40,12 @@ def _unit(scores: torch.Tensor, group_size: int) -> torch.Tensor:
 REWARD_SCALES = {"group": _group_std, "batch": _batch_std, "none": _unit}
 
 
+def _require_groups(scores: torch.Tensor, group_size: int) -> None:
+    if group_size < 2 or scores.dim() != 1 or scores.shape[0] % group_size:
+        raise ValueError(f"scores must be (groups × group_size,) with group_size ≥ 2; got shape "
+                         f"{tuple(scores.shape)} and group_size {group_size}")
+
+
 def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group",
                      eps: float = 1e-4) -> torch.Tensor:
     """A_i = (r_i − mean of i's group) / (s_i + eps), one advantage per response. (B,).
@@ -40,13 +54,98 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group"
     scores, ``none`` = 1 (Dr. GRPO: no difficulty bias). A group whose G scores are equal gets
     A = 0 for every member (no signal), never NaN. B must be a multiple of ``group_size`` (≥ 2).
     """
-    if group_size < 2 or scores.dim() != 1 or scores.shape[0] % group_size:
-        raise ValueError(f"scores must be (groups × group_size,) with group_size ≥ 2; got shape "
-                         f"{tuple(scores.shape)} and group_size {group_size}")
+    _require_groups(scores, group_size)
     scores = scores.float()
     means = scores.view(-1, group_size).mean(dim=1).repeat_interleave(group_size)
     spread = pick(REWARD_SCALES, scale, "scale")(scores, group_size)
     return (scores - means) / (spread + eps)
+
+
+# --- advantage estimators (``grpo.advantage``) -------------------------------------------------
+# One signature, so the stage picks one by name from ADVANTAGES (as DPO_LOSSES):
+#   estimator(scores (B,), group_size, response_mask (B, T), kl_penalty (B, T), scale) →
+#   (B,) one advantage per response, or (B, T) one per token (REINFORCE++).
+# ``kl_penalty`` is −kl_coef·KL_t at each real token, the KL-to-reference folded into the rewards
+# (REINFORCE++ only; the others leave the KL to the loss's β·k3 and ignore it). Statistics over
+# "the batch" are over all B rows given: the stage hands in every process's rows.
+
+def grpo_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
+                    kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """GRPO: ``group_advantages`` with ``scale`` (``grpo.scale_rewards``). (B,)."""
+    return group_advantages(scores, group_size, scale)
+
+
+def dr_grpo_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
+                       kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training", §3.1): A_i = r_i − mean
+    of its group, exactly: no division by the group's std (no question-difficulty bias). The
+    other half of Dr. GRPO is the ``constant`` loss aggregation. (B,)."""
+    return group_advantages(scores, group_size, "none", eps=0.0)
+
+
+def rloo_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
+                    kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, eq. 5): A_i = r_i − mean of the G − 1 *other* scores of its
+    group = G/(G − 1)·(r_i − group mean); unscaled. G = 2: A_i = r_i − r_other. (B,)."""
+    _require_groups(scores, group_size)
+    groups = scores.float().view(-1, group_size)  # (B / G, G)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
+def returns_to_go(rewards: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """G_t = Σ_{s ≥ t} r_s over real tokens (γ = 1): GAE with V = 0, γ = λ = 1. (B, T), 0 at
+    padding (test_returns_to_go_is_gae_with_no_critic_and_lambda_1)."""
+    kept = zero_outside_mask(rewards, response_mask)
+    returns = kept.flip(1).cumsum(1).flip(1)
+    return zero_outside_mask(returns, response_mask)
+
+
+def reinforce_pp_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
+                            kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """REINFORCE++ (Hu 2025, §3): token rewards r_t = −kl_coef·KL_t (``kl_penalty``) plus the
+    score at the last real token; A_t = Σ_{s ≥ t} r_s, whitened over every real token of the
+    batch (no critic, no group: the batch is the baseline). (B, T), 0 at padding."""
+    score_at_end = zero_outside_mask(scores.to(kl_penalty.dtype)[:, None].expand_as(kl_penalty),
+                                     last_token_mask(response_mask))
+    returns = returns_to_go(kl_penalty + score_at_end, response_mask)
+    return masked_whiten(returns, response_mask)
+
+
+def reinforce_pp_baseline_advantages(scores: torch.Tensor, group_size: int,
+                                     response_mask: torch.Tensor, kl_penalty: torch.Tensor,
+                                     scale: str = "group") -> torch.Tensor:
+    """REINFORCE++-baseline (Hu 2025, §3.2): each score minus its group's mean first, then
+    REINFORCE++ (KL-folded token rewards, returns, whitened over the batch). (B, T)."""
+    centred = group_advantages(scores, group_size, "none", eps=0.0)
+    return reinforce_pp_advantages(centred, group_size, response_mask, kl_penalty)
+
+
+ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
+              "reinforce++": reinforce_pp_advantages,
+              "reinforce++_baseline": reinforce_pp_baseline_advantages}
+KL_IN_REWARD = ("reinforce++", "reinforce++_baseline")  # estimators that read ``kl_penalty``
+
+
+# --- importance ratios (``grpo.ratio``) --------------------------------------------------------
+
+def _token_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                     response_mask: torch.Tensor) -> torch.Tensor:
+    """log ρ_t = log π − log π_old per token (PPO, GRPO). (B, T), 0 at padding."""
+    return masked_log_ratio(logprobs, old_logprobs, response_mask)
+
+
+def _sequence_log_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
+                        response_mask: torch.Tensor) -> torch.Tensor:
+    """GSPO (Zheng et al. 2025, eq. 7): log s_i = mean over the response's tokens of log ρ_t
+    (s_i the geometric mean of the token ratios), the same at every real token of the row, so
+    clipping keeps or drops a whole response. (B, T), 0 at padding."""
+    token = masked_log_ratio(logprobs, old_logprobs, response_mask)
+    per_row = masked_mean(token, response_mask, dim=1)  # (B,)
+    return zero_outside_mask(per_row[:, None].expand_as(token), response_mask)
+
+
+RATIOS = {"token": _token_log_ratio, "sequence": _sequence_log_ratio}
 
 
 def _per_token_weights(response_mask: torch.Tensor) -> torch.Tensor:
@@ -60,7 +159,24 @@ def _per_sequence_weights(response_mask: torch.Tensor) -> torch.Tensor:
     return response_mask.float() / lengths
 
 
-AGGREGATIONS = {"token": _per_token_weights, "sequence": _per_sequence_weights}
+class Aggregation(NamedTuple):
+    weights: Callable      # response_mask (B, T) → (B, T) weight of each token's loss
+    denominator: Callable  # (weights, response_mask) → () the weighted sum's divisor
+
+
+def _weight_sum(weights: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    return weights.sum().clamp(min=1)
+
+
+def _every_position(weights: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """B × T: a constant, whatever the lengths (Dr. GRPO: the stage passes rows ×
+    rollout.max_new_tokens, TRL's ``dr_grpo``)."""
+    return float(response_mask.numel())
+
+
+AGGREGATIONS = {"token": Aggregation(_per_token_weights, _weight_sum),
+                "sequence": Aggregation(_per_sequence_weights, _weight_sum),
+                "constant": Aggregation(_per_token_weights, _every_position)}
 
 
 class GRPOLossOutput(NamedTuple):
@@ -73,30 +189,38 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
               ref_logprobs: torch.Tensor | None, advantages: torch.Tensor,
               response_mask: torch.Tensor, clip_eps: float = 0.2, beta: float = 0.0,
               aggregation: str = "token",
-              loss_denominator: float | torch.Tensor | None = None) -> GRPOLossOutput:
+              loss_denominator: float | torch.Tensor | None = None,
+              ratio: str = "token") -> GRPOLossOutput:
     """Per token: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) + β·k3(π, π_ref), ρ = exp(logprobs − old);
     the first term is PPO's ``clipped_surrogate`` (one op for both losses).
 
-    ``advantages`` are per response (B,) and broadcast over its tokens. Aggregation: ``token``
-    sums over real tokens and divides by their count, ``sequence`` averages each response over
-    its tokens and then over responses. ``loss_denominator`` replaces that count (token) or the
-    number of responses (sequence) with one shared by all data-parallel shards. With
-    old_logprobs = logprobs.detach() (one update per rollout) ρ = 1 and the gradient is
-    −A·∇log π + β·∇k3. ``ref_logprobs`` None means no KL term (beta must then be 0).
+    ``advantages`` are per response (B,), broadcast over its tokens, or per token (B, T)
+    (REINFORCE++). ``ratio``: ``token`` ρ_t, or ``sequence`` GSPO's s_i = exp(mean_t log ρ_t) at
+    every token of response i (``RATIOS``). Aggregation (``AGGREGATIONS``): ``token`` sums over
+    real tokens and divides by their count, ``sequence`` averages each response over its tokens
+    and then over responses, ``constant`` sums over real tokens and divides by B × T (Dr. GRPO).
+    ``loss_denominator`` replaces that count (token), number of responses (sequence) or B × T
+    (constant) with one shared by all data-parallel shards. With old_logprobs =
+    logprobs.detach() (one update per rollout) ρ = 1 and the gradient is −A·∇log π + β·∇k3,
+    for either ratio. ``ref_logprobs`` None means no KL term (beta must then be 0).
     """
     if ref_logprobs is None and beta:
         raise ValueError("beta > 0 needs ref_logprobs")
-    log_ratio = masked_log_ratio(logprobs, old_logprobs, response_mask)  # (B, T)
-    surrogate = clipped_surrogate(log_ratio, advantages.to(log_ratio.dtype)[:, None], clip_eps)
+    log_ratio = pick(RATIOS, ratio, "ratio")(logprobs, old_logprobs, response_mask)  # (B, T)
+    B = log_ratio.shape[0]
+    advantages = zero_outside_mask(  # (B, T); NaN/inf in per-token padding never reaches ∇
+        advantages.to(log_ratio.dtype).reshape(B, -1).expand_as(log_ratio), response_mask)
+    surrogate = clipped_surrogate(log_ratio, advantages, clip_eps)
     per_token = surrogate.per_token
     kl = (kl_k3(logprobs, ref_logprobs, response_mask) if ref_logprobs is not None
           else torch.zeros_like(per_token))
     if beta:  # never 0 × inf: k3 overflows where log π_ref − log π > ~88
         per_token = per_token + beta * kl
     per_token = zero_outside_mask(per_token, response_mask)
-    weights = pick(AGGREGATIONS, aggregation, "aggregation")(response_mask)
+    aggregate = pick(AGGREGATIONS, aggregation, "aggregation")
+    weights = aggregate.weights(response_mask)
     if loss_denominator is None:
-        loss_denominator = weights.sum().clamp(min=1)
+        loss_denominator = aggregate.denominator(weights, response_mask)
     loss = (per_token * weights).sum() / loss_denominator
     clipfrac = masked_mean(surrogate.clipped_mask.to(log_ratio.dtype), response_mask)
     return GRPOLossOutput(loss, masked_mean(kl.detach(), response_mask), clipfrac.detach())
