@@ -114,9 +114,20 @@ class ModelConfig(Validated):
 
 @dataclass(frozen=True)
 class DataConfig(Validated):
-    train_path: str = option("", "Training data: .jsonl, .json, .jsonl.gz/.json.gz or a datasets "
-                             "folder saved with save_to_disk.")
-    eval_path: str = option("", "Held-out data; empty = split eval_fraction off train_path.")
+    train_path: str = option("", "Training data: .jsonl, .json, .jsonl.gz/.json.gz, a datasets "
+                             "folder saved with save_to_disk, a folder laid out as a Hub data set "
+                             "repository, or a Hub data set name 'owner/name' (datasets."
+                             "load_dataset; with HF_DATASETS_OFFLINE=1 only from the datasets "
+                             "cache). Row schemas: docs/data.md.")
+    eval_path: str = option("", "Held-out data (same kinds as train_path; may be the same Hub "
+                            "data set with another data.eval_split); empty = split eval_fraction "
+                            "off train_path.")
+    split: str = option("train", "Split of a Hub data set (or Hub-layout folder) read for "
+                        "training, e.g. train_prefs; slices work (train[:1000]). Files ignore it.")
+    eval_split: str = option("test", "Split of a Hub data set read when data.eval_path names "
+                             "one, e.g. test_prefs.")
+    subset: str = option("", "Subset of a Hub data set (load_dataset's config name) for "
+                         "data.train_path and data.eval_path; empty = its default.")
     eval_fraction: float = option(0.1, "Share of train rows held out when eval_path is empty "
                                   "(0 = off: no held-out split).", min=0, max=0.9)
     max_rows: int = option(0, "Use at most this many training rows (0 = all).", min=0)
@@ -134,6 +145,9 @@ class DataConfig(Validated):
         super().__post_init__()
         require(self.max_length > self.max_prompt_length, "max_length", self.max_length,
                 f"> data.max_prompt_length ({self.max_prompt_length})")
+        require(bool(self.split.strip()), "split", self.split, "a split name, e.g. train")
+        require(bool(self.eval_split.strip()), "eval_split", self.eval_split,
+                "a split name, e.g. test")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,11 @@ from rlhfkit.data.tokenize import (
 )
 
 
-def load_examples(path: str, kind: str, max_rows: int = 0) -> list:
-    """Parse every row of ``path`` as ``kind`` ('sft', 'ranked' or 'prompt')."""
-    records = read_records(path)
+def load_examples(path: str, kind: str, max_rows: int = 0, split: str = "train",
+                  subset: str = "") -> list:
+    """Parse every row of ``path`` as ``kind`` ('sft', 'ranked', 'prompt' or 'unpaired');
+    ``split``/``subset`` pick the part of a Hub data set (see readers.read_records)."""
+    records = read_records(path, split, subset)
     if max_rows:
         records = records[:max_rows]
     if not records:
@@ -46,13 +48,16 @@ def train_eval_split(examples: list, eval_fraction: float, seed: int) -> tuple[l
 
 
 def load_splits(data_config, kind: str, seed: int) -> tuple[list, list]:
-    """Train and eval examples from a DataConfig (eval file, or a held-out split of train)."""
+    """Train and eval examples from a DataConfig (eval file or Hub split, or a held-out split
+    of train)."""
     if not data_config.train_path:
         raise DataError("data.train_path is empty: set it in the config or as "
                         "data.train_path=FILE")
-    train = load_examples(data_config.train_path, kind)
+    train = load_examples(data_config.train_path, kind, split=data_config.split,
+                          subset=data_config.subset)
     if data_config.eval_path:
-        evaluation = load_examples(data_config.eval_path, kind)
+        evaluation = load_examples(data_config.eval_path, kind, split=data_config.eval_split,
+                                   subset=data_config.subset)
     else:
         train, evaluation = train_eval_split(train, data_config.eval_fraction, seed)
     if data_config.max_rows:

@@ -1,13 +1,20 @@
-"""Read rows from local files, remembering where each came from (file, line) for error messages.
+"""Read rows, remembering where each came from (file, line) for error messages.
 
-Formats: .jsonl, .json (a list of objects, or {"data": [...]}), either gzipped, and folders
-written by ``datasets.Dataset.save_to_disk``. Nothing is ever downloaded.
-Tests: tests/data/test_data.py.
+Sources: .jsonl, .json (a list of objects, or {"data": [...]}), either gzipped; folders written
+by ``datasets.Dataset.save_to_disk``; any other folder is read as a Hub data set repository
+(README.md ``configs`` header, data/*.parquet|jsonl|csv…) and a path that is no local file or
+folder as a Hub data set name (``owner/name``), both through ``datasets.load_dataset`` with a
+split and subset (``data.split``, ``data.subset``). The datasets library's offline switch
+(``HF_DATASETS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) is left to it: offline, a name loads only
+from the datasets cache (``HF_DATASETS_CACHE``) an earlier online load filled.
+A Hub row's line is its 1-based row number in the split: ``owner/name[train]:12``.
+Tests: tests/data/test_data.py, tests/data/test_readers.py, tests/data/test_hub.py.
 """
 from __future__ import annotations
 
 import gzip
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,10 +92,57 @@ def _read_datasets_folder(path: Path) -> list[Record]:
     return [Record(str(path), number, dict(row)) for number, row in enumerate(dataset, start=1)]
 
 
-def read_records(path: str) -> list[Record]:
-    """All rows of a local data file or datasets folder, each with its file and line."""
+# A Hub repository id: "name" or "owner/name" (letters, digits, "-", "_", "."), no file suffix.
+_REPO_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+_FILE_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".csv", ".arrow", ".txt")
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder ``save_to_disk`` wrote (a Dataset, or a DatasetDict of them)."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+def records_from_rows(rows, source: str) -> list[Record]:
+    """Rows in memory (a ``datasets.Dataset`` or a list of dicts) as Records numbered from 1."""
+    rows = rows.to_list() if hasattr(rows, "to_list") else list(rows)
+    records = [Record(source, number, row) for number, row in enumerate(rows, start=1)]
+    for record in records:
+        if not isinstance(record.row, dict):
+            raise DataError(f"{record.where()}: expected a row mapping column names to values, "
+                            f"got {type(record.row).__name__}")
+    return records
+
+
+def _read_hub(path: str, split: str, subset: str) -> list[Record]:
+    """A Hub data set (name, or a local folder laid out as its repository) via load_dataset."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(path, subset or None, split=split)
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as err:
+        # OSError covers FileNotFoundError (no such repo, no data files) and ConnectionError
+        # (offline, or no network); ValueError an unknown split or subset.
+        reason = " ".join(str(err).split()) or type(err).__name__
+        offline = (" (offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set, so a Hub name loads "
+                   "only from the datasets cache, HF_DATASETS_CACHE)"
+                   if datasets.config.HF_HUB_OFFLINE and not Path(path).is_dir() else "")
+        what = "a Hub data set folder" if Path(path).is_dir() else \
+            "not a local file or folder, and as a Hub data set name"
+        raise DataError(f"{path}: {what}: {reason}{offline}; expected split "
+                        f"{split!r}" + (f" of subset {subset!r}" if subset else "")) from None
+    name = f"{path}[{subset + '/' if subset else ''}{split}]"
+    return records_from_rows(dataset, name)
+
+
+def read_records(path: str, split: str = "train", subset: str = "") -> list[Record]:
+    """All rows of a local data file, datasets folder or Hub data set, each with its source and
+    line (row number for data sets). ``split`` and ``subset`` apply to Hub data sets only."""
     p = Path(path)
+    if p.is_dir() and not is_saved_dataset(p):
+        return _read_hub(path, split, subset)
     if not p.exists():
+        if _REPO_ID.fullmatch(path) and not path.lower().endswith(_FILE_SUFFIXES):
+            return _read_hub(path, split, subset)
         raise DataError(f"data file not found: {path}")
     if p.is_dir():
         return _read_datasets_folder(p)
