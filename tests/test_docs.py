@@ -3,10 +3,11 @@
 Checked reference forms (each failure names the doc, the line and what is missing):
 - ``path/file.py::name`` and ``tests/…/test_x.py::test_name`` (also ``Class.method``, and a
   parametrised ``test_x[id]``), anywhere in the text; a list ``file.py::a, b, c`` names ``b`` and
-  ``c`` in the same file (in backticks when ``file.py::a`` is). A path is looked up from the
-  repository root, then under rlhfkit/ and tests/, then as the tail of a path below those two
-  (``ppo.py`` is online/ppo.py or ops/ppo.py): one file that defines the name (``def``, ``class``
-  or an assignment, not an import) is enough.
+  ``c`` in the same file (in backticks when ``file.py::a`` is; outside backticks only names that
+  look like code, with ``_``, ``.``, a digit or a capital, so ``x.py::f, shared by`` is prose).
+  A path is looked up from the repository root, then under rlhfkit/ and tests/, then as the tail
+  of a path below those two (``ppo.py`` is online/ppo.py or ops/ppo.py): one file that defines
+  the name (``def``, ``class`` or an assignment, not an import) is enough.
 - a code span that is a path: ``x.py``, ``folder/x.md``, ``folder/x.yaml``: the file exists.
 - a code span ``a.b``: a dotted config key of some stage (``train.batch_size``), else an
   attribute of an rlhfkit module found by its last name (``common.global_count``,
@@ -32,9 +33,11 @@ DATA_SUFFIXES = {"json", "jsonl", "yaml", "yml", "md", "py", "txt", "csv", "pt",
                  "bin", "safetensors", "log", "sh", "toml"}
 
 NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"
-FILE_REF = re.compile(r"(?<![\w/.-])(`?)((?:[\w.-]+/)*[\w.-]+\.py)::(" + NAME + r")(?:\[[^\]\s]*\])?")
+FILE_REF = re.compile(r"(?<![\w/.-])(`?)((?:[\w.-]+/)*[\w.-]+\.py)::(" + NAME
+                      + r")(?:\[[^\]\s]*\])?")  # an optional parametrised id: test_x[a-b]
 # ", name" after a file reference; never a path, a file name or another ``x.py::y``.
 MORE = r",\s*{tick}(" + NAME + r"){tick}(?![\w/:\[]|\.\w)"
+CODE_LIKE = re.compile(r".*[_.A-Z0-9]")  # a bare continuation must look like code, not a word
 SPAN = re.compile(r"`([^`\n]+)`")
 PATH_SPAN = re.compile(r"(?:[\w.-]+/)*[\w.-]+\.py|(?:[\w.-]+/)+[\w.-]+\.(?:md|yaml)")
 DOTTED_SPAN = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?")
@@ -198,6 +201,8 @@ def problems(path: Path, root: Path = ROOT) -> list[str]:
         more = re.compile(MORE.format(tick=tick))
         end = match.end() + len(tick)
         while (extra := more.match(text, end)) is not None:
+            if not tick and not CODE_LIKE.match(extra.group(1)):
+                break
             report(extra.start(1), f"{file}::{extra.group(1)}",
                    file_problem(file, extra.group(1), root))
             end = extra.end()
@@ -221,11 +226,12 @@ def test_doc_references_resolve(doc):
 def test_the_checker_catches_broken_references(tmp_path):
     (tmp_path / "rlhfkit" / "pkg").mkdir(parents=True)
     (tmp_path / "rlhfkit" / "pkg" / "mod.py").write_text(
-        "import os\n\n\ndef real():\n    pass\n\n\nclass Box:\n    def open(self):\n        pass\n")
+        "import os\n\n\ndef real():\n    pass\n\n\nclass Box:\n    def open(self):\n        pass\n"
+        "\n\nreal_too = real\n")
     doc = tmp_path / "doc.md"
     doc.write_text(
-        "| `pkg/mod.py::real`, `Box.open` | `mod.py::Box.open` and mod.py::real, real |\n"
-        "`pkg/mod.py::gone` plain pkg/mod.py::os `nowhere.py::real`\n"
+        "| `pkg/mod.py::real`, `Box.open` | `mod.py::Box.open`; mod.py::real, real_too, shared |\n"
+        "`pkg/mod.py::gone` plain pkg/mod.py::os, real_gone `nowhere.py::real`\n"
         "`mod.py::real`, `missing`, `pkg/mod.py` `pkg/absent.py` `examples/none.yaml`\n"
         "`train.batch_size` `train.no_such_key` `common.global_count` `common.gone`\n"
         "`rlhfkit.ops.masked_mean` `rlhfkit.ops.nothing` `rlhfkit.online.rewards:nothing`\n"
@@ -233,6 +239,7 @@ def test_the_checker_catches_broken_references(tmp_path):
     assert problems(doc, tmp_path) == [
         "doc.md:2: pkg/mod.py::gone: gone is not defined in rlhfkit/pkg/mod.py",
         "doc.md:2: pkg/mod.py::os: os is not defined in rlhfkit/pkg/mod.py",  # only imported
+        "doc.md:2: pkg/mod.py::real_gone: real_gone is not defined in rlhfkit/pkg/mod.py",
         "doc.md:2: nowhere.py::real: no file nowhere.py (looked in ./, rlhfkit/, tests/)",
         "doc.md:3: mod.py::missing: missing is not defined in rlhfkit/pkg/mod.py",
         "doc.md:6: x.py::real: no file x.py (looked in ./, rlhfkit/, tests/)",
