@@ -226,11 +226,18 @@ def test_rank_by_drag_and_drop_with_a_tie(browser, site):
         assert "rank 1" in card(page, "beta").inner_text()
         page.keyboard.press("z")  # undo the move: the tie is back
         assert "rank 1 · tie" in card(page, "beta").inner_text()
+        page.fill("#comment", "kept over a reload")
+        page.reload()  # the same task comes back, and so does the work on it
+        page.wait_for_selector("#task:not([hidden])")
+        assert "rank 1 · tie" in card(page, "beta").inner_text()
+        assert "rank 2" in card(page, "alpha").inner_text()
+        assert page.input_value("#comment") == "kept over a reload"
         page.click("#submit")
         wait_done(page, 1)
         page.wait_for_selector("#empty:not([hidden])")
         [j] = s.judgments()
         assert j["by_text"] == {"gamma answer": 1, "beta answer": 1, "alpha answer": 2}
+        assert j["comment"] == "kept over a reload"
         assert page.errors == []
 
 
@@ -363,6 +370,10 @@ def test_admin_page_lists_creates_and_disables_annotators(browser, site):
         carol.reload()
         carol.wait_for_selector("#login:not([hidden])")
         assert "not valid" in carol.inner_text("#login-error")
+        page.click("#annotators tbody tr[data-name=carol] button")  # enable again
+        page.wait_for_selector("#annotators tbody tr[data-name=carol] .pill:not(.off)")
+        carol.reload()
+        carol.wait_for_selector("#empty:not([hidden])")  # back in, nothing left to rank
 
         # an annotator's token on the admin page: 403, shown as such
         sneaky = open_page(browser, f"{s.url}/admin?token={s.tokens['bob']}")

@@ -88,8 +88,8 @@
   }
 
   // --- timer: seconds spent on the task while the tab is visible -----------------------------
-  function timerStart() {
-    spent = 0;
+  function timerStart(already = 0) {
+    spent = already;
     shownAt = document.hidden ? null : performance.now();
   }
   function timerSeconds() {
@@ -155,12 +155,14 @@
 
   function open(data) {
     task = data;
-    tiers = [];
+    const draft = loadDraft(task.task_id, task.candidates.length);
+    tiers = draft ? draft.tiers : [];
     tieNext = false;
-    allBad = false;
-    choice = null;
+    allBad = draft ? draft.allBad : false;
+    choice = draft ? draft.choice : null;
     undoStack = [];
-    $("comment").value = "";
+    $("comment").value = draft ? draft.comment : "";
+    timerStart(draft ? draft.seconds : 0);
     $("prompt").textContent = task.prompt;
     $("rank-form").hidden = pairwise();
     $("pair-form").hidden = !pairwise();
@@ -170,8 +172,37 @@
     say("");
     show("task");
     window.scrollTo(0, 0);
-    timerStart();
   }
+
+  // A reload keeps the work on the open task (the server hands the same task back, in the same
+  // order, while the lease is ours): ranking, flag, comment and seconds so far live in this
+  // tab's sessionStorage under the task's id.
+  const DRAFT_KEY = "rlhfkit.draft";
+  function saveDraft() {
+    if (!task) return;
+    sessionStorage.setItem(DRAFT_KEY, JSON.stringify({
+      task_id: task.task_id, tiers, allBad, choice, comment: $("comment").value,
+      seconds: timerSeconds(),
+    }));
+  }
+  function loadDraft(taskId, k) {
+    let d = null;
+    try {
+      d = JSON.parse(sessionStorage.getItem(DRAFT_KEY));
+    } catch (_) {
+      return null;
+    }
+    if (!d || d.task_id !== taskId || !Array.isArray(d.tiers)) return null;
+    const seen = d.tiers.flat();
+    const ok = d.tiers.every((t) => Array.isArray(t) && t.length > 0) &&
+      seen.every((i) => Number.isInteger(i) && i >= 0 && i < k) && new Set(seen).size === seen.length;
+    if (!ok) return null;
+    return { tiers: d.tiers, allBad: d.allBad === true, comment: String(d.comment || ""),
+      choice: ["a", "b", "tie", "bad"].includes(d.choice) ? d.choice : null,
+      seconds: Number.isFinite(d.seconds) ? d.seconds : 0 };
+  }
+  $("comment").addEventListener("input", saveDraft);
+  window.addEventListener("pagehide", saveDraft);
 
   // --- ranking model -------------------------------------------------------------------------
   function snapshot() {
@@ -324,6 +355,7 @@
     $("undo").disabled = undoStack.length === 0;
     $("pb-undo").disabled = undoStack.length === 0;
     $("pb-status").textContent = status();
+    saveDraft();
     $("keys").textContent = hints();
   }
 
