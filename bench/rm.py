@@ -1,7 +1,7 @@
 """Reward-model workload: 8 pairs × (64 prompt + 64 response), −log σ(r_w − r_l) per pair.
 
 rlhfkit: ``rlhfkit.trainers.reward.train_step`` with its defaults: each pair packed into one
-row [prompt | chosen | rejected] with the prompt computed once (share_prompt: 192 instead of
+row [prompt | chosen | rejected] with the prompt computed once (rm.share_prompt: 192 instead of
 256 tokens per pair, the same scores), each score read at its response's last token. TRL: ``RewardTrainer`` (one forward over
 [chosen; rejected]; HF's sequence-classification pooling reads the last token that is not the
 pad id — SmolLM2's pad id is its EOS, so one position earlier than rlhfkit: same FLOPs, a
@@ -24,7 +24,8 @@ def data(args) -> list[dict]:
 def run_rlhfkit(args) -> None:
     from rlhfkit.trainers import common, reward
 
-    config = ours.config(reward.RMConfig, args.workdir, PAIRS, ("margin=0.0", "center_coef=0.0"))
+    config = ours.config(reward.RMConfig, args.workdir, PAIRS,
+                         ("rm.margin=0.0", "rm.center_coef=0.0"))
     run = common.start_run(config)
     tokenizer = ours.tokenizer()
     eos, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id

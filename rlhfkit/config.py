@@ -3,7 +3,9 @@
 Each field is declared with ``option(default, help, ...)``: the help text doubles as
 ``rlhfkit <stage> --help``. Values are validated on construction (``__post_init__``) and a bad
 value raises ``ConfigError`` naming the dotted key, the value and what is allowed.
-Loading: YAML file, then dotted ``key=value`` overrides (``train.max_steps=3``).
+Loading: YAML file, then dotted ``key=value`` overrides (``train.max_steps=3``). A stage's own
+keys sit under its part (``rm.margin``, ``sft.sample_prompts``, ``dpo.beta``); a key still in
+its old place fails with one line naming the new one (``StageConfig.MOVED_KEYS``).
 Tests: tests/test_config.py.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -184,6 +186,14 @@ class StageConfig(Validated):
     model: ModelConfig = option(None, "Model settings.", factory=ModelConfig)
     data: DataConfig = option(None, "Data settings.", factory=DataConfig)
     train: TrainConfig = option(None, "Optimisation and logging settings.", factory=TrainConfig)
+    # Old top-level key → its dotted new place; ``build`` names the new place when an old key
+    # is given (YAML or command line). Stages fill it with ``moved_into``.
+    MOVED_KEYS: ClassVar[dict[str, str]] = {}
+
+
+def moved_into(part: str, part_cls) -> dict[str, str]:
+    """Every key of ``part_cls`` that used to sit at the top level → ``part.key``."""
+    return {f.name: f"{part}.{f.name}" for f in dataclasses.fields(part_cls)}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -246,6 +256,9 @@ def build(cls, values: dict, prefix: str = ""):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    moved = [key for key in unknown if key in getattr(cls, "MOVED_KEYS", {})]
+    if moved:
+        raise ConfigError(f"{prefix}{moved[0]} moved to {prefix}{cls.MOVED_KEYS[moved[0]]}")
     if unknown:
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}': allowed keys at this level are "
                           + ", ".join(sorted(names)))

@@ -48,6 +48,47 @@ def test_invalid_values_name_key_value_and_allowed(override, message):
     assert message in str(err.value)
 
 
+# Keys that moved under their stage's part (issue 12): every old place fails with one line
+# naming the new one, from a YAML file and from a command-line override alike.
+MOVED = [("rm", "share_prompt", "false"), ("rm", "margin", "0.5"), ("rm", "center_coef", "0.1"),
+         ("rm", "freeze_layers", "1"), ("rm", "head_learning_rate", "0.01"),
+         ("rm", "eval_batch_size", "64"), ("rm", "stats_rows", "8"),
+         ("sft", "sample_prompts", "[hi]"), ("sft", "sample_max_new_tokens", "8")]
+
+
+@pytest.mark.parametrize("stage, key, value", MOVED)
+def test_a_moved_key_names_its_new_place(tmp_path, stage, key, value):
+    cls = _stage_config(stage)
+    assert cls.MOVED_KEYS[key] == f"{stage}.{key}"
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  max_steps: 2\n{key}: {value}\n")
+    for source, overrides in ((str(path), []), (None, [f"{key}={value}"])):
+        with pytest.raises(ConfigError) as err:
+            load_config(cls, source, overrides)
+        assert str(err.value) == f"{key} moved to {stage}.{key}"
+    path.write_text(f"train:\n  max_steps: 2\n{stage}:\n  {key}: {value}\n")
+    from_yaml = load_config(cls, str(path))
+    from_cli = load_config(cls, None, [f"{stage}.{key}={value}"])
+    assert getattr(getattr(from_yaml, stage), key) == getattr(getattr(from_cli, stage), key)
+    assert getattr(getattr(from_cli, stage), key) != getattr(getattr(cls(), stage), key)
+
+
+def test_every_moved_key_is_tested_and_the_cli_names_the_new_place(capsys):
+    from rlhfkit.cli import STAGES, main
+
+    moved = {(stage, key) for stage in STAGES
+             for key in getattr(_stage_config(stage), "MOVED_KEYS", {})}
+    assert moved == {(stage, key) for stage, key, _ in MOVED}
+    assert main(["rm", "share_prompt=false"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "rlhfkit rm: config error: share_prompt moved to rm.share_prompt"]
+    with pytest.raises(SystemExit):
+        main(["rm", "--help"])
+    text = capsys.readouterr().out
+    for _, key, _ in MOVED[:7]:
+        assert f"  rm.{key} = " in text and f"\n  {key} = " not in text
+
+
 def test_unreadable_config_file():
     with pytest.raises(ConfigError, match="cannot read config file /nonexistent.yaml"):
         load_config(SFTConfig, "/nonexistent.yaml")
@@ -94,7 +135,7 @@ def _stage_config(stage: str):
     ("ppo", "rollout.top_k"), ("ppo", "ppo.kl_coef"), ("ppo", "ppo.entropy_coef"),
     ("grpo", "grpo.beta"), ("grpo", "reward.reward_clip"),
     ("sft", "train.max_grad_norm"), ("sft", "train.weight_decay"), ("sft", "model.lora.dropout"),
-    ("sft", "data.eval_fraction"), ("rm", "center_coef"), ("dpo", "dpo.label_smoothing"),
+    ("sft", "data.eval_fraction"), ("rm", "rm.center_coef"), ("dpo", "dpo.label_smoothing"),
 ])
 def test_zero_means_off_is_accepted_and_documented(stage, key):
     cls = _stage_config(stage)

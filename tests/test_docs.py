@@ -12,7 +12,7 @@ Checked reference forms (each failure names the doc, the line and what is missin
 - a code span ``a.b``: a dotted config key of some stage (``train.batch_size``), else an
   attribute of an rlhfkit module found by its last name (``common.global_count``,
   ``ops.masked_sum``) or full name (``rlhfkit.online.rewards:lexicon_sentiment``), or of an
-  rlhfkit class (``RMConfig.margin``). Spans that name none of these (``torch.where``,
+  rlhfkit class (``RMPart.margin``). Spans that name none of these (``torch.where``,
   ``metrics.jsonl``) are not references.
 test_the_checker_catches_broken_references pins each form on a deliberately broken doc.
 """
@@ -235,7 +235,7 @@ def test_the_checker_catches_broken_references(tmp_path):
         "`mod.py::real`, `missing`, `pkg/mod.py` `pkg/absent.py` `examples/none.yaml`\n"
         "`train.batch_size` `train.no_such_key` `common.global_count` `common.gone`\n"
         "`rlhfkit.ops.masked_mean` `rlhfkit.ops.nothing` `rlhfkit.online.rewards:nothing`\n"
-        "`RMConfig.margin` `RMConfig.nothing` `torch.where` `metrics.jsonl` `x.py::real[id]`\n")
+        "`RMPart.margin` `RMPart.nothing` `torch.where` `metrics.jsonl` `x.py::real[id]`\n")
     assert problems(doc, tmp_path) == [
         "doc.md:2: pkg/mod.py::gone: gone is not defined in rlhfkit/pkg/mod.py",
         "doc.md:2: pkg/mod.py::os: os is not defined in rlhfkit/pkg/mod.py",  # only imported
@@ -249,5 +249,5 @@ def test_the_checker_catches_broken_references(tmp_path):
         "doc.md:4: common.gone: no gone in rlhfkit.trainers.common",
         "doc.md:5: rlhfkit.ops.nothing: does not resolve in rlhfkit",
         "doc.md:5: rlhfkit.online.rewards:nothing: no nothing in rlhfkit.online.rewards",
-        "doc.md:6: RMConfig.nothing: no nothing in rlhfkit.trainers.reward.RMConfig",
+        "doc.md:6: RMPart.nothing: no nothing in rlhfkit.trainers.reward.RMPart",
     ]

@@ -83,13 +83,12 @@ def resolve(config: DemoConfig) -> DemoConfig:
 def reward_model_settings(config: DemoConfig) -> dict:
     """Stage 2 settings, as the nested dict an RMConfig is built from."""
     return {
-        "freeze_layers": config.rm_freeze_layers,
         "model": {"name": config.reward_backbone},
         "data": {"train_path": str(DATA / "imdb/pairs_train.jsonl.gz"),
                  "eval_path": str(DATA / "imdb/pairs_test.jsonl.gz"),
                  "max_eval_rows": 256 if not config.quick else 64,
                  "template": "plain", "max_prompt_length": 8, "max_length": 128},
-        "eval_batch_size": 64,
+        "rm": {"freeze_layers": config.rm_freeze_layers, "eval_batch_size": 64},
         "train": {"learning_rate": config.rm_learning_rate, "batch_size": config.rm_batch_size,
                   "max_steps": config.rm_steps, "warmup_steps": 10, "lr_scheduler": "linear",
                   "weight_decay": 0.0, "seed": config.seed},

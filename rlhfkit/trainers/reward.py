@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from rlhfkit.config import StageConfig, option, require
+from rlhfkit.config import StageConfig, Validated, moved_into, option, require
 from rlhfkit.data import Encoded, collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import ModelLoadError, apply_lora, load_scalar_model, load_tokenizer
 from rlhfkit.models.forward import score_head, sequence_scores
@@ -35,8 +36,7 @@ from rlhfkit.trainers.loop import train_loop
 
 
 @dataclass(frozen=True)
-class RMConfig(StageConfig):
-    output_dir: str = option("runs/rm", "Everything the run writes goes here.")
+class RMPart(Validated):
     margin: float = option(0.0, "Margin m inside log σ(r_i − r_j − m) (Llama 2, eq. 2).")
     center_coef: float = option(0.0, "Reward centering: adds center_coef · mean(r²) over the "
                                 "batch's responses (Eisenstein et al. 2023; 0 = off).", min=0)
@@ -54,10 +54,17 @@ class RMConfig(StageConfig):
     stats_rows: int = option(512, "Lists scored for reward_stats.json when there is no held-out "
                              "split (otherwise the final evaluation's rewards are used).", min=1)
 
+
+@dataclass(frozen=True)
+class RMConfig(StageConfig):
+    output_dir: str = option("runs/rm", "Everything the run writes goes here.")
+    rm: RMPart = option(None, "Reward-model settings.", factory=RMPart)
+    MOVED_KEYS: ClassVar[dict[str, str]] = moved_into("rm", RMPart)
+
     def __post_init__(self):
         super().__post_init__()
-        require(not (self.freeze_layers and self.model.lora.enabled), "freeze_layers",
-                self.freeze_layers, "0 when model.lora.enabled (LoRA already freezes the base)")
+        require(not (self.rm.freeze_layers and self.model.lora.enabled), "rm.freeze_layers",
+                self.rm.freeze_layers, "0 when model.lora.enabled (LoRA already freezes the base)")
 
 
 # ----------------------------------------------------------------------------- data
@@ -150,14 +157,14 @@ def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.O
 
     def losses(chunk):
         rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id, run.device,
-                                         config.share_prompt)
+                                         config.rm.share_prompt)
         rewards = rewards.float()
-        out = ranking_loss(rewards, list_mask, config.margin)
+        out = ranking_loss(rewards, list_mask, config.rm.margin)
         # Σ over this chunk's lists / global lists (+ centering Σ r² / global responses).
         loss = out.loss * len(chunk) / n_lists
-        if config.center_coef:
-            loss = loss + config.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
-        return [loss], list_sums(rewards, list_mask, max_k, config.margin)
+        if config.rm.center_coef:
+            loss = loss + config.rm.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
+        return [loss], list_sums(rewards, list_mask, max_k, config.rm.margin)
 
     sums, (grad_norm,) = common.accumulate_step(run, [model], [optimizer], [scheduler], chunks,
                                                 losses, zero_sums(max_k, run.device))
@@ -173,17 +180,17 @@ def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[list[Encoded
     mine = list(range(len(encoded)))[run.rank::run.world_size]
     sums = zero_sums(max_k, run.device)
     start = 0
-    while start < len(mine):  # batches of whole lists, about eval_batch_size sequences each
+    while start < len(mine):  # batches of whole lists, about rm.eval_batch_size sequences each
         chunk, width = [], 0
         while start < len(mine) and (not chunk or width + len(encoded[mine[start]])
-                                     <= run.config.eval_batch_size):
+                                     <= run.config.rm.eval_batch_size):
             chunk.append(mine[start])
             width += len(encoded[mine[start]])
             start += 1
         with run.accelerator.autocast():
             rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
-                                             run.device, run.config.share_prompt)
-        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.margin))
+                                             run.device, run.config.rm.share_prompt)
+        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.rm.margin))
     model.train()
     totals = common.global_sum(run.accelerator, sums)
     return finish_metrics(totals, prefix), totals
@@ -203,7 +210,7 @@ def freeze_lower_layers(model, n_layers: int) -> None:
     """Freeze the embeddings and layers [0, n_layers): their backward is never run."""
     embeddings, layers = embeddings_and_layers(model)
     if n_layers > len(layers):
-        raise ModelLoadError(f"freeze_layers={n_layers} is invalid: the model has {len(layers)} "
+        raise ModelLoadError(f"rm.freeze_layers={n_layers} is invalid: the model has {len(layers)} "
                              "layers")
     embeddings.requires_grad_(False)
     for layer in layers[:n_layers]:
@@ -214,8 +221,8 @@ def build_model(run, config: RMConfig, tokenizer):
     model = load_scalar_model(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if config.freeze_layers:
-        freeze_lower_layers(model, config.freeze_layers)
+    if config.rm.freeze_layers:
+        freeze_lower_layers(model, config.rm.freeze_layers)
     if config.model.lora.enabled:
         # SEQ_CLS: peft wraps ``score`` in modules_to_save, so the head trains fully
         # (tests/trainers/test_reward.py::test_lora_keeps_score_head_trainable).
@@ -231,13 +238,13 @@ def is_head(name: str) -> bool:
 
 
 def make_optimizer(model, config: RMConfig):
-    """AdamW over trainable weights; the score head gets ``head_learning_rate`` when set (the
+    """AdamW over trainable weights; the score head gets ``rm.head_learning_rate`` when set (the
     schedule scales both groups alike)."""
     named = list(model.named_parameters())
     return common.make_optimizer(
         [{"params": [p for n, p in named if not is_head(n)]},
          {"params": [p for n, p in named if is_head(n)],
-          "lr": config.head_learning_rate or config.train.learning_rate}], config.train)
+          "lr": config.rm.head_learning_rate or config.train.learning_rate}], config.train)
 
 
 def reward_stats(totals: dict, source: str, data_config) -> dict:
@@ -288,11 +295,11 @@ def run(config: RMConfig) -> dict:
                           "loss": f"{metrics['loss']:.4f}",
                           "acc": f"{metrics['pair_accuracy']:.2f}"})
     eval_totals = evaluated.get("totals")
-    # reward_stats.json: rewards of the final evaluation, or of the first stats_rows training
+    # reward_stats.json: rewards of the final evaluation, or of the first rm.stats_rows training
     # lists when there is no held-out split.
     source = "eval" if eval_encoded else "train"
     if eval_totals is None:  # no held-out split, or resumed at the last step
-        stats_lists = eval_encoded or train_encoded[:config.stats_rows]
+        stats_lists = eval_encoded or train_encoded[:config.rm.stats_rows]
         _, eval_totals = evaluate(run_, model, stats_lists, max_k, pad_id)
     common.save_final(run_, model, tokenizer)
     save_stats(run_, reward_stats(eval_totals, source, config.data))

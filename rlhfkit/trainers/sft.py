@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from rlhfkit.config import StageConfig, option
+from rlhfkit.config import StageConfig, Validated, moved_into, option
 from rlhfkit.data import Encoded, collate_sequences, encode, load_splits, render_prompt
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
@@ -23,12 +24,18 @@ from rlhfkit.trainers.loop import train_loop
 
 
 @dataclass(frozen=True)
-class SFTConfig(StageConfig):
-    output_dir: str = option("runs/sft", "Everything the run writes goes here.")
+class SFTPart(Validated):
     sample_prompts: tuple = option(
         (), "Prompts answered greedily before and after training (printed and saved to "
             "samples.jsonl).", factory=tuple)
     sample_max_new_tokens: int = option(48, "Tokens generated per sample prompt.", min=1)
+
+
+@dataclass(frozen=True)
+class SFTConfig(StageConfig):
+    output_dir: str = option("runs/sft", "Everything the run writes goes here.")
+    sft: SFTPart = option(None, "SFT settings.", factory=SFTPart)
+    MOVED_KEYS: ClassVar[dict[str, str]] = moved_into("sft", SFTPart)
 
 
 def encode_examples(examples, tokenizer, data_config) -> list:
@@ -86,19 +93,19 @@ def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[Encoded], pa
 
 @torch.no_grad()
 def greedy_samples(run, model, tokenizer, config: SFTConfig) -> list[dict]:
-    """Greedy answers to the configured sample prompts (main process only)."""
-    if not config.sample_prompts or not run.is_main:
+    """Greedy answers to ``sft.sample_prompts`` (main process only)."""
+    if not config.sft.sample_prompts or not run.is_main:
         return []
     from rlhfkit.data.formats import PromptExample
     model = run.accelerator.unwrap_model(model)
     model.eval()
     samples = []
-    for prompt in config.sample_prompts:
+    for prompt in config.sft.sample_prompts:
         text = render_prompt(PromptExample((("user", prompt),)).messages, tokenizer,
                              config.data.template, config.data.system_prompt)
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(run.device)
-        out = model.generate(**ids, max_new_tokens=config.sample_max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**ids, max_new_tokens=config.sft.sample_max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
         samples.append({"prompt": prompt, "response": tokenizer.decode(
             out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)})
     model.train()

@@ -72,7 +72,7 @@ def test_score_is_padding_invariant_left_vs_right(tokenizer):
 
 
 def test_shared_prompt_scores_equal_one_row_per_response(tokenizer):
-    """share_prompt packs a list's responses into one row: the same rewards (K = 2 and 4)."""
+    """rm.share_prompt packs a list's responses into one row: the same rewards (K = 2 and 4)."""
     model = load_scalar_model("tiny-llama", tokenizer)
     torch.nn.init.normal_(model.score.weight)
     data = load_config(reward.RMConfig, None, ["data.template=plain"]).data
@@ -184,7 +184,7 @@ def test_lora_keeps_score_head_trainable(tmp_path, tokenizer):
 
 
 def test_freeze_layers_trains_only_the_top(tmp_path, tokenizer):
-    config = rm_config(tmp_path, "x.jsonl", "", "freeze_layers=1")
+    config = rm_config(tmp_path, "x.jsonl", "", "rm.freeze_layers=1")
     run_ = common.start_run(config)
     model = reward.build_model(run_, config, tokenizer)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -194,7 +194,8 @@ def test_freeze_layers_trains_only_the_top(tmp_path, tokenizer):
 
 
 def test_head_learning_rate_applies_to_the_score_head_only(tmp_path, tokenizer):
-    config = rm_config(tmp_path, "x.jsonl", "", "head_learning_rate=0.05", "freeze_layers=1")
+    config = rm_config(tmp_path, "x.jsonl", "", "rm.head_learning_rate=0.05",
+                       "rm.freeze_layers=1")
     model = reward.build_model(common.start_run(config), config, tokenizer)
     groups = reward.make_optimizer(model, config).param_groups
     assert [g["lr"] for g in groups] == [3e-3, 0.05]

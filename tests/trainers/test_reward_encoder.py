@@ -46,8 +46,8 @@ def test_encoder_scores_are_pooled_and_padding_free(tiny_bert, bert_tokenizer):
 
 
 def test_encoder_freeze_and_head_learning_rate(tmp_path, tiny_bert, bert_tokenizer):
-    config = rm_config(tmp_path, "x.jsonl", "", f"model.name={tiny_bert}", "freeze_layers=1",
-                       "head_learning_rate=0.05")
+    config = rm_config(tmp_path, "x.jsonl", "", f"model.name={tiny_bert}", "rm.freeze_layers=1",
+                       "rm.head_learning_rate=0.05")
     model = reward.build_model(common.start_run(config), config, bert_tokenizer)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith(("bert.embeddings", "bert.encoder.layer.0.")) for n in trainable)
