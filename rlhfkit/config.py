@@ -152,6 +152,12 @@ class DataConfig(Validated):
                 "a split name, e.g. test")
 
 
+# accelerate's tracker names (accelerate.utils.LoggerType without "all";
+# tests/trainers/test_tracking.py::test_tracker_names_are_accelerates pins them).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive",
+            "swanlab", "trackio")
+
+
 @dataclass(frozen=True)
 class TrainConfig(Validated):
     learning_rate: float = option(1e-5, "Peak learning rate.", min=0)
@@ -176,6 +182,37 @@ class TrainConfig(Validated):
     mixed_precision: str = option("fp32", "fp32 = no autocast; bf16 = autocast to bfloat16 "
                                   "(CUDA, or CPUs with avx512_bf16/AMX).",
                                   choices=("fp32", "bf16"))
+    report_to: tuple = option(None, "Trackers that also get every metrics.jsonl row, through "
+                              "accelerate's tracking (one of " + ", ".join(TRACKERS) + "); "
+                              "empty = metrics.jsonl only. Trackers other than tensorboard are "
+                              "optional installs (pip install 'rlhfkit[trackers]').",
+                              factory=lambda: ("tensorboard",))
+    project_name: str = option("rlhfkit", "The trackers' project: the wandb project, the MLflow "
+                               "experiment, the subfolder of <output_dir>/tensorboard/.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        require(not unknown, "report_to", unknown[0] if unknown else None,
+                "tracker names among " + ", ".join(TRACKERS))
+
+
+@dataclass(frozen=True)
+class HubConfig(Validated):
+    """Sharing ``final/`` on the Hugging Face Hub: its own part, not ``train.*``, because it is
+    about the artefact, not the optimisation, and its keys read as one sentence
+    (hub.push_to_hub, hub.model_id, hub.private)."""
+    push_to_hub: bool = option(False, "Upload final/ (weights, tokenizer, model card README.md) "
+                               "to the Hub at the end of the run (needs a token: "
+                               "`huggingface-cli login` or HF_TOKEN).")
+    model_id: str = option("", "The Hub repository, 'user/name' or 'org/name' (created when "
+                           "missing).")
+    private: bool = option(False, "Create the repository private.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(not self.push_to_hub or self.model_id, "model_id", self.model_id,
+                "a repository id like 'user/name' when hub.push_to_hub is true")
 
 
 @dataclass(frozen=True)
@@ -194,6 +231,7 @@ class StageConfig(Validated):
 def moved_into(part: str, part_cls) -> dict[str, str]:
     """Every key of ``part_cls`` that used to sit at the top level → ``part.key``."""
     return {f.name: f"{part}.{f.name}" for f in dataclasses.fields(part_cls)}
+    hub: HubConfig = option(None, "Sharing final/ on the Hugging Face Hub.", factory=HubConfig)
 
 
 # ----------------------------------------------------------------------------- loading

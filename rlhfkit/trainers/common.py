@@ -32,13 +32,14 @@ CHECKPOINT_PREFIX = "checkpoint-"
 # ----------------------------------------------------------------------------- setup
 @dataclass
 class Run:
-    """The handles of one run. ``metrics`` writes metrics.jsonl and TensorBoard (main process)."""
+    """The handles of one run. ``metrics`` writes metrics.jsonl and the trackers (main process)."""
     config: object
     accelerator: object
     output_dir: Path
     metrics: "MetricsLog"
     device: torch.device
     dtype: torch.dtype
+    data_source: str | None = None  # in-memory data (Python API), named in the model card
 
     @property
     def is_main(self) -> bool:
@@ -54,29 +55,66 @@ class Run:
 
 
 def start_run(config) -> Run:
-    """Accelerator, seeds, output_dir with config.yaml, metrics log."""
+    """Accelerator (with the trackers of train.report_to), seeds, output_dir with config.yaml,
+    metrics log."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
 
     from rlhfkit.models import resolve_device, resolve_dtype
 
     device = resolve_device(config.model.device)
     mixed = "bf16" if config.train.mixed_precision == "bf16" else "no"
+    output_dir = Path(config.output_dir)
+    # TensorBoard writes to <logging_dir>/<project_name>: <output_dir>/tensorboard/rlhfkit/.
+    project = ProjectConfiguration(project_dir=str(output_dir),
+                                   logging_dir=str(output_dir / "tensorboard"))
     # step_scheduler_with_optimizer=False: otherwise accelerate steps the LR schedule once per
     # process per step, and 2 processes would decay it twice as fast as 1.
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
-                              step_scheduler_with_optimizer=False)
+                              step_scheduler_with_optimizer=False,
+                              log_with=list(config.train.report_to) or None,
+                              project_config=project)
     accelerator.register_save_state_pre_hook(drop_frozen_weights)
     accelerator.register_load_state_pre_hook(check_saved_weights)
     set_seed(config.train.seed)
-    output_dir = Path(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(dump_yaml(config))
     accelerator.wait_for_everyone()
-    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process)
+    start_trackers(accelerator, config, output_dir)
+    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, accelerator=accelerator)
     return Run(config, accelerator, output_dir, metrics, accelerator.device,
                resolve_dtype(config.model.dtype, accelerator.device))
+
+
+def start_trackers(accelerator, config, output_dir: Path) -> None:
+    """``accelerator.init_trackers`` (main process) with the flat config as hyper-parameters;
+    wandb writes its run folder into output_dir (``WANDB_MODE=offline`` sends nothing) and
+    names the run after it."""
+    if not config.train.report_to:
+        return
+    init_kwargs = {"wandb": {"dir": str(output_dir), "name": output_dir.name},
+                   "mlflow": {"run_name": output_dir.name}}
+    accelerator.init_trackers(config.train.project_name, config=flat_config(config),
+                              init_kwargs=init_kwargs)
+
+
+def flat_config(config) -> dict:
+    """{"train.learning_rate": 1e-05, "model.lora.target_modules": "q_proj,v_proj", ...}: the
+    scalar types every tracker takes as hyper-parameters (lists joined, None as "")."""
+    from rlhfkit.config import to_dict
+
+    def walk(values: dict, prefix: str):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from walk(value, f"{prefix}{key}.")
+            elif isinstance(value, list):
+                yield prefix + key, ",".join(str(v) for v in value)
+            elif value is None or not isinstance(value, (bool, int, float, str)):
+                yield prefix + key, "" if value is None else str(value)
+            else:
+                yield prefix + key, value
+    return dict(walk(to_dict(config), ""))
 
 
 # ----------------------------------------------------------------------------- batching
@@ -213,13 +251,13 @@ def accumulate_step(run: Run, models: list, optimizers: list, schedulers: list, 
 
 # ----------------------------------------------------------------------------- metrics
 class MetricsLog:
-    """metrics.jsonl (one JSON object per logging step) + TensorBoard events."""
+    """metrics.jsonl (one JSON object per logging step: our contract) + the same numbers to
+    the trackers of train.report_to through ``accelerator.log`` (tests/trainers/test_tracking.py)."""
 
-    def __init__(self, output_dir: Path, enabled: bool):
+    def __init__(self, output_dir: Path, enabled: bool, accelerator=None):
         self.path = output_dir / "metrics.jsonl"
         self.enabled = enabled
-        self._writer = None
-        self._tb_dir = output_dir / "tensorboard"
+        self.accelerator = accelerator  # None or without trackers: metrics.jsonl only
 
     def truncate_after(self, step: int) -> None:
         """Drop lines written after ``step`` (by a run that crashed past its last checkpoint)."""
@@ -235,17 +273,21 @@ class MetricsLog:
         row = {"step": step, **{k: _plain(v) for k, v in values.items()}}
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(str(self._tb_dir))
-        for key, value in row.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self._writer.add_scalar(key, value, step)
-        self._writer.flush()
+        if self.accelerator is not None and self.accelerator.trackers:
+            scalars = {key: value for key, value in row.items()
+                       if key != "step" and isinstance(value, (int, float))}
+            self.accelerator.log(scalars, step=step)
+            for tracker in self.accelerator.trackers:  # readable while the run goes on
+                if tracker.name == "tensorboard":
+                    tracker.writer.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        """Finish every tracker (flush and close TensorBoard, finish the wandb run). What
+        ``accelerator.end_training`` does minus its ``destroy_process_group``: the process
+        group outlives a stage (the demo and the Python API run several in one process)."""
+        if self.accelerator is not None:
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
 
 
 def _plain(value):
@@ -352,7 +394,9 @@ def should(every: int, step: int, last: int) -> bool:
 
 # ----------------------------------------------------------------------------- final model
 def save_final(run: Run, model, tokenizer, name: str = "final") -> Path:
-    """``final/`` loads with plain ``from_pretrained``; LoRA runs also keep ``final/adapter/``."""
+    """``final/`` loads with plain ``from_pretrained``; LoRA runs also keep ``final/adapter/``.
+    It holds a model card (README.md, ``model_card``) and goes to the Hub when
+    hub.push_to_hub is set (``push_final``)."""
     from rlhfkit.models import is_peft
 
     run.accelerator.wait_for_everyone()
@@ -364,8 +408,96 @@ def save_final(run: Run, model, tokenizer, name: str = "final") -> Path:
             model = model.merge_and_unload()
         model.save_pretrained(str(target), safe_serialization=True)
         tokenizer.save_pretrained(str(target))
+        last = read_metrics(run.output_dir)[-1:] if (run.output_dir / "metrics.jsonl").exists() \
+            else []
+        model_card(run.config, last[0] if last else {}, run.data_source).save(
+            str(target / "README.md"))
+        if run.config.hub.push_to_hub:
+            push_final(target, run.config.hub, stage_of(run.config))
     run.accelerator.wait_for_everyone()
     return target
+
+
+def stage_of(config) -> str:
+    """The CLI's name of a config's stage: SFTConfig → sft, RMConfig → rm, GRPOConfig → grpo."""
+    return type(config).__name__.removesuffix("Config").lower()
+
+
+def model_card(config, metrics: dict, data_source: str | None = None):
+    """huggingface_hub's ModelCard for ``final/``: base model, stage, data, key settings (model,
+    train and the stage's own part), the final metrics (the last metrics.jsonl row), the whole
+    config and the rlhfkit version. ``data_source`` names in-memory data (Python API)."""
+    import rlhfkit
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from rlhfkit.config import dump_yaml, to_dict
+
+    stage, values = stage_of(config), to_dict(config)
+    name = config.model.name
+    hub_id = "/" in name and not Path(name).exists()  # metadata takes Hub ids, not paths
+    data = ModelCardData(library_name="transformers", base_model=name if hub_id else None,
+                         tags=["rlhfkit", stage])
+    settings = {f"model.{k}": values["model"][k] for k in ("name", "dtype")}
+    settings.update({f"model.lora.{k}": v for k, v in values["model"]["lora"].items()}
+                    if config.model.lora.enabled else {"model.lora.enabled": False})
+    settings.update({f"train.{k}": values["train"][k] for k in (
+        "learning_rate", "batch_size", "max_steps", "num_epochs", "lr_scheduler", "warmup_steps",
+        "seed", "mixed_precision")})
+    settings.update({f"{stage}.{k}": v for k, v in values.get(stage, {}).items()})
+    rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in settings.items())
+    shown = {k: v for k, v in metrics.items() if k != "step"}
+    metric_rows = "\n".join(f"| {key} | {value:.6g} |" if isinstance(value, float)
+                             else f"| {key} | {value} |" for key, value in shown.items())
+    train_data = data_source or config.data.train_path or "(none)"
+    eval_data = config.data.eval_path or (
+        f"{config.data.eval_fraction:g} of the training rows" if config.data.eval_fraction
+        else "(none)")
+    lora = " (a LoRA run: merged weights here, the adapter in adapter/)" \
+        if config.model.lora.enabled else ""
+    step = metrics.get("step", "-")
+    body = f"""
+# {Path(config.output_dir).name}
+
+A `{stage}` model trained with [rlhfkit](https://pypi.org/project/rlhfkit/) {rlhfkit.__version__}
+from `{name}`. This folder loads with `from_pretrained`{lora}.
+
+## Data
+- train: `{train_data}`
+- held out: `{eval_data}`
+
+## Key settings
+| key | value |
+|---|---|
+{rows}
+
+## Final metrics (step {step}, the last row of metrics.jsonl)
+| metric | value |
+|---|---|
+{metric_rows or "| (none logged) | |"}
+
+## Full config
+<details><summary>config.yaml</summary>
+
+```yaml
+{dump_yaml(config).rstrip()}
+```
+</details>
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def push_final(folder: Path, hub_config, stage: str) -> str:
+    """Create hub.model_id (when missing) and upload ``final/`` to it in one commit; returns the
+    commit's URL. The token is huggingface_hub's (``huggingface-cli login`` or HF_TOKEN).
+    Tested against a fake HfApi (tests/trainers/test_tracking.py::test_push_to_hub_uploads_final)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(hub_config.model_id, private=hub_config.private, exist_ok=True,
+                    repo_type="model")
+    commit = api.upload_folder(repo_id=hub_config.model_id, folder_path=str(folder),
+                               repo_type="model", commit_message=f"rlhfkit {stage}: final model")
+    return str(getattr(commit, "commit_url", commit))
 
 
 @dataclass

@@ -41,7 +41,7 @@ def test_full_run_writes_artefacts_and_loss_falls(repo_root, tmp_path):
     sft.run(config(repo_root, out, "train.max_steps=12"))
     for name in ("config.yaml", "metrics.jsonl", "final/config.json", "checkpoint-12"):
         assert (out / name).exists(), name
-    assert list((out / "tensorboard").glob("events.*"))
+    assert list((out / "tensorboard" / "rlhfkit").glob("events.*"))  # train.project_name
     before, *rows = common.read_metrics(out)
     assert before["step"] == 0 and rows[-1]["eval_loss"] < before["eval_loss"]
     assert [r["step"] for r in rows] == list(range(1, 13))
