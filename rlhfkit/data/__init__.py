@@ -1,4 +1,5 @@
-"""Data: local readers, row formats, tokenisation, deterministic batching."""
+"""Data: readers (local files, Hub data sets), row formats, tokenisation, deterministic
+batching. The accepted sources and row schemas: docs/data.md."""
 from __future__ import annotations
 
 import random
@@ -8,11 +9,13 @@ from rlhfkit.data.formats import (
     PromptExample,
     RankedExample,
     SFTExample,
+    UnpairedExample,
     parse_prompt,
     parse_ranked,
     parse_sft,
+    parse_unpaired,
 )
-from rlhfkit.data.readers import DataError, Record, read_records
+from rlhfkit.data.readers import DataError, Record, read_records, records_from_rows
 from rlhfkit.data.tokenize import (
     Encoded,
     SequenceBatch,
@@ -68,8 +71,9 @@ def load_splits(data_config, kind: str, seed: int) -> tuple[list, list]:
 
 
 __all__ = [
-    "DataError", "Record", "read_records", "SFTExample", "RankedExample", "PromptExample",
-    "parse_sft", "parse_ranked", "parse_prompt", "Encoded", "SequenceBatch", "encode",
+    "DataError", "Record", "read_records", "records_from_rows", "SFTExample", "RankedExample",
+    "PromptExample", "UnpairedExample", "parse_sft", "parse_ranked", "parse_prompt",
+    "parse_unpaired", "Encoded", "SequenceBatch", "encode",
     "collate_sequences", "left_pad", "render_prompt", "load_examples", "train_eval_split",
     "load_splits",
 ]

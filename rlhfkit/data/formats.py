@@ -140,15 +140,18 @@ def _conversational_pair(record: Record) -> tuple[Messages, str, str]:
     string), if any, then the turns chosen and rejected share, as TRL's ``extract_prompt``;
     after it each side must be exactly one assistant reply."""
     chosen, rejected = _messages(record, "chosen"), _messages(record, "rejected")
+    for field, side in (("chosen", chosen), ("rejected", rejected)):
+        if side[-1][0] != "assistant":
+            raise DataError(f"{record.where()}: field '{field}': expected the conversation to end "
+                            f"in an assistant reply, got {side[-1][0]}")
     shared = 0
     while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
         shared += 1
     for field, side in (("chosen", chosen), ("rejected", rejected)):
-        if len(side) - shared != 1 or side[-1][0] != "assistant":
-            raise DataError(f"{record.where()}: field '{field}': expected the conversation to end "
-                            "in one assistant reply after the turns 'chosen' and 'rejected' "
-                            f"share, got {len(side) - shared} turn(s) after them, the last "
-                            f"by {side[-1][0]}")
+        if len(side) - shared != 1:
+            raise DataError(f"{record.where()}: field '{field}': expected one assistant reply "
+                            "after the turns 'chosen' and 'rejected' share, got "
+                            f"{len(side) - shared} turns after them")
     given = record.row.get("prompt")
     if isinstance(given, list):
         explicit = _messages(record, "prompt")

@@ -110,11 +110,14 @@ GOOD = {"prompt": "q", "chosen": [assistant("c")], "rejected": [assistant("d")],
     ({"chosen": [user("q"), {"role": "assistant", "content": None}],
       "rejected": [user("q"), assistant("d")]}, "ranked", "c.jsonl:2: field 'chosen', message 2"),
     ({"chosen": [user("q"), assistant("c"), user("more")], "rejected": [user("q"), assistant("d")]},
-     "ranked", "c.jsonl:2: field 'chosen': expected the conversation to end in one assistant "
-     "reply after the turns 'chosen' and 'rejected' share, got 2 turn(s) after them, the last "
-     "by user"),
+     "ranked", "c.jsonl:2: field 'chosen': expected the conversation to end in an assistant "
+     "reply, got user"),
+    ({"chosen": [user("q"), assistant("c")], "rejected": [user("q")]}, "ranked",
+     "c.jsonl:2: field 'rejected': expected the conversation to end in an assistant reply, "
+     "got user"),
     ({"chosen": [user("q1"), assistant("c")], "rejected": [user("q2"), assistant("d")]},
-     "ranked", "c.jsonl:2: field 'chosen': expected the conversation to end in one assistant"),
+     "ranked", "c.jsonl:2: field 'chosen': expected one assistant reply after the turns "
+     "'chosen' and 'rejected' share, got 2 turns after them"),
     ({"chosen": [assistant("c")], "rejected": [assistant("d")]}, "ranked",
      "c.jsonl:2: no prompt: 'chosen' and 'rejected' share no turn and the row has no 'prompt'"),
     ({"prompt": [user("q"), assistant("a")], "chosen": [assistant("c")],
@@ -123,8 +126,8 @@ GOOD = {"prompt": "q", "chosen": [assistant("c")], "rejected": [assistant("d")],
     ({"prompt": [], "chosen": "c", "rejected": "d"}, "ranked", "c.jsonl:2: field 'prompt': "
      "expected a non-empty list"),
     ({"prompt": [user("q")], "chosen": [assistant("c"), assistant("c2")],
-      "rejected": [assistant("d")]}, "ranked", "c.jsonl:2: field 'chosen': expected the "
-     "conversation to end in one assistant reply"),
+      "rejected": [assistant("d")]}, "ranked", "c.jsonl:2: field 'chosen': expected one "
+     "assistant reply after the turns 'chosen' and 'rejected' share, got 2 turns"),
     ({"messages": [user("a")]}, "sft", "c.jsonl:2: field 'messages': expected the conversation "
      "to end in the assistant reply to train on, got user"),
     ({"messages": [assistant("a")]}, "sft", "c.jsonl:2: field 'messages': expected the prompt "
