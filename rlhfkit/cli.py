@@ -9,6 +9,10 @@ import sys
 from rlhfkit.config import ConfigError, help_lines, load_config
 from rlhfkit.data.readers import DataError
 from rlhfkit.models.loading import ModelLoadError
+from rlhfkit.online.rewards import RewardError
+
+# What a user can get wrong (settings, data, model names, reward sources): one line, exit 2.
+USER_ERRORS = (ConfigError, DataError, ModelLoadError, RewardError)
 
 # stage → (module, config class). Each module has ``run(config)``.
 STAGES = {
@@ -46,7 +50,7 @@ def score_main(argv: list[str]) -> int:
 
     try:
         summary = score_file(args.model, args.data, args.output, args.batch_size, args.device)
-    except (DataError, ModelLoadError) as err:
+    except USER_ERRORS as err:
         print(f"rlhfkit score: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary), file=sys.stderr)
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module.run(config)
-    except (DataError, ModelLoadError) as err:  # bad input: say where, no traceback
+    except USER_ERRORS as err:  # bad input: say where, no traceback
         print(f"rlhfkit {stage}: {err}", file=sys.stderr)
         return 2
     return 0

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import torch
 
 from rlhfkit.data.formats import Messages
+from rlhfkit.data.readers import DataError
 
 
 def uses_chat_template(tokenizer, template: str) -> bool:
     has = getattr(tokenizer, "chat_template", None) is not None
     if template == "chat" and not has:
-        raise ValueError("data.template='chat' but the tokenizer has no chat template; "
-                         "use data.template=plain or auto")
+        raise DataError("data.template='chat' but the tokenizer has no chat template; "
+                        "use data.template=plain or auto")
     return template != "plain" and has
 
 

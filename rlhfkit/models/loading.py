@@ -31,6 +31,11 @@ class ModelLoadError(RuntimeError):
     """A model name that is neither an alias, a local folder nor a cached HF id."""
 
 
+def _one_line(err: Exception) -> str:
+    """transformers' messages span lines; the CLI prints one."""
+    return " ".join(str(err).split())
+
+
 def cache_root(cache_dir: str = "") -> Path:
     root = cache_dir or os.environ.get("RLHFKIT_CACHE") or Path.home() / ".cache" / "rlhfkit"
     return Path(root)
@@ -100,7 +105,12 @@ def load_tokenizer(name: str, cache_dir: str = ""):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as err:
-        raise ModelLoadError(f"cannot load tokenizer '{name}': {err}") from None
+        raise ModelLoadError(f"cannot load tokenizer '{name}': {_one_line(err)}") from None
+    except ValueError:  # a folder without tokenizer files: transformers cannot build one
+        raise ModelLoadError(
+            f"cannot load tokenizer '{name}': {source} holds no tokenizer; expected a model "
+            "folder with tokenizer.json (or tokenizer_config.json and its vocabulary), an alias "
+            f"({SMOLLM2}, {MINILM}, {TINY_LLAMA}) or a cached HF id") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -136,8 +146,8 @@ def load_causal_lm(name: str, tokenizer, dtype: torch.dtype = torch.float32, cac
         return _build_tiny(LlamaForCausalLM, tokenizer).to(dtype)
     try:
         return AutoModelForCausalLM.from_pretrained(resolve_name(name, cache_dir), dtype=dtype)
-    except OSError as err:
-        raise ModelLoadError(f"cannot load model '{name}': {err}") from None
+    except (OSError, ValueError) as err:  # ValueError: a config transformers cannot map
+        raise ModelLoadError(f"cannot load model '{name}': {_one_line(err)}") from None
 
 
 def disable_dropout(model):
@@ -174,7 +184,7 @@ def load_scalar_model(name: str, tokenizer, dtype: torch.dtype = torch.float32,
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 resolve_name(name, cache_dir), num_labels=1, dtype=dtype)
-        except OSError as err:
-            raise ModelLoadError(f"cannot load model '{name}': {err}") from None
+        except (OSError, ValueError) as err:  # ValueError: a config transformers cannot map
+            raise ModelLoadError(f"cannot load model '{name}': {_one_line(err)}") from None
     model.config.pad_token_id = tokenizer.pad_token_id  # score read at the last non-pad token
     return model.to(dtype)

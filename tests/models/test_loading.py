@@ -54,6 +54,16 @@ def test_unknown_model_is_a_clear_error(tokenizer):
         load_causal_lm("/no/such/model", tokenizer)
 
 
+@pytest.mark.parametrize("load", [load_causal_lm, load_scalar_model])
+def test_model_folder_of_an_unknown_type_is_one_clear_line(tokenizer, tmp_path, load):
+    """transformers raises ValueError (not OSError) for a config it cannot map."""
+    from rlhfkit.models import ModelLoadError
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-type"}')
+    with pytest.raises(ModelLoadError, match=f"cannot load model '{tmp_path}'") as err:
+        load(str(tmp_path), tokenizer)
+    assert "\n" not in str(err.value)
+
+
 def _batch(tokenizer):
     from rlhfkit.data import Encoded, collate_sequences
     return collate_sequences([Encoded([5, 6, 7], [8, 9, 2]), Encoded([5], [10, 2])],
