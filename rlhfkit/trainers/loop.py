@@ -25,17 +25,17 @@ def train_loop(run: common.Run, start: int, steps: int, step: Callable[[int], di
     it in place); ``postfix(metrics)`` is shown on the progress bar.
     """
     train = run.config.train
-    bar = common.progress(run, steps, start, desc)
     metrics: dict = {}
-    for number in range(start + 1, steps + 1):
-        metrics = step(number)
-        if evaluate is not None and common.should(train.eval_every, number, steps):
-            metrics.update(evaluate(number))
-        if common.should(train.log_every, number, steps):
-            run.metrics.log(number, metrics)
-        if common.should(train.save_every, number, steps):
-            common.save_checkpoint(run, number, state)
-        bar.set_postfix(postfix(metrics))
-        bar.update(1)
-    bar.close()
+    # Closed on an error too: the CLI's one-line message then starts on a line of its own.
+    with common.progress(run, steps, start, desc) as bar:
+        for number in range(start + 1, steps + 1):
+            metrics = step(number)
+            if evaluate is not None and common.should(train.eval_every, number, steps):
+                metrics.update(evaluate(number))
+            if common.should(train.log_every, number, steps):
+                run.metrics.log(number, metrics)
+            if common.should(train.save_every, number, steps):
+                common.save_checkpoint(run, number, state)
+            bar.set_postfix(postfix(metrics))
+            bar.update(1)
     return metrics
