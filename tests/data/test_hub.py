@@ -133,6 +133,10 @@ def test_repo_id_loads_offline_from_the_datasets_cache(hub_repo, hf_cache, pairs
     assert len(records) == 40 and records[2].where() == f"{REPO_ID}[train_prefs]:3"
     (example,) = load_examples(REPO_ID, "ranked", split="test_prefs")[:1]
     assert example.responses == (pairs[40]["chosen"], pairs[40]["rejected"])
+    prompts = load_examples(REPO_ID, "prompt", split="train_prefs")  # what PPO/GRPO read
+    assert [p.messages for p in prompts] == [(("user", pair["prompt"]),) for pair in pairs[:40]]
+    sft = load_examples(REPO_ID, "sft", split="train_prefs")  # its "messages" column
+    assert [e.response for e in sft] == [pair["chosen"] for pair in pairs[:40]]
 
 
 def test_hub_errors_are_one_line_data_errors(hub_repo, hf_cache, tmp_path):
