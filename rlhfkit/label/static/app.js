@@ -346,6 +346,7 @@
           r === null ? (tieNext && tiers.length ? "Same rank" : "Place next") : "Remove";
       });
       $("tie").setAttribute("aria-pressed", String(tieNext));
+      $("tie").disabled = tiers.length === 0;
       $("tie").classList.toggle("on", tieNext);
       $("all-bad").checked = allBad;
     }
@@ -573,7 +574,7 @@
     } else if (ev.shiftKey && /^Digit[1-9]$/.test(ev.code)) {  // Shift+digit: same rank as last
       placeNext(Number(ev.code.slice(5)) - 1, true);
     } else if (key === "t" || key === "=") {
-      change(() => { tieNext = !tieNext; });
+      change(() => { tieNext = !tieNext && tiers.length > 0; });
     } else if (key === "b") {
       change(() => { allBad = !allBad; });
     } else handled = false;
