@@ -7,11 +7,14 @@ One iteration (``grpo_iteration``):
   2. Scoring, no gradients: reference log-probs (when beta > 0), the old policy log-probs
      (only when the rollout is used for more than one update), the score of each response.
   3. Advantages: the score shaped as PPO's (reward.missing_eos_penalty, then reward.reward_clip:
-     ``shaped_scores``), then against its group, A = (r − group mean) / (group std + 1e-4)
-     (``grpo.scale_rewards``), the same for every token of the response (ops.group_advantages).
-  4. Update: ``grpo.epochs`` × ``grpo.minibatches`` steps of ops.grpo_loss (clipped ratio
-     + beta · k3 KL to the reference). With one update per rollout the old log-probs are the
-     current ones (ρ = 1): no extra forward pass.
+     ``shaped_scores``), then by ``grpo.advantage`` (ops/grpo.py::ADVANTAGES): grpo = against
+     its group, A = (r − group mean) / (group std + 1e-4) (``grpo.scale_rewards``), the same for
+     every token of the response; dr_grpo, rloo; reinforce++(_baseline) = per token, the KL
+     penalty grpo.kl_coef folded into the rewards, whitened over every process's tokens.
+  4. Update: ``grpo.epochs`` × ``grpo.minibatches`` steps of ops.grpo_loss (clipped ratio, per
+     token or per response (GSPO, ``grpo.ratio``), + beta · k3 KL to the reference). With one
+     update per rollout the old log-probs are the current ones (ρ = 1): no extra forward pass,
+     unless the rewards need them (reinforce++'s KL penalty).
 Logs, evaluation on held-out prompts, checkpoints, ``resume=true`` and the update's epochs
 are PPO's (rlhfkit/online/loop.py: ``train_online``, ``update_epochs``); per-iteration metrics:
 score_mean/std, kl_mean (k1 per response, nats), kl_token_mean (k3 per token, the loss term),
@@ -46,9 +49,16 @@ from rlhfkit.online.loop import (
     update_epochs,
 )
 from rlhfkit.online.roles import Roles
-from rlhfkit.ops import masked_sum
-from rlhfkit.ops.grpo import AGGREGATIONS, REWARD_SCALES, group_advantages, grpo_loss
-from rlhfkit.ops.ppo import apply_missing_eos_penalty, clip_scores
+from rlhfkit.ops import masked_mean, masked_sum
+from rlhfkit.ops.grpo import (
+    ADVANTAGES,
+    AGGREGATIONS,
+    KL_IN_REWARD,
+    RATIOS,
+    REWARD_SCALES,
+    grpo_loss,
+)
+from rlhfkit.ops.ppo import apply_missing_eos_penalty, clip_scores, kl_k1
 from rlhfkit.trainers import common
 
 
@@ -60,9 +70,25 @@ class GRPOPart(Validated):
     scale_rewards: str = option("group", "Advantage divisor: group = the group's std (GRPO), "
                                 "batch = the whole batch's std, none = 1 (Dr. GRPO).",
                                 choices=tuple(REWARD_SCALES))
-    aggregation: str = option("token", "Loss over tokens: token = mean over all real tokens of "
+    advantage: str = option("grpo", "Advantage estimator (ops/grpo.py::ADVANTAGES): grpo = "
+                            "group-relative, scaled by grpo.scale_rewards; dr_grpo = r − group "
+                            "mean, no std (with the constant aggregation); rloo = r − mean of "
+                            "the other G − 1; reinforce++ = KL-in-reward token returns whitened "
+                            "over the batch (needs grpo.beta=0, uses grpo.kl_coef); "
+                            "reinforce++_baseline = the same after subtracting the group mean.",
+                            choices=tuple(ADVANTAGES))
+    kl_coef: float = option(0.0, "KL penalty folded into the per-token rewards, r_t = −kl_coef·"
+                            "KL_t (k1), reinforce++ estimators only: their loss has no β term "
+                            "(0 = off).", min=0)
+    ratio: str = option("token", "Importance ratio: token = ρ_t per token (GRPO), sequence = "
+                        "GSPO's exp(mean_t log ρ_t) per response, clipped per response.",
+                        choices=tuple(RATIOS))
+    aggregation: str = option("auto", "Loss over tokens: token = mean over all real tokens of "
                               "the minibatch (DAPO, TRL's default), sequence = mean per response "
-                              "then over responses (the paper).", choices=tuple(AGGREGATIONS))
+                              "then over responses (the paper), constant = sum over real tokens "
+                              "/ (responses × rollout.max_new_tokens) (Dr. GRPO); auto = "
+                              "constant with grpo.advantage=dr_grpo, else token.",
+                              choices=("auto", *AGGREGATIONS))
     epochs: int = option(1, "Updates per rollout batch (μ); 1 = on-policy, ρ = 1.", min=1)
     minibatches: int = option(1, "Minibatches per epoch (the rollout rows must divide).", min=1)
     clip_eps: float = option(0.2, "ε of the clipped ratio.", above=0)
@@ -83,10 +109,28 @@ class GRPOConfig(OnlineConfig):
         super().__post_init__()
         self.check_processes(1)  # the single-process split, checked at load time
         require_reward_and_reference(self, self.grpo.reference, "grpo.reference")
+        grpo = self.grpo
+        kl_in_reward = grpo.advantage in KL_IN_REWARD
+        require(not kl_in_reward or grpo.beta == 0, "grpo.beta", grpo.beta,
+                f"0 with grpo.advantage={grpo.advantage} (its KL penalty is in the rewards, "
+                "grpo.kl_coef; the loss has no separate KL term)")
+        require(kl_in_reward or grpo.kl_coef == 0, "grpo.kl_coef", grpo.kl_coef,
+                f"0 with grpo.advantage={grpo.advantage} (only the reinforce++ estimators fold "
+                "the KL into the rewards; grpo.beta is the loss's KL term)")
+        require(grpo.advantage == "grpo" or grpo.scale_rewards == "group", "grpo.scale_rewards",
+                grpo.scale_rewards, f"the default 'group' with grpo.advantage={grpo.advantage} "
+                "(only grpo.advantage=grpo reads it)")
 
     @property
     def reference_mode(self) -> str:
         return resolve_reference(self.grpo.reference, self.model.lora.enabled)
+
+    @property
+    def loss_aggregation(self) -> str:
+        """grpo.aggregation with auto resolved: Dr. GRPO's constant normaliser, else token."""
+        if self.grpo.aggregation != "auto":
+            return self.grpo.aggregation
+        return "constant" if self.grpo.advantage == "dr_grpo" else "token"
 
     @property
     def critic_layout(self) -> str:
@@ -110,6 +154,12 @@ class GRPOConfig(OnlineConfig):
     def reuses_rollout(self) -> bool:
         """More than one update per rollout: the old log-probs need their own forward pass."""
         return self.updates_per_iteration > 1
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        """The scoring pass computes the rollout policy's log-probs: for the clipped ratio of a
+        reused rollout, or for the KL penalty in reinforce++'s rewards (step 3)."""
+        return self.reuses_rollout or self.grpo.kl_coef > 0
 
 
 # ----------------------------------------------------------------------------- steps 1–3
@@ -155,7 +205,7 @@ def score_group_rollout(run, roles: Roles, config: GRPOConfig, rollout):
         rows = torch.arange(start, min(start + size, n_rows), device=rollout.input_ids.device)
         with run.accelerator.autocast():
             ref.append(policy_logprobs(run, roles, config, rollout, rows, reference=True).float())
-            if config.reuses_rollout:
+            if config.needs_old_logprobs:
                 old.append(policy_logprobs(run, roles, config, rollout, rows).float())
     roles.actor.train()
     return torch.cat(ref), (torch.cat(old) if old else None)
@@ -170,13 +220,33 @@ def shaped_scores(config: GRPOConfig, scores: torch.Tensor, ended: torch.Tensor)
     return clip_scores(scores, config.reward.reward_clip)
 
 
-def advantages_for(run, config: GRPOConfig, scores: torch.Tensor) -> torch.Tensor:
-    """3. Group-relative advantages; ``batch`` scaling uses the std of every process's scores."""
-    everything = gather_rows(run, scores)
-    advantages = group_advantages(everything, config.grpo.num_generations,
-                                  config.grpo.scale_rewards)
-    B = scores.shape[0]
-    return advantages[run.rank * B:(run.rank + 1) * B]
+def kl_penalty_for(config: GRPOConfig, old_logprobs, ref_logprobs, mask) -> torch.Tensor:
+    """3. −kl_coef·KL_t (k1) at each real token (B, R): the KL-to-reference that the reinforce++
+    estimators fold into the rewards; zeros when grpo.kl_coef is 0."""
+    if old_logprobs is None:  # kl_coef 0 and one update per rollout: nothing to fold in
+        return torch.zeros(mask.shape, device=mask.device)
+    return -config.grpo.kl_coef * kl_k1(old_logprobs, ref_logprobs, mask)
+
+
+def advantages_for(run, config: GRPOConfig, scores: torch.Tensor, kl_penalty: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """3. ``grpo.advantage`` over the rows of every process, this process's rows returned: (B,)
+    per response, or (B, R) per token. Batch statistics (``batch`` scaling, REINFORCE++'s
+    whitening) are global, so 2 processes give 1 process's advantages
+    (tests/online/test_grpo.py::test_advantages_of_two_processes_equal_one)."""
+    estimator = ADVANTAGES[config.grpo.advantage]
+    advantages = estimator(gather_rows(run, scores), config.grpo.num_generations,
+                           gather_rows(run, mask), gather_rows(run, kl_penalty),
+                           config.grpo.scale_rewards)
+    B, R = mask.shape
+    mine = advantages[run.rank * B:(run.rank + 1) * B]
+    return mine[:, :R] if mine.dim() == 2 else mine  # (B, R) without the gather's padding, (B,)
+
+
+def per_response(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) one advantage per response (the mean over its tokens when per token), for logs."""
+    per_token = advantages.reshape(mask.shape[0], -1).expand(mask.shape)
+    return masked_mean(per_token, mask, dim=1)
 
 
 # ----------------------------------------------------------------------------- step 4: update
@@ -185,7 +255,7 @@ class GRPOBatch(NamedTuple):
     rollout: rollouts.Rollout
     ref_logprobs: torch.Tensor     # (B, R) ref_policy log-probs of the sampled tokens
     logprobs: torch.Tensor | None  # (B, R) old policy log-probs; None = the update's own (ρ = 1)
-    advantages: torch.Tensor       # (B,) one per response (group-relative)
+    advantages: torch.Tensor       # (B,) one per response, or (B, R) per token (reinforce++)
 
     def select(self, rows) -> "GRPOBatch":
         return GRPOBatch(self.rollout.select(rows),
@@ -197,16 +267,17 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
     """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
     are written into ``seen`` (the old ones when the rollout is used once)."""
     n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
-    denominator = (n_tokens if config.grpo.aggregation == "token"
-                   else common.global_count(run.accelerator, len(rows)))
+    n_rows = common.global_count(run.accelerator, len(rows))
+    denominator = {"token": n_tokens, "sequence": n_rows,  # each shared by every process
+                   "constant": n_rows * config.rollout.max_new_tokens}[config.loss_aggregation]
 
     def losses(chunk):
         mb = batch.select(chunk)
         logprobs = policy_logprobs(run, roles, config, batch.rollout, chunk).float()
         old = mb.logprobs if mb.logprobs is not None else logprobs.detach()
         loss = grpo_loss(logprobs, old, mb.ref_logprobs, mb.advantages, mb.rollout.response_mask,
-                         config.grpo.clip_eps, config.grpo.beta, config.grpo.aggregation,
-                         denominator)
+                         config.grpo.clip_eps, config.grpo.beta, config.loss_aggregation,
+                         denominator, config.grpo.ratio)
         seen[chunk] = logprobs.detach()
         share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
         return [loss.loss], {"loss": loss.loss, "kl_token_mean": loss.kl * share,
@@ -254,14 +325,16 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
         scores = scores.to(run.device).float()
         ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
         rewards = shaped_scores(config, scores, ended)
-        advantages = advantages_for(run, config, rewards)
+        mask = rollout.response_mask
+        kl_penalty = kl_penalty_for(config, old_logprobs, ref_logprobs, mask)
+        advantages = advantages_for(run, config, rewards, kl_penalty, mask)
     # 4. Update.
     with timer.phase("update"):
         batch = GRPOBatch(rollout, ref_logprobs, old_logprobs, advantages)
         update, seen = grpo_update(run, roles, config, batch, iteration)
     rollout_logprobs = old_logprobs if old_logprobs is not None else seen
-    mask = rollout.response_mask
     kl = masked_sum(rollout_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
+    advantages = per_response(advantages, mask)  # (B,) for the logs
     metrics = {**group_metrics(run, config, scores, rewards, advantages, kl, mask, ended),
                **update}
     for name, part in parts.items():
@@ -313,6 +386,7 @@ def grpo_step(run_: common.Run, roles: Roles, config: GRPOConfig, tokenizer, poo
     return metrics, samples, token_rows, state
 
 
-def run(config: GRPOConfig) -> dict:
-    """Train with GRPO, checkpoint, evaluate before/after, save ``final/``; returns a summary."""
-    return train_online(config, "grpo", grpo_step, {})
+def run(config: GRPOConfig, **objects) -> dict:
+    """Train with GRPO, checkpoint, evaluate before/after, save ``final/``; returns a summary.
+    ``objects``: rlhfkit.grpo's in-memory data, model, tokenizer, reward_fn (``train_online``)."""
+    return train_online(config, "grpo", grpo_step, {}, **objects)
