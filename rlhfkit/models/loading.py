@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -70,7 +71,7 @@ def _smollm2_package_dir() -> Path:
 def smollm2_dir(cache_dir: str = "") -> Path:
     """Folder of the de-quantised SmolLM2 safetensors; converts the GGUF on first use only."""
     target = cache_root(cache_dir) / SMOLLM2
-    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+    if _complete(target):
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,11 +83,23 @@ def smollm2_dir(cache_dir: str = "") -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if not target.exists():
-        partial.rename(target)  # atomic: a crash never leaves a half-written cache
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        try:
+            partial.rename(target)  # atomic: a crash never leaves a half-written cache
+        except OSError:  # the target exists: another process converted and renamed first
+            if not _complete(target):
+                raise ModelLoadError(f"{target} exists but holds no complete model "
+                                     "(model.safetensors, tokenizer_config.json): delete it "
+                                     "to convert again") from None
+    finally:  # ours, when another process won the race or the conversion failed half-way
+        shutil.rmtree(partial, ignore_errors=True)
     return target
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").exists() and (folder / "tokenizer_config.json").exists()
 
 
 def resolve_name(name: str, cache_dir: str = "") -> str:
