@@ -128,8 +128,8 @@ def _read_hub(path: str, split: str, subset: str) -> list[Record]:
                    if datasets.config.HF_HUB_OFFLINE and not Path(path).is_dir() else "")
         what = "a Hub data set folder" if Path(path).is_dir() else \
             "not a local file or folder, and as a Hub data set name"
-        raise DataError(f"{path}: {what}: {reason}{offline}; expected split "
-                        f"{split!r}" + (f" of subset {subset!r}" if subset else "")) from None
+        part = f"split {split!r}" + (f", subset {subset!r}" if subset else "")
+        raise DataError(f"{path}: {what} ({part}): {reason}{offline}") from None
     name = f"{path}[{subset + '/' if subset else ''}{split}]"
     return records_from_rows(dataset, name)
 

@@ -122,7 +122,8 @@ GOOD = {"prompt": "q", "chosen": [assistant("c")], "rejected": [assistant("d")],
      "c.jsonl:2: no prompt: 'chosen' and 'rejected' share no turn and the row has no 'prompt'"),
     ({"prompt": [user("q"), assistant("a")], "chosen": [assistant("c")],
       "rejected": [assistant("d")]}, "ranked",
-     "c.jsonl:2: field 'prompt': expected the prompt messages to end in a user turn, got assistant"),
+     "c.jsonl:2: field 'prompt': expected the prompt messages to end in a user turn, got "
+     "assistant"),
     ({"prompt": [], "chosen": "c", "rejected": "d"}, "ranked", "c.jsonl:2: field 'prompt': "
      "expected a non-empty list"),
     ({"prompt": [user("q")], "chosen": [assistant("c"), assistant("c2")],

@@ -143,14 +143,14 @@ def test_hub_errors_are_one_line_data_errors(hub_repo, hf_cache, tmp_path):
     cache_as_hub_id(hub_repo, REPO_ID, hf_cache)
     cases = [
         (("rlhfkit-tests/not-cached", "train"), "rlhfkit-tests/not-cached: not a local file or "
-         "folder, and as a Hub data set name: Couldn't reach"),
+         "folder, and as a Hub data set name (split 'train'): Couldn't reach"),
         (("rlhfkit-tests/not-cached", "train"), "(offline: HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is "
          "set, so a Hub name loads only from the datasets cache, HF_DATASETS_CACHE)"),
         ((REPO_ID, "nope"), 'Unknown split "nope"'),
-        ((str(hub_repo), "nope"), f"{hub_repo}: a Hub data set folder: Unknown split \"nope\""),
-        ((str(hub_repo), "train_prefs", "missing"), "expected split 'train_prefs' of subset "
-         "'missing'"),
-        ((str(tmp_path / "empty"),), f"{tmp_path / 'empty'}: a Hub data set folder:"),
+        ((str(hub_repo), "nope"),
+         f"{hub_repo}: a Hub data set folder (split 'nope'): Unknown split \"nope\""),
+        ((str(hub_repo), "train_prefs", "missing"), "(split 'train_prefs', subset 'missing'): "),
+        ((str(tmp_path / "empty"),), f"{tmp_path / 'empty'}: a Hub data set folder (split "),
     ]
     (tmp_path / "empty").mkdir()  # a folder with no data files
     for args, message in cases:
