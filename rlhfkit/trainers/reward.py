@@ -6,6 +6,8 @@ it minimises (InstructGPT, Ouyang et al. 2022, eq. 1; ops.ranking.ranking_loss)
 
     loss = −1/C(K,2) · Σ_{i<j} log σ(r_i − r_j − margin)
 
+A list with "ranks" (ties, as `rlhfkit label export` writes them) skips its tied pairs and
+averages over the strictly ordered ones (``list_ranks``/``rank_grid`` → ranking_loss's ranks).
 Each list is scored in ONE forward pass over its K responses: the lists of a micro-batch are
 flattened to sequences (B·K_b rows), scored, and put back into a (B, K_max) grid with a
 ``list_mask`` (``score_lists``; tests/trainers/test_reward.py::test_score_lists_masks_short_lists).
@@ -79,6 +81,20 @@ def encode_lists(examples, tokenizer, data_config) -> list[list]:
     return encoded
 
 
+def list_ranks(examples) -> list[tuple]:
+    """Each list's ranks, 1 = best (equal = tie, from "ranks"; strictly 1..K without)."""
+    return [e.ranks or tuple(range(1, len(e.responses) + 1)) for e in examples]
+
+
+def rank_grid(ranks: list[tuple], list_mask: torch.Tensor) -> torch.Tensor:
+    """Ranks of a chunk's lists → (B, K_max) long beside ``list_mask``: ranking_loss skips tied
+    pairs (padded slots hold K_max + 1 and are masked out anyway)."""
+    grid = torch.full(list_mask.shape, list_mask.shape[1] + 1, dtype=torch.long)
+    for row, list_ranks_ in enumerate(ranks):
+        grid[row, :len(list_ranks_)] = torch.tensor(list_ranks_)
+    return grid.to(list_mask.device)
+
+
 def score_lists(model, lists: list[list], pad_id: int, device, share_prompt: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass over all responses of ``lists`` → (rewards, list_mask), both (B, K_max).
@@ -99,10 +115,10 @@ def score_lists(model, lists: list[list], pad_id: int, device, share_prompt: boo
 
 
 def list_sums(rewards: torch.Tensor, list_mask: torch.Tensor, max_k: int,
-              margin: float = 0.0) -> dict[str, torch.Tensor]:
+              margin: float = 0.0, ranks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Detached sums whose global totals give the logged metrics (see ``finish_metrics``)."""
     rewards, list_mask = rewards.detach().float(), list_mask.bool()
-    out = ranking_loss(rewards, list_mask, margin)
+    out = ranking_loss(rewards, list_mask, margin, ranks=ranks)
     n_lists = (list_mask.sum(1) >= 2).sum()
     sums = {"lists": n_lists.float(), "loss_sum": out.loss * n_lists,
             "pairs": out.num_pairs.float(), "correct": out.pair_accuracy * out.num_pairs,
@@ -147,7 +163,7 @@ def finish_metrics(sums: dict[str, float], prefix: str = "") -> dict:
 # ----------------------------------------------------------------------------- training
 def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: LRScheduler, encoded: list[list[Encoded]], rows: list[int], max_k: int,
-               pad_id: int) -> dict:
+               pad_id: int, ranks: list[tuple] | None = None) -> dict:
     """One optimiser step over the global batch ``rows`` (list indices); globally reduced."""
     config = run.config
     chunks = common.micro_batches(rows, run.rank, run.world_size, config.train.micro_batch_size)
@@ -159,12 +175,13 @@ def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.O
         rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id, run.device,
                                          config.rm.share_prompt)
         rewards = rewards.float()
-        out = ranking_loss(rewards, list_mask, config.rm.margin)
+        grid = rank_grid([ranks[i] for i in chunk], list_mask) if ranks else None
+        out = ranking_loss(rewards, list_mask, config.rm.margin, ranks=grid)
         # Σ over this chunk's lists / global lists (+ centering Σ r² / global responses).
         loss = out.loss * len(chunk) / n_lists
         if config.rm.center_coef:
             loss = loss + config.rm.center_coef * masked_sum(rewards ** 2, list_mask) / n_slots
-        return [loss], list_sums(rewards, list_mask, max_k, config.rm.margin)
+        return [loss], list_sums(rewards, list_mask, max_k, config.rm.margin, grid)
 
     sums, (grad_norm,) = common.accumulate_step(run, [model], [optimizer], [scheduler], chunks,
                                                 losses, zero_sums(max_k, run.device))
@@ -174,7 +191,8 @@ def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.O
 
 @torch.no_grad()
 def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[list[Encoded]], max_k: int,
-             pad_id: int, prefix: str = "eval_") -> tuple[dict, dict]:
+             pad_id: int, prefix: str = "eval_", ranks: list[tuple] | None = None
+             ) -> tuple[dict, dict]:
     """Held-out metrics (each process scores its share of lists) and the global sums."""
     model.eval()
     mine = list(range(len(encoded)))[run.rank::run.world_size]
@@ -190,7 +208,8 @@ def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[list[Encoded
         with run.accelerator.autocast():
             rewards, list_mask = score_lists(model, [encoded[i] for i in chunk], pad_id,
                                              run.device, run.config.rm.share_prompt)
-        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.rm.margin))
+        grid = rank_grid([ranks[i] for i in chunk], list_mask) if ranks else None
+        sums = add_sums(sums, list_sums(rewards, list_mask, max_k, run.config.rm.margin, grid))
     model.train()
     totals = common.global_sum(run.accelerator, sums)
     return finish_metrics(totals, prefix), totals
@@ -270,6 +289,7 @@ def run(config: RMConfig) -> dict:
     train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
     train_encoded = encode_lists(train_examples, tokenizer, config.data)
     eval_encoded = encode_lists(eval_examples, tokenizer, config.data)
+    train_ranks, eval_ranks = list_ranks(train_examples), list_ranks(eval_examples)
     max_k = max(len(seqs) for seqs in train_encoded + eval_encoded)
     model = build_model(run_, config, tokenizer)
     steps = common.total_steps(config.train, len(train_encoded))
@@ -281,13 +301,15 @@ def run(config: RMConfig) -> dict:
     evaluated: dict = {}  # the global sums of the latest evaluation
 
     def held_out(number: int) -> dict:
-        metrics, evaluated["totals"] = evaluate(run_, model, eval_encoded, max_k, pad_id)
+        metrics, evaluated["totals"] = evaluate(run_, model, eval_encoded, max_k, pad_id,
+                                                ranks=eval_ranks)
         return metrics
 
     def step(number: int) -> dict:
         rows = common.batch_rows(len(train_encoded), config.train.batch_size, number - 1,
                                  config.train.seed)
-        return train_step(run_, model, optimizer, scheduler, train_encoded, rows, max_k, pad_id)
+        return train_step(run_, model, optimizer, scheduler, train_encoded, rows, max_k, pad_id,
+                          train_ranks)
 
     model.train()
     last = train_loop(run_, start, steps, step, evaluate=held_out if eval_encoded else None,
@@ -300,7 +322,8 @@ def run(config: RMConfig) -> dict:
     source = "eval" if eval_encoded else "train"
     if eval_totals is None:  # no held-out split, or resumed at the last step
         stats_lists = eval_encoded or train_encoded[:config.rm.stats_rows]
-        _, eval_totals = evaluate(run_, model, stats_lists, max_k, pad_id)
+        _, eval_totals = evaluate(run_, model, stats_lists, max_k, pad_id, ranks=eval_ranks
+                                  if eval_encoded else train_ranks[:config.rm.stats_rows])
     common.save_final(run_, model, tokenizer)
     save_stats(run_, reward_stats(eval_totals, source, config.data))
     run_.metrics.close()
