@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import time
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -40,6 +41,7 @@ from rlhfkit.label.store import (
 
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024
+TOKEN_TTL = 2.0
 
 
 class JudgmentIn(BaseModel):
@@ -82,7 +84,7 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def bearer(request: Request) -> str:
+async def bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -114,20 +116,34 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
     def is_admin(token: str) -> bool:
         return admin_hash is not None and hmac.compare_digest(hash_token(token), admin_hash)
 
-    def annotator(token: str = Depends(bearer)) -> queue.Annotator:
+    known: dict[str, tuple[float, queue.Annotator | None]] = {}  # token hash → (when, who)
+
+    def lookup(token: str) -> queue.Annotator | None:
+        """Token → annotator, remembered for TOKEN_TTL seconds (a disable through this app
+        forgets at once; through the CLI it takes effect within TOKEN_TTL)."""
+        digest, now = hash_token(token), time.monotonic()
+        hit = known.get(digest)
+        if hit is None or now - hit[0] > TOKEN_TTL:
+            if len(known) > 10_000:
+                known.clear()
+            hit = known[digest] = now, queue.annotator_by_token_hash(store, digest)
+        return hit[1]
+
+    def annotator(token: str) -> queue.Annotator:
+        """Called inside each handler (one trip to the thread pool per request, not two)."""
         if is_admin(token):
             raise HTTPException(403, "the admin token is not an annotator's")
-        found = queue.annotator_by_token_hash(store, hash_token(token))
+        found = lookup(token)
         if found is None:
             raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
         if not found.active:
             raise HTTPException(403, f"annotator {found.name!r} is disabled")
         return found
 
-    def admin(token: str = Depends(bearer)) -> None:
+    def admin(token: str) -> None:
         if is_admin(token):
             return
-        if queue.annotator_by_token_hash(store, hash_token(token)) is not None:
+        if lookup(token) is not None:
             raise HTTPException(403, "admin only")
         raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
 
@@ -154,19 +170,21 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
 
     # ------------------------------------------------------------------ annotators
     @app.get("/api/me")
-    def me(who: queue.Annotator = Depends(annotator)):
+    def me(token: str = Depends(bearer)):
+        who = annotator(token)
         with store.engine.connect() as conn:
             overlap = store.settings(conn).overlap
             return {"name": who.name, "done": queue.done_count(conn, who.id),
                     "queue": queue.queue_size(conn, who.id, overlap)}
 
     @app.get("/api/tasks/next", responses={204: {"description": "queue empty"}})
-    def next_task(who: queue.Annotator = Depends(annotator)):
-        task = queue.next_task(store, who)
-        return Response(status_code=204) if task is None else task
+    def next_task(token: str = Depends(bearer)):
+        task = queue.next_task(store, annotator(token))
+        return Response(status_code=204) if task is None else JSONResponse(task)
 
     @app.post("/api/judgments", status_code=201)
-    def post_judgment(body: JudgmentIn, who: queue.Annotator = Depends(annotator)):
+    def post_judgment(body: JudgmentIn, token: str = Depends(bearer)):
+        who = annotator(token)
         try:
             judgment_id, created = queue.submit(store, who, body.task_id, body.ranks, body.flags,
                                                 body.comment, body.seconds)
@@ -175,7 +193,8 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
         return JSONResponse({"judgment_id": judgment_id}, 201 if created else 200)
 
     @app.post("/api/tasks/{task_id}/skip")
-    def skip(task_id: int, who: queue.Annotator = Depends(annotator)):
+    def skip(task_id: int, token: str = Depends(bearer)):
+        who = annotator(token)
         try:
             queue.skip(store, who, task_id)
         except queue.QueueError as err:
@@ -183,12 +202,14 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
         return {"skipped": task_id}
 
     # ------------------------------------------------------------------ admin
-    @app.get("/api/admin/summary", dependencies=[Depends(admin)])
-    def admin_summary():
+    @app.get("/api/admin/summary")
+    def admin_summary(token: str = Depends(bearer)):
+        admin(token)
         return summary(store)
 
-    @app.post("/api/admin/annotators", status_code=201, dependencies=[Depends(admin)])
-    def admin_add(body: AnnotatorIn, request: Request):
+    @app.post("/api/admin/annotators", status_code=201)
+    def admin_add(body: AnnotatorIn, request: Request, token: str = Depends(bearer)):
+        admin(token)
         try:
             token = add_annotator(store, body.name)
         except StoreError as err:
@@ -197,22 +218,27 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
         return {"name": body.name.strip(), "token": token, "link": f"{root}/?token={token}"}
 
     def set_active(name: str, active: bool):
+        known.clear()
         try:
             set_annotator_active(store, name, active)
         except StoreError as err:
             return JSONResponse({"detail": str(err)}, 404)
         return {"name": name, "active": active}
 
-    @app.post("/api/admin/annotators/{name}/disable", dependencies=[Depends(admin)])
-    def admin_disable(name: str):
+    @app.post("/api/admin/annotators/{name}/disable")
+    def admin_disable(name: str, token: str = Depends(bearer)):
+        admin(token)
         return set_active(name, False)
 
-    @app.post("/api/admin/annotators/{name}/enable", dependencies=[Depends(admin)])
-    def admin_enable(name: str):
+    @app.post("/api/admin/annotators/{name}/enable")
+    def admin_enable(name: str, token: str = Depends(bearer)):
+        admin(token)
         return set_active(name, True)
 
-    @app.get("/api/admin/export", dependencies=[Depends(admin)])
-    def admin_export(format: str = "ranked", keep_all_bad: bool = False):
+    @app.get("/api/admin/export")
+    def admin_export(format: str = "ranked", keep_all_bad: bool = False,
+                     token: str = Depends(bearer)):
+        admin(token)
         if format not in FORMATS:
             return JSONResponse({"detail": f"format: expected one of {list(FORMATS)}"}, 422)
         return Response("".join(export_lines(store, format, keep_all_bad)),

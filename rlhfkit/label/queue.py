@@ -2,7 +2,8 @@
 
 - A task goes to ``overlap`` annotators, never twice to the same one (unique (task,
   annotator) on assignments and on judgments). Its slots are taken by judgments and by leases
-  not yet expired; a task with ``overlap`` judgments leaves the queue.
+  not yet expired; a task with ``overlap`` judgments (``tasks.judged``, kept by submit)
+  leaves the queue. An annotator's queue: tasks not complete never assigned to them.
 - Opening a task leases it for ``lease_seconds``; an annotator who comes back gets their own
   open lease again (same shown order). An expired lease frees its slot for someone else.
 - Order: ``fifo`` (import order), ``random`` (a random key drawn at import), ``uncertainty``
@@ -18,7 +19,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.label.store import (
@@ -57,44 +58,63 @@ def annotator_by_token_hash(store: Store, token_hash: str) -> Annotator | None:
     return Annotator(*row) if row else None
 
 
-def _occupied(now: float):
-    """Per task: judgments plus unexpired leases (a subquery: task_id, n)."""
-    taken = or_(assignments.c.state == "done",
-                and_(assignments.c.state == "leased", assignments.c.expires_at > now))
-    return (select(assignments.c.task_id, func.count().label("n")).where(taken)
-            .group_by(assignments.c.task_id).subquery())
+# Statements are built once (SQLAlchemy then reuses their compiled form): a pick is hot.
+_ME, _NOW, _OVERLAP, _TASK = (bindparam(n) for n in ("me", "now", "overlap", "task"))
+# slots a task has taken: judgments and leases not yet expired
+_TAKEN = (select(func.count()).where(
+    assignments.c.task_id == tasks.c.id,
+    or_(assignments.c.state == "done",
+        and_(assignments.c.state == "leased", assignments.c.expires_at > _NOW)))
+    .correlate(tasks).scalar_subquery())
+_MINE = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == _ME)
+_ORDER_KEYS = {"fifo": [tasks.c.id],
+               "random": [tasks.c.random_key, tasks.c.id],
+               "uncertainty": [tasks.c.score_gap.is_(None), tasks.c.score_gap, tasks.c.id]}
+# the next task: not complete, never assigned to this annotator, a slot free
+PICK = {order: select(tasks.c.id).where(tasks.c.judged < _OVERLAP, ~_MINE, _TAKEN < _OVERLAP)
+        .order_by(*keys).limit(1) for order, keys in _ORDER_KEYS.items()}
+# PostgreSQL: concurrent pickers skip a task row another transaction is taking
+PICK_LOCKED = {order: query.with_for_update(of=tasks, skip_locked=True)
+               for order, query in PICK.items()}
+# the queue an annotator sees: tasks not complete that were never assigned to them
+QUEUE_SIZE = select(func.count()).select_from(tasks).where(tasks.c.judged < _OVERLAP, ~_MINE)
+DONE = select(func.count()).select_from(judgments).where(judgments.c.annotator_id == _ME)
+PROGRESS = select(DONE.scalar_subquery(), QUEUE_SIZE.scalar_subquery())
+OWN_LEASE = (select(assignments.c.id, assignments.c.task_id, assignments.c.shown_order)
+             .where(assignments.c.annotator_id == _ME, assignments.c.state == "leased")
+             .order_by(assignments.c.id).limit(1))
+# a task's prompt and candidates in one query
+VIEW = (select(candidates.c.id, candidates.c.text, prompts.c.text)
+        .join(tasks, tasks.c.id == candidates.c.task_id)
+        .join(prompts, prompts.c.id == tasks.c.prompt_id)
+        .where(candidates.c.task_id == _TASK).order_by(candidates.c.slot))
+LEASE = select(assignments.c.id, assignments.c.state, assignments.c.shown_order,
+               assignments.c.leased_at).where(assignments.c.task_id == _TASK,
+                                              assignments.c.annotator_id == _ME)
+EXISTING = select(judgments.c.id).where(judgments.c.task_id == _TASK,
+                                        judgments.c.annotator_id == _ME)
+BY_TOKEN = select(annotators.c.id, annotators.c.name, annotators.c.active).where(
+    annotators.c.token_hash == bindparam("token_hash"))
 
 
-def _queue_query(annotator_id: int, overlap: int, order: str, now: float):
-    """Tasks this annotator may take next: room left and never assigned to them."""
-    occupied = _occupied(now)
-    mine = exists().where(assignments.c.task_id == tasks.c.id,
-                          assignments.c.annotator_id == annotator_id)
-    query = (select(tasks.c.id).outerjoin(occupied, occupied.c.task_id == tasks.c.id)
-             .where(func.coalesce(occupied.c.n, 0) < overlap, ~mine))
-    keys = {"fifo": [tasks.c.id],
-            "random": [tasks.c.random_key, tasks.c.id],
-            "uncertainty": [tasks.c.score_gap.is_(None), tasks.c.score_gap, tasks.c.id]}[order]
-    return query.order_by(*keys)
+def annotator_by_token_hash(store: Store, token_hash: str) -> Annotator | None:
+    with store.engine.connect() as conn:  # a read: no write lock needed
+        row = conn.execute(BY_TOKEN, {"token_hash": token_hash}).first()
+    return Annotator(*row) if row else None
 
 
-def queue_size(conn, annotator_id: int, overlap: int, now: float | None = None) -> int:
-    query = _queue_query(annotator_id, overlap, "fifo", now or time.time()).order_by(None)
-    return conn.execute(select(func.count()).select_from(query.subquery())).scalar()
+def queue_size(conn, annotator_id: int, overlap: int) -> int:
+    return conn.execute(QUEUE_SIZE, {"me": annotator_id, "overlap": overlap}).scalar()
 
 
 def done_count(conn, annotator_id: int) -> int:
-    return conn.execute(select(func.count()).select_from(judgments)
-                        .where(judgments.c.annotator_id == annotator_id)).scalar()
+    return conn.execute(DONE, {"me": annotator_id}).scalar()
 
 
-def _task_view(conn, task_id: int, shown_order: list[int]) -> dict:
-    prompt = conn.execute(select(prompts.c.text).join(tasks, tasks.c.prompt_id == prompts.c.id)
-                          .where(tasks.c.id == task_id)).scalar()
-    texts = dict(conn.execute(select(candidates.c.id, candidates.c.text)
-                              .where(candidates.c.task_id == task_id)).all())
-    return {"task_id": task_id, "prompt": prompt,
-            "candidates": [{"id": cid, "text": texts[cid]} for cid in shown_order]}
+def _view(conn, task_id: int) -> tuple[str, dict]:
+    """(prompt, {candidate id: text}) of a task, in slot order."""
+    rows = conn.execute(VIEW, {"task": task_id}).all()
+    return rows[0][2], {cid: text for cid, text, _ in rows}
 
 
 def next_task(store: Store, annotator: Annotator, rng: random.Random | None = None,
@@ -105,32 +125,29 @@ def next_task(store: Store, annotator: Annotator, rng: random.Random | None = No
     with store.transaction() as conn:
         settings = store.settings(conn)
         expires = now + settings.lease_seconds
-        own = conn.execute(select(assignments.c.id, assignments.c.task_id,
-                                  assignments.c.shown_order)
-                           .where(assignments.c.annotator_id == annotator.id,
-                                  assignments.c.state == "leased")
-                           .order_by(assignments.c.id).limit(1)).first()
+        own = conn.execute(OWN_LEASE, {"me": annotator.id}).first()
         if own is not None:  # their own open lease (even expired): renew it, same order
             conn.execute(update(assignments).where(assignments.c.id == own.id)
                          .values(expires_at=expires))
-            view = _task_view(conn, own.task_id, own.shown_order)
+            task_id, ids = own.task_id, own.shown_order
+            prompt, texts = _view(conn, task_id)
         else:
-            query = _queue_query(annotator.id, settings.overlap, settings.order, now).limit(1)
-            if not store.is_sqlite:  # concurrent pickers skip a task another one is taking
-                query = query.with_for_update(of=tasks, skip_locked=True)
-            task_id = conn.execute(query).scalar()
+            pick = (PICK if store.is_sqlite else PICK_LOCKED)[settings.order]
+            task_id = conn.execute(pick, {"me": annotator.id, "now": now,
+                                          "overlap": settings.overlap}).scalar()
             if task_id is None:
                 return None
-            ids = list(conn.execute(select(candidates.c.id).where(candidates.c.task_id == task_id)
-                                    .order_by(candidates.c.slot)).scalars())
+            prompt, texts = _view(conn, task_id)
+            ids = list(texts)
             rng.shuffle(ids)  # the order shown to this annotator, stored with the lease
             conn.execute(insert(assignments).values(
                 task_id=task_id, annotator_id=annotator.id, state="leased", shown_order=ids,
                 leased_at=now, expires_at=expires))
-            view = _task_view(conn, task_id, ids)
-        view["done"] = done_count(conn, annotator.id)
-        view["queue"] = queue_size(conn, annotator.id, settings.overlap, now)
-    return view
+        done, size = conn.execute(PROGRESS, {"me": annotator.id,
+                                             "overlap": settings.overlap}).one()
+    return {"task_id": task_id, "prompt": prompt,
+            "candidates": [{"id": cid, "text": texts[cid]} for cid in ids],
+            "done": done, "queue": size}
 
 
 def check_judgment(ranks, flags, comment: str, k: int) -> None:
@@ -154,10 +171,7 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
     now = time.time() if now is None else now
     try:
         with store.transaction() as conn:
-            lease = conn.execute(select(assignments.c.id, assignments.c.state,
-                                        assignments.c.shown_order, assignments.c.leased_at)
-                                 .where(assignments.c.task_id == task_id,
-                                        assignments.c.annotator_id == annotator.id)).first()
+            lease = conn.execute(LEASE, {"task": task_id, "me": annotator.id}).first()
             if lease is None:
                 raise QueueError(409, f"task {task_id} is not leased to you: open it with "
                                       "GET /api/tasks/next first")
@@ -166,11 +180,10 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
             if lease.state == "skipped":
                 raise QueueError(409, f"task {task_id} was skipped")
             check_judgment(ranks, flags, comment, len(lease.shown_order))
-            slot_of = dict(conn.execute(select(candidates.c.id, candidates.c.slot)
-                                        .where(candidates.c.task_id == task_id)).all())
-            canonical = [0] * len(ranks)  # ranks in slot order (as imported)
-            for cid, rank in zip(lease.shown_order, ranks):
-                canonical[slot_of[cid]] = int(rank)
+            # ranks in slot order: add_task inserts a task's candidates in slot order, so
+            # their ids ascend with the slot
+            rank_of = dict(zip(lease.shown_order, ranks))
+            canonical = [int(rank_of[cid]) for cid in sorted(lease.shown_order)]
             judgment_id = conn.execute(insert(judgments).values(
                 task_id=task_id, annotator_id=annotator.id, ranks=canonical,
                 shown_order=lease.shown_order, flags=sorted(set(flags)), comment=comment,
@@ -178,6 +191,8 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
                 server_seconds=max(now - lease.leased_at, 0.0))).inserted_primary_key[0]
             conn.execute(update(assignments).where(assignments.c.id == lease.id)
                          .values(state="done"))
+            conn.execute(update(tasks).where(tasks.c.id == task_id)
+                         .values(judged=tasks.c.judged + 1))
         return judgment_id, True
     except IntegrityError:  # a concurrent identical POST committed first
         with store.engine.connect() as conn:
@@ -185,9 +200,7 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
 
 
 def _existing(conn, task_id: int, annotator_id: int) -> int:
-    return conn.execute(select(judgments.c.id).where(judgments.c.task_id == task_id,
-                                                     judgments.c.annotator_id == annotator_id)
-                        ).scalar()
+    return conn.execute(EXISTING, {"task": task_id, "me": annotator_id}).scalar()
 
 
 def skip(store: Store, annotator: Annotator, task_id: int) -> None:

@@ -73,6 +73,8 @@ tasks = Table("tasks", metadata,
               Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
               Column("random_key", Float, nullable=False),  # order=random
               Column("score_gap", Float),  # order=uncertainty: smallest RM score gap (null: unscored)
+              # judgments so far: kept with each submit, so picking a task never counts them
+              Column("judged", Integer, nullable=False, default=0),
               Column("created_at", Float, nullable=False))
 
 candidates = Table("candidates", metadata,
@@ -115,7 +117,8 @@ judgments = Table("judgments", metadata,
                   Column("submitted_at", Float, nullable=False),
                   Column("seconds", Float),  # measured by the page (null if it sent none)
                   Column("server_seconds", Float, nullable=False),  # lease → submit
-                  UniqueConstraint("task_id", "annotator_id"))
+                  UniqueConstraint("task_id", "annotator_id"),
+                  Index("ix_judgments_annotator", "annotator_id"))
 
 
 class StoreError(Exception):
@@ -151,7 +154,9 @@ def _sqlite_pragmas(dbapi_connection, _record):
 
 
 def _sqlite_begin(connection):
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # writes take the write lock up front; reads stay deferred (WAL readers never wait)
+    write = connection.get_execution_options().get("write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def connect(db: str) -> Engine:
@@ -179,18 +184,24 @@ class Settings:
 
 
 class Store:
-    """An open label store: ``with store.transaction() as conn:`` runs one transaction."""
+    """An open label store: ``with store.transaction() as conn:`` runs one write transaction;
+    ``store.engine.connect()`` reads."""
+
+    SETTINGS_TTL = 1.0  # seconds a server keeps the queue settings before reading them again
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite admits one writer: queue our own transactions instead of spinning on busy.
         self._lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        self._settings: tuple[float, Settings] | None = None
 
     @contextlib.contextmanager
     def transaction(self):
-        with self._lock, self.engine.begin() as conn:
-            yield conn
+        with self._lock, self.engine.connect() as conn:
+            conn.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE (see _sqlite_begin)
+            with conn.begin():
+                yield conn
 
     def get_meta(self, conn, key: str, default: str | None = None) -> str | None:
         value = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()
@@ -201,7 +212,11 @@ class Store:
             conn.execute(insert(meta).values(key=key, value=value))
 
     def settings(self, conn) -> Settings:
-        return Settings(**json.loads(self.get_meta(conn, "settings", "{}")))
+        """The queue settings, read at most once a second (`label config` may change them)."""
+        now = time.monotonic()
+        if self._settings is None or now - self._settings[0] > self.SETTINGS_TTL:
+            self._settings = now, Settings(**json.loads(self.get_meta(conn, "settings", "{}")))
+        return self._settings[1]
 
     def close(self) -> None:
         self.engine.dispose()
@@ -265,10 +280,12 @@ def check_settings(settings: Settings) -> None:
 
 
 def update_settings(store: Store, **changes) -> Settings:
+    store._settings = None  # read them fresh
     with store.transaction() as conn:
         settings = Settings(**{**store.settings(conn).__dict__, **changes})
         check_settings(settings)
         store.set_meta(conn, "settings", json.dumps(settings.__dict__))
+    store._settings = None
     return settings
 
 
@@ -282,7 +299,8 @@ def add_task(conn, messages, responses: list[str], models: list[str], settings: 
     prompt_id = conn.execute(insert(prompts).values(
         text=text, messages=[list(m) for m in messages], created_at=now)).inserted_primary_key[0]
     task_id = conn.execute(insert(tasks).values(
-        prompt_id=prompt_id, random_key=rng.random(), created_at=now)).inserted_primary_key[0]
+        prompt_id=prompt_id, random_key=rng.random(), judged=0,
+        created_at=now)).inserted_primary_key[0]
     conn.execute(insert(candidates), [
         {"task_id": task_id, "slot": slot, "text": text_, "model": model, "settings": setting}
         for slot, (text_, model, setting) in enumerate(zip(responses, models, settings))])

@@ -1,0 +1,160 @@
+"""The HTTP API (FastAPI's TestClient, in process) on SQLite and PostgreSQL: the contract of
+docs/label.md, auth (401/403), 422 naming the field, 413, idempotent POST, skip, admin."""
+import json
+import random
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rlhfkit.label.app import create_app
+from rlhfkit.label.store import add_annotator, add_task
+
+
+@pytest.fixture
+def api(store_and_admin):
+    db, store, admin_token = store_and_admin
+    rng = random.Random(0)
+    with store.transaction() as conn:
+        for i in range(3):
+            add_task(conn, (("user", f"<b>prompt</b> {i}"),), [f"a{i}", f"b{i}", f"c{i}"],
+                     ["m"] * 3, [{"temperature": 1.0}] * 3, rng)
+    tokens = {name: add_annotator(store, name) for name in ("alice", "bob")}
+    with TestClient(create_app(db, max_body_bytes=4096)) as client:
+        yield client, admin_token, tokens
+
+
+def auth(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_annotator_flow(api):
+    client, _, tokens = api
+    alice = auth(tokens["alice"])
+    assert client.get("/api/me", headers=alice).json() == {"name": "alice", "done": 0, "queue": 3}
+    task = client.get("/api/tasks/next", headers=alice).json()
+    assert task["prompt"] == "<b>prompt</b> 0" and len(task["candidates"]) == 3
+    assert set(task["candidates"][0]) == {"id", "text"} and (task["done"], task["queue"]) == (0, 2)
+    body = {"task_id": task["task_id"], "ranks": [2, 1, 3], "flags": [], "comment": "ok",
+            "seconds": 3.0}
+    first = client.post("/api/judgments", json=body, headers=alice)
+    assert first.status_code == 201 and isinstance(first.json()["judgment_id"], int)
+    again = client.post("/api/judgments", json=body, headers=alice)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert client.get("/api/me", headers=alice).json() == {"name": "alice", "done": 1, "queue": 2}
+    nxt = client.get("/api/tasks/next", headers=alice).json()
+    assert client.post(f"/api/tasks/{nxt['task_id']}/skip", headers=alice).status_code == 200
+    last = client.get("/api/tasks/next", headers=alice).json()
+    assert last["task_id"] not in (task["task_id"], nxt["task_id"])
+    assert client.post("/api/judgments", headers=alice, json={
+        "task_id": last["task_id"], "ranks": [1, 1], }).status_code == 422  # K = 3
+    client.post("/api/judgments", headers=alice, json={"task_id": last["task_id"],
+                                                      "ranks": [1, 1, 1], "flags": ["all_bad"]})
+    empty = client.get("/api/tasks/next", headers=alice)
+    assert empty.status_code == 204 and empty.content == b""
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"ranks": [1, 2, 3]}, "task_id"),
+    ({"task_id": 1, "ranks": "12"}, "ranks"),
+    ({"task_id": 1, "ranks": [1, 2, 3], "seconds": -1}, "seconds"),
+    ({"task_id": 1, "ranks": [1, 2, 3], "extra": 1}, "extra"),
+])
+def test_malformed_body_is_422_naming_the_field(api, body, field):
+    client, _, tokens = api
+    client.get("/api/tasks/next", headers=auth(tokens["alice"]))
+    response = client.post("/api/judgments", json=body, headers=auth(tokens["alice"]))
+    assert response.status_code == 422
+    assert field in json.dumps(response.json()["detail"])
+
+
+def test_queue_errors_name_the_field_too(api):
+    client, _, tokens = api
+    task = client.get("/api/tasks/next", headers=auth(tokens["alice"])).json()
+    response = client.post("/api/judgments", headers=auth(tokens["alice"]), json={
+        "task_id": task["task_id"], "ranks": [1, 2, 9]})
+    assert response.status_code == 422 and response.json()["detail"].startswith("ranks:")
+    response = client.post("/api/judgments", headers=auth(tokens["alice"]), json={
+        "task_id": task["task_id"], "ranks": [1, 2, 3], "flags": ["lovely"]})
+    assert response.status_code == 422 and response.json()["detail"].startswith("flags:")
+
+
+def test_someone_elses_task_is_409(api):
+    client, _, tokens = api
+    task = client.get("/api/tasks/next", headers=auth(tokens["alice"])).json()
+    body = {"task_id": task["task_id"], "ranks": [1, 2, 3]}
+    assert client.post("/api/judgments", json=body, headers=auth(tokens["bob"])).status_code == 409
+    skip = client.post(f"/api/tasks/{task['task_id']}/skip", headers=auth(tokens["bob"]))
+    assert skip.status_code == 409
+    # bob's queue does not show alice's leased task (overlap 1)
+    assert client.get("/api/tasks/next", headers=auth(tokens["bob"])).json()["task_id"] != \
+        task["task_id"]
+
+
+def test_auth_401_and_403(api):
+    client, admin_token, tokens = api
+    for path in ("/api/me", "/api/tasks/next", "/api/admin/summary"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, headers=auth("not-a-token")).status_code == 401
+        assert client.get(path, headers={"Authorization": "Basic abc"}).status_code == 401
+    alice = auth(tokens["alice"])
+    assert client.get("/api/admin/summary", headers=alice).status_code == 403
+    assert client.get("/api/admin/export?format=ranked", headers=alice).status_code == 403
+    assert client.post("/api/admin/annotators", json={"name": "eve"}, headers=alice
+                       ).status_code == 403
+    assert client.get("/api/tasks/next", headers=auth(admin_token)).status_code == 403
+    admin = auth(admin_token)
+    assert client.post("/api/admin/annotators/alice/disable", headers=admin).status_code == 200
+    assert client.get("/api/me", headers=alice).status_code == 403
+    assert client.post("/api/admin/annotators/nobody/disable", headers=admin).status_code == 404
+
+
+def test_admin_api(api):
+    client, admin_token, tokens = api
+    admin = auth(admin_token)
+    created = client.post("/api/admin/annotators", json={"name": "carol"}, headers=admin)
+    assert created.status_code == 201
+    carol = created.json()
+    assert carol["name"] == "carol" and carol["link"].endswith(f"/?token={carol['token']}")
+    assert client.post("/api/admin/annotators", json={"name": "carol"},
+                       headers=admin).status_code == 409
+    task = client.get("/api/tasks/next", headers=auth(carol["token"])).json()
+    client.post("/api/judgments", headers=auth(carol["token"]),
+                json={"task_id": task["task_id"], "ranks": [1, 2, 2], "seconds": 7})
+    summary = client.get("/api/admin/summary", headers=admin).json()
+    assert (summary["tasks"], summary["complete"], summary["judgments"]) == (3, 1, 1)
+    rows = {row["name"]: row for row in summary["annotators"]}
+    assert set(rows) == {"alice", "bob", "carol"} and rows["carol"]["judgments"] == 1
+    assert rows["carol"]["median_seconds"] == 7 and rows["alice"]["active"] is True
+    exported = client.get("/api/admin/export?format=ranked", headers=admin)
+    assert exported.status_code == 200
+    (row,) = [json.loads(line) for line in exported.text.splitlines()]
+    assert row["ranks"] == [1, 2, 2] and row["prompt"] == task["prompt"]
+    assert row["responses"][0] == task["candidates"][0]["text"]
+    pairs = client.get("/api/admin/export?format=pairs", headers=admin).text.splitlines()
+    assert len(pairs) == 2  # best vs each of the two tied
+    assert client.get("/api/admin/export?format=csv", headers=admin).status_code == 422
+
+
+def test_request_size_limit(api):
+    client, _, tokens = api
+    task = client.get("/api/tasks/next", headers=auth(tokens["alice"])).json()
+    big = {"task_id": task["task_id"], "ranks": [1, 2, 3], "comment": "x" * 5000}
+    response = client.post("/api/judgments", json=big, headers=auth(tokens["alice"]))
+    assert response.status_code == 413
+
+    def chunks():  # no Content-Length: counted as it streams
+        yield b'{"task_id": 1, "ranks": [1, 2, 3], "comment": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post("/api/judgments", content=chunks(), headers={
+        **auth(tokens["alice"]), "Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_openapi_and_pages(api):
+    client, _, _ = api
+    spec = client.get("/openapi.json").json()
+    assert {"/api/tasks/next", "/api/judgments", "/api/admin/summary"} <= set(spec["paths"])
+    assert client.get("/").status_code in (200, 404)  # the page is helper P's static/index.html
