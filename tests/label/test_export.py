@@ -148,3 +148,5 @@ def test_the_rm_trainer_passes_the_exported_ties_to_the_loss(exported):
     rewards = torch.tensor([[0.0, 5.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     out = ranking_loss(rewards, mask, ranks=grid)
     assert out.num_pairs.item() == 3
+    # sp(−5) = log(1 + e^−5) = 0.006715348489117967: ((0.693147… + 0.006715…)/2 + 0.313261…)/2
+    assert out.loss.item() == pytest.approx(0.33159647602137725, abs=1e-12)
