@@ -1,4 +1,4 @@
-"""Direct preference optimisation loss family. Pure torch.
+"""Direct preference optimisation loss family, and KTO for unpaired labels. Pure torch.
 
 Every loss takes sequence log-probs (B,), summed over response tokens, packed in a
 ``PreferenceLogps``, and returns per-example losses (B,): the trainer chooses how to average
@@ -109,6 +109,36 @@ DPO_LOSSES: dict[str, LossFn] = {
     "simpo": simpo_loss,
     "hinge": hinge_loss,
 }
+
+
+# --- KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization") ---
+# Unpaired examples: one completion y per prompt x with a binary label (desirable or not), and
+# r = log π(y|x) − log ref(y|x) its log-ratio. Not a pair loss, so not in DPO_LOSSES: the
+# trainer picks it by dpo.loss_type = kto.
+
+def kto_reference_point(kl_logratios: torch.Tensor, count: float | torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """z_ref = max(0, Σ kl_logratios / count), detached: the batch estimate of KL(π ‖ ref) from
+    log-ratios of *mismatched* completions y' (another prompt's completion under x; KTO eq. 4
+    and its §4.1). ``count`` defaults to the number of log-ratios given; the trainer passes
+    the global sum and count over processes so every shard sees one z_ref. ()"""
+    count = kl_logratios.numel() if count is None else count
+    total = kl_logratios.detach().sum()
+    return (total / torch.as_tensor(count, dtype=total.dtype).clamp(min=1)).clamp(min=0)
+
+
+def kto_loss(logratios: torch.Tensor, desirable_mask: torch.Tensor, z_ref: torch.Tensor,
+             beta: float = 0.1, desirable_weight: float = 1.0,
+             undesirable_weight: float = 1.0) -> torch.Tensor:
+    """KTO (eq. 8): λ_y − v(x, y) per example (B,), with r = ``logratios`` (B,) and
+    v = λ_D·σ(β(r − z_ref)) for a desirable y, λ_U·σ(β(z_ref − r)) for an undesirable one.
+    λ_D, λ_U = ``desirable_weight``, ``undesirable_weight`` (the paper keeps
+    λ_D·n_D / (λ_U·n_U) in [1, 4/3]). At policy == reference with z_ref = 0 the loss is λ_y / 2.
+    """
+    weights = torch.where(desirable_mask, torch.full_like(logratios, desirable_weight),
+                          torch.full_like(logratios, undesirable_weight))  # (B,) λ_y
+    margin = torch.where(desirable_mask, logratios - z_ref, z_ref - logratios)  # (B,)
+    return weights * (1 - torch.sigmoid(beta * margin))
 
 
 def dpo_metrics(logps: PreferenceLogps, beta: float) -> DPOMetrics:

@@ -188,3 +188,53 @@ def test_sigmoid_matches_pairwise_ranking_loss_on_implicit_rewards():
     m = dpo_metrics(example(), beta=0.5)
     torch.testing.assert_close(dpo_loss(example(), beta=0.5).mean(),
                                pairwise_loss(m.chosen_rewards, m.rejected_rewards).loss, **TOL)
+
+
+# --- KTO (Ethayarajh et al. 2024) ------------------------------------------------------------------
+
+def test_kto_hand_values():
+    # r = [1, −1, 0.5, 0], labels [good, bad, bad, good], z_ref 0.2, β 0.5, λ_D 1, λ_U 2:
+    #   good r=1:    1·(1 − σ(0.5·(1 − 0.2)))    = 1 − σ(0.4)  = 0.401312
+    #   bad  r=−1:   2·(1 − σ(0.5·(0.2 + 1)))    = 2(1 − σ(0.6)) = 0.708688
+    #   bad  r=0.5:  2·(1 − σ(0.5·(0.2 − 0.5)))  = 2(1 − σ(−0.15)) = 1.074860
+    #   good r=0:    1·(1 − σ(0.5·(0 − 0.2)))    = 1 − σ(−0.1) = 0.524979
+    from rlhfkit.ops.dpo import kto_loss
+
+    sig = lambda x: 1 / (1 + math.exp(-x))
+    out = kto_loss(torch.tensor([1.0, -1.0, 0.5, 0.0]), torch.tensor([True, False, False, True]),
+                   torch.tensor(0.2), beta=0.5, desirable_weight=1.0, undesirable_weight=2.0)
+    expected = [1 - sig(0.4), 2 * (1 - sig(0.6)), 2 * (1 - sig(-0.15)), 1 - sig(-0.1)]
+    torch.testing.assert_close(out, torch.tensor(expected), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, torch.tensor([0.401312, 0.708688, 1.074860, 0.524979]),
+                               atol=1e-6, rtol=0)
+
+
+def test_kto_at_policy_equals_reference_is_half_the_weight():
+    from rlhfkit.ops.dpo import kto_loss
+
+    out = kto_loss(torch.zeros(2), torch.tensor([True, False]), torch.tensor(0.0), beta=3.0,
+                   desirable_weight=1.5, undesirable_weight=0.5)
+    torch.testing.assert_close(out, torch.tensor([0.75, 0.25]), atol=1e-7, rtol=0)
+
+
+def test_kto_gradient_raises_good_and_lowers_bad_log_ratios():
+    from rlhfkit.ops.dpo import kto_loss
+
+    r = torch.zeros(2, requires_grad=True)
+    kto_loss(r, torch.tensor([True, False]), torch.tensor(0.0), beta=1.0).sum().backward()
+    # d/dr [1 − σ(r)] = −σ'(0) = −0.25 (good); d/dr [1 − σ(−r)] = +0.25 (bad)
+    torch.testing.assert_close(r.grad, torch.tensor([-0.25, 0.25]), atol=1e-7, rtol=0)
+
+
+def test_kto_reference_point_is_a_clamped_detached_mean():
+    from rlhfkit.ops.dpo import kto_reference_point
+
+    kl = torch.tensor([1.0, 0.5], requires_grad=True)
+    z = kto_reference_point(kl)
+    torch.testing.assert_close(z, torch.tensor(0.75), atol=1e-7, rtol=0)
+    assert not z.requires_grad  # z_ref is a baseline: no gradient through it
+    # (0.3 − 0.1 − 0.8) / 3 = −0.2 → clamped to 0
+    torch.testing.assert_close(kto_reference_point(torch.tensor([0.3, -0.1, -0.8])),
+                               torch.tensor(0.0), atol=0, rtol=0)
+    # the trainer's form: the sum over every process (1.0 + 0.5) with the global count 2
+    torch.testing.assert_close(kto_reference_point(torch.tensor([1.5]), 2), z, atol=1e-7, rtol=0)
