@@ -164,7 +164,8 @@ def dotted_problem(span: str) -> str | None:
     if parts[-1] in DATA_SUFFIXES:
         return None  # a file name (metrics.jsonl), not a reference
     if parts[0] == "rlhfkit":
-        if any(in_module(".".join(parts[:i]), parts[i:]) for i in range(len(parts), 1, -1)):
+        # down to the package itself: rlhfkit.sft, rlhfkit.Result (rlhfkit/__init__.py)
+        if any(in_module(".".join(parts[:i]), parts[i:]) for i in range(len(parts), 0, -1)):
             return None
         return "does not resolve in rlhfkit"
     if span in config_keys():

@@ -38,6 +38,13 @@ def load_examples(path: str, kind: str, max_rows: int = 0, split: str = "train",
     return [PARSERS[kind](record) for record in records]
 
 
+def _parse_rows(rows, source: str, kind: str) -> list:
+    records = records_from_rows(rows, source)
+    if not records:
+        raise DataError(f"{source}: no rows")
+    return [PARSERS[kind](record) for record in records]
+
+
 def train_eval_split(examples: list, eval_fraction: float, seed: int) -> tuple[list, list]:
     """Deterministic shuffle-then-split: the held-out rows depend only on the seed."""
     if eval_fraction <= 0:
@@ -50,15 +57,23 @@ def train_eval_split(examples: list, eval_fraction: float, seed: int) -> tuple[l
             [e for i, e in enumerate(examples) if i in held])
 
 
-def load_splits(data_config, kind: str, seed: int) -> tuple[list, list]:
+def load_splits(data_config, kind: str, seed: int, train_rows=None, eval_rows=None
+                ) -> tuple[list, list]:
     """Train and eval examples from a DataConfig (eval file or Hub split, or a held-out split
-    of train)."""
-    if not data_config.train_path:
+    of train). ``train_rows``/``eval_rows``: rows in memory (a ``datasets.Dataset`` or a list
+    of dicts, the Python API's train_dataset/eval_dataset) read in place of data.train_path /
+    data.eval_path, parsed and split the same way; errors name them 'train_dataset:N'."""
+    if train_rows is not None:
+        train = _parse_rows(train_rows, "train_dataset", kind)
+    elif not data_config.train_path:
         raise DataError("data.train_path is empty: set it in the config or as "
                         "data.train_path=FILE")
-    train = load_examples(data_config.train_path, kind, split=data_config.split,
-                          subset=data_config.subset)
-    if data_config.eval_path:
+    else:
+        train = load_examples(data_config.train_path, kind, split=data_config.split,
+                              subset=data_config.subset)
+    if eval_rows is not None:
+        evaluation = _parse_rows(eval_rows, "eval_dataset", kind)
+    elif data_config.eval_path:
         evaluation = load_examples(data_config.eval_path, kind, split=data_config.eval_split,
                                    subset=data_config.subset)
     else:

@@ -220,21 +220,27 @@ def update_epochs(run: common.Run, epochs: int, minibatches: int, n_rows: int, i
     return totals
 
 
-def train_online(config, stage: str, step, state: dict) -> dict:
+def train_online(config, stage: str, step, state: dict, train_dataset=None, eval_dataset=None,
+                 model=None, tokenizer=None, reward_fn=None) -> dict:
     """The online stages' run (PPO, GRPO): roles, before/after evaluation on held-out prompts,
     then the stage loop (trainers/loop.py) over ``step``, checkpoints holding ``state``,
     ``final/``.
 
     ``step(run, roles, config, tokenizer, pool, iteration, state)`` returns (metrics, sample
-    rows, per-token rows, next state); its metrics hold ``score_mean`` and ``kl_mean``."""
-    run_ = common.start_run(config)
+    rows, per-token rows, next state); its metrics hold ``score_mean`` and ``kl_mean``.
+    The objects (rlhfkit.ppo's and rlhfkit.grpo's) replace what the config names: prompt rows
+    for data.train_path/eval_path, the policy for model.name (the critic and a reward model
+    still load from the config), its tokenizer, and a Python reward function for
+    reward.function (called as one: ``reward_fn(prompts, responses, **reward.function_kwargs)``)."""
+    run_ = common.start_run(config, train_dataset)
     config.check_processes(run_.world_size)
-    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
-    train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed)
+    tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed,
+                                                train_dataset, eval_dataset)
     pool = encode_prompts(train_examples, tokenizer, config.data)
     eval_pool = encode_prompts(eval_examples, tokenizer, config.data)
     iterations = common.total_steps(config.train, len(pool.ids))
-    roles = build_roles(run_, config, tokenizer, iterations)
+    roles = build_roles(run_, config, tokenizer, iterations, model, reward_fn)
     start, extra = common.maybe_resume(run_)
     state = {key: extra.get(key, value) for key, value in state.items()}
     logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main, stage)

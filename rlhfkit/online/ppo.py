@@ -298,9 +298,10 @@ def next_kl_coef(config: PPOConfig, kl_coef: float, kl_mean: float) -> float:
                               config.train.batch_size)
 
 
-def run(config: PPOConfig) -> dict:
-    """Train with PPO, checkpoint, evaluate before/after, save ``final/``; returns a summary."""
-    return train_online(config, "ppo", ppo_step, {"kl_coef": config.ppo.kl_coef})
+def run(config: PPOConfig, **objects) -> dict:
+    """Train with PPO, checkpoint, evaluate before/after, save ``final/``; returns a summary.
+    ``objects``: rlhfkit.ppo's in-memory data, model, tokenizer, reward_fn (``train_online``)."""
+    return train_online(config, "ppo", ppo_step, {"kl_coef": config.ppo.kl_coef}, **objects)
 
 
 def ppo_step(run_: common.Run, roles: Roles, config: PPOConfig, tokenizer, pool: Prompts, iteration: int,

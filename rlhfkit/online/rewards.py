@@ -83,10 +83,15 @@ def load_function(spec: str) -> Callable:
 
 
 class FunctionReward:
-    """A Python reward function; checks it returns one finite float per response."""
+    """A Python reward function ('module:function', or the function itself: the Python API's
+    reward_fn); checks it returns one finite float per response."""
 
-    def __init__(self, spec: str, kwargs: dict | None = None):
-        self.spec, self.function, self.kwargs = spec, load_function(spec), dict(kwargs or {})
+    def __init__(self, spec: str | Callable, kwargs: dict | None = None):
+        if isinstance(spec, str):
+            self.spec, self.function = spec, load_function(spec)
+        else:
+            self.spec, self.function = getattr(spec, "__qualname__", repr(spec)), spec
+        self.kwargs = dict(kwargs or {})
 
     def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         values = list(self.function([str(p) for p in prompts], list(responses), **self.kwargs))
@@ -149,18 +154,20 @@ class RewardSources:
         return total, parts
 
 
-def build_reward_sources(reward_config, device: str = "auto", dtype: str = "auto"
-                         ) -> RewardSources:
+def build_reward_sources(reward_config, device: str = "auto", dtype: str = "auto",
+                         function: Callable | None = None) -> RewardSources:
     """The sources a ``reward`` config part names (model and/or function); the reward model
-    goes on ``device`` (e.g. this process's 'cuda:1') in ``dtype`` ('auto', 'float32', …)."""
+    goes on ``device`` (e.g. this process's 'cuda:1') in ``dtype`` ('auto', 'float32', …).
+    ``function``: a Python reward function in place of reward.function (weighted alike)."""
     sources = []
     if reward_config.model_path:
         sources.append(("model", reward_config.model_weight, ModelReward(
             reward_config.model_path, device, dtype,
             reward_config.model_input, reward_config.batch_size, reward_config.normalize)))
-    if reward_config.function:
-        sources.append(("function", reward_config.function_weight,
-                        FunctionReward(reward_config.function, reward_config.function_kwargs)))
+    if function is not None or reward_config.function:
+        sources.append(("function", reward_config.function_weight, FunctionReward(
+            function if function is not None else reward_config.function,
+            reward_config.function_kwargs)))
     return RewardSources(sources)
 
 

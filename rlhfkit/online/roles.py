@@ -116,11 +116,13 @@ def build_value_model(run, config, tokenizer):
     return disable_dropout(value_model)  # values scored in eval mode = values in the update
 
 
-def build_roles(run, config, tokenizer, iterations: int) -> Roles:
+def build_roles(run, config, tokenizer, iterations: int, policy=None, reward_fn=None) -> Roles:
     """policy (actor), value_model (critic; none for GRPO), ref_policy and reward sources,
     prepared. ``config``: a PPOConfig or GRPOConfig (``critic_layout``, ``reference_mode``,
-    ``updates_per_iteration``)."""
-    policy = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    ``updates_per_iteration``). ``policy``: one already loaded (else model.name);
+    ``reward_fn``: a Python reward function (else reward.function)."""
+    if policy is None:
+        policy = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
     if config.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     ref_policy = None
@@ -149,6 +151,6 @@ def build_roles(run, config, tokenizer, iterations: int) -> Roles:
     schedulers = [common.make_scheduler(o, t, updates) for o, t in zip(optimizers, train_configs)]
     prepared = run.accelerator.prepare(*modules, *optimizers, *schedulers)
     n = len(modules)
-    reward = build_reward_sources(config.reward, str(run.device), config.model.dtype)
+    reward = build_reward_sources(config.reward, str(run.device), config.model.dtype, reward_fn)
     return Roles(prepared[0], prepared[1] if n == 2 else None, ref_policy, reward,
                  list(prepared[n:2 * n]), list(prepared[2 * n:]))

@@ -54,9 +54,10 @@ class Run:
         return self.accelerator.process_index
 
 
-def start_run(config) -> Run:
+def start_run(config, train_dataset=None) -> Run:
     """Accelerator (with the trackers of train.report_to), seeds, output_dir with config.yaml,
-    metrics log."""
+    metrics log. ``train_dataset``: in-memory training rows (Python API), named in the model
+    card instead of data.train_path."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
@@ -83,8 +84,10 @@ def start_run(config) -> Run:
     accelerator.wait_for_everyone()
     start_trackers(accelerator, config, output_dir)
     metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, accelerator=accelerator)
+    source = None if train_dataset is None else \
+        f"in memory: a {type(train_dataset).__name__} of {len(train_dataset)} rows"
     return Run(config, accelerator, output_dir, metrics, accelerator.device,
-               resolve_dtype(config.model.dtype, accelerator.device))
+               resolve_dtype(config.model.dtype, accelerator.device), source)
 
 
 def start_trackers(accelerator, config, output_dir: Path) -> None:
@@ -165,12 +168,14 @@ def global_sum(accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]
 
 
 # ----------------------------------------------------------------------------- models
-def load_policy(run, config, tokenizer):
-    """The trainable causal LM of a stage: model.name in the run's dtype, optional gradient
-    checkpointing, optional LoRA adapter (config.model.lora)."""
+def load_policy(run, config, tokenizer, model=None):
+    """The trainable causal LM of a stage: model.name in the run's dtype (or ``model``, one
+    already loaded: the Python API's), optional gradient checkpointing, optional LoRA adapter
+    (config.model.lora)."""
     from rlhfkit.models import apply_lora, load_causal_lm
 
-    model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+    if model is None:
+        model = load_causal_lm(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.model.lora.enabled:

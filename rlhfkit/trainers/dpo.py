@@ -25,6 +25,7 @@ Sequence log-probs do not depend on padding or on the other rows of a batch
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import time
@@ -374,29 +375,41 @@ def pair_rows(idx: list[int], logps: PreferenceLogps, losses: torch.Tensor) -> l
 
 
 # ----------------------------------------------------------------------------- runs
-def make_reference(run, config: DPOConfig, policy, tokenizer, train, evaluation) -> Reference:
+def make_reference(run, config: DPOConfig, policy, tokenizer, train, evaluation,
+                   source=None) -> Reference:
+    """``source``: the in-memory policy before training (Python API); copy mode freezes a copy
+    of it unless dpo.ref_model names another model."""
     mode = config.dpo.reference_mode
     if mode == "precomputed":
         attach_reference_logps(run, config, policy, tokenizer, train, evaluation)
+    if mode == "copy" and source is not None and not config.dpo.ref_model:
+        frozen = copy.deepcopy(run.accelerator.unwrap_model(policy)).to(run.device)
+        return Reference(mode, frozen.eval().requires_grad_(False))
     if mode == "copy":
         name = config.dpo.ref_model or config.model.name
         return Reference(mode, load_frozen(name, tokenizer, run, config.model.cache_dir))
     return Reference(mode)
 
 
-def run(config: DPOConfig) -> dict:
-    """Train (or only evaluate), checkpoint, save ``final/``; returns the last metrics."""
+def run(config: DPOConfig, train_dataset=None, eval_dataset=None, model=None,
+        tokenizer=None) -> dict:
+    """Train (or only evaluate), checkpoint, save ``final/``; returns the last metrics. The
+    objects (rlhfkit.dpo's) replace what the config names: data.train_path/eval_path, the
+    policy (a frozen copy of it is the reference unless dpo.ref_model is set), its tokenizer."""
     if config.eval_only:
         return run_eval_only(config)
-    run_ = common.start_run(config)
-    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+    run_ = common.start_run(config, train_dataset)
+    tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
     pad_id = tokenizer.pad_token_id
-    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
+    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed,
+                                                train_dataset, eval_dataset)
     train_data = PreferenceData(encode_pairs(train_examples, tokenizer, config.data))
     evaluation = PreferenceData(encode_pairs(eval_examples, tokenizer, config.data))
-    model = common.load_policy(run_, config, tokenizer)
+    reference_source = model  # an in-memory policy: its frozen copy is the reference
+    model = common.load_policy(run_, config, tokenizer, model)
     clock = time.perf_counter()
-    reference = make_reference(run_, config, model, tokenizer, train_data, evaluation)
+    reference = make_reference(run_, config, model, tokenizer, train_data, evaluation,
+                               reference_source)
     timing = {"reference_s": time.perf_counter() - clock}
     steps = common.total_steps(config.train, len(train_data.pairs))
     optimizer = common.make_optimizer(model, config.train)

@@ -236,8 +236,11 @@ def freeze_lower_layers(model, n_layers: int) -> None:
         layer.requires_grad_(False)
 
 
-def build_model(run, config: RMConfig, tokenizer):
-    model = load_scalar_model(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
+def build_model(run, config: RMConfig, tokenizer, model=None):
+    """model.name with a scalar head (or ``model``, one already loaded with one), frozen lower
+    layers, LoRA."""
+    if model is None:
+        model = load_scalar_model(config.model.name, tokenizer, run.dtype, config.model.cache_dir)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if config.rm.freeze_layers:
@@ -282,16 +285,20 @@ def save_stats(run, stats: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- loop
-def run(config: RMConfig) -> dict:
-    """Train, checkpoint, evaluate, save ``final/`` + reward_stats.json; returns last metrics."""
-    run_ = common.start_run(config)
-    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
-    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed)
+def run(config: RMConfig, train_dataset=None, eval_dataset=None, model=None,
+        tokenizer=None) -> dict:
+    """Train, checkpoint, evaluate, save ``final/`` + reward_stats.json; returns last metrics.
+    The objects (rlhfkit.rm's) replace what the config names: data.train_path/eval_path, the
+    model (a sequence classifier with one label), its tokenizer."""
+    run_ = common.start_run(config, train_dataset)
+    tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed,
+                                                train_dataset, eval_dataset)
     train_encoded = encode_lists(train_examples, tokenizer, config.data)
     eval_encoded = encode_lists(eval_examples, tokenizer, config.data)
     train_ranks, eval_ranks = list_ranks(train_examples), list_ranks(eval_examples)
     max_k = max(len(seqs) for seqs in train_encoded + eval_encoded)
-    model = build_model(run_, config, tokenizer)
+    model = build_model(run_, config, tokenizer, model)
     steps = common.total_steps(config.train, len(train_encoded))
     optimizer = make_optimizer(model, config)
     scheduler = common.make_scheduler(optimizer, config.train, steps)

@@ -112,14 +112,18 @@ def greedy_samples(run, model, tokenizer, config: SFTConfig) -> list[dict]:
     return samples
 
 
-def run(config: SFTConfig) -> dict:
-    """Train, checkpoint, evaluate, save ``final/``; returns the last metrics."""
-    run_ = common.start_run(config)
-    tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
-    train_examples, eval_examples = load_splits(config.data, "sft", config.train.seed)
+def run(config: SFTConfig, train_dataset=None, eval_dataset=None, model=None,
+        tokenizer=None) -> dict:
+    """Train, checkpoint, evaluate, save ``final/``; returns the last metrics. The objects
+    (rlhfkit.sft's) replace what the config names: data.train_path/eval_path, the model, its
+    tokenizer."""
+    run_ = common.start_run(config, train_dataset)
+    tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
+    train_examples, eval_examples = load_splits(config.data, "sft", config.train.seed,
+                                                train_dataset, eval_dataset)
     train_encoded = encode_examples(train_examples, tokenizer, config.data)
     eval_encoded = encode_examples(eval_examples, tokenizer, config.data)
-    model = common.load_policy(run_, config, tokenizer)
+    model = common.load_policy(run_, config, tokenizer, model)
     before = greedy_samples(run_, model.to(run_.device), tokenizer, config)
     steps = common.total_steps(config.train, len(train_encoded))
     optimizer = common.make_optimizer(model, config.train)
