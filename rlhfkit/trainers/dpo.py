@@ -4,6 +4,10 @@ Per pair (x, y_w, y_l): sequence log-probs π_w, π_l of the chosen and rejected
 summed over response tokens only (prompt and padding never count), from ONE forward pass over
 the concatenated batch [chosen rows; rejected rows] (2B, T); the reference policy's ref_w, ref_l;
 and a per-pair loss ℓ from ``rlhfkit.ops.dpo.DPO_LOSSES`` (hand values: tests/ops/test_dpo.py).
+KTO (``dpo.loss_type: kto``, unpaired {"prompt", "completion", "label"} rows) runs through the
+same machinery: each example is a "pair" of its completion and a mismatched one (the next
+example's completion under its prompt) whose log-ratios give the reference point z_ref
+(``encode_unpaired``, ``kto_losses``; ops.dpo.kto_loss).
 
     loss = Σ_pairs ℓ_i / (pairs in the global batch)
 
@@ -53,6 +57,7 @@ from rlhfkit.models.packing import (
     packed_sequence_logprobs,
 )
 from rlhfkit.ops import DPO_LOSSES, PreferenceLogps, dpo_metrics, masked_sum
+from rlhfkit.ops.dpo import kto_loss, kto_reference_point
 from rlhfkit.trainers import common
 from rlhfkit.trainers.loop import train_loop
 
@@ -66,8 +71,14 @@ class DPOPart(Validated):
                                 "prompt computed once (causal decoders; the same log-probs, "
                                 "fewer tokens); false = one row per response.")
     loss_type: str = option("sigmoid", "Loss from rlhfkit.ops.dpo.DPO_LOSSES: sigmoid (DPO; cDPO "
-                            "with label_smoothing), ipo, simpo (reference-free), hinge (SLiC).",
-                            choices=tuple(DPO_LOSSES))
+                            "with label_smoothing), ipo, simpo (reference-free), hinge (SLiC); "
+                            "or kto (KTO on unpaired {prompt, completion, label} rows).",
+                            choices=(*DPO_LOSSES, "kto"))
+    desirable_weight: float = option(1.0, "KTO λ_D: weight of the desirable (label true) "
+                                     "examples (kto only).", above=0)
+    undesirable_weight: float = option(1.0, "KTO λ_U: weight of the undesirable (label false) "
+                                       "examples; keep λ_D·n_D / (λ_U·n_U) in [1, 4/3] (kto "
+                                       "only).", above=0)
     beta: float = option(0.1, "β: the strength of the KL tie to the reference (DPO, hinge), "
                          "IPO's τ, SimPO's reward scale.", above=0)
     label_smoothing: float = option(0.0, "cDPO ε: probability that a preference label is "
@@ -85,6 +96,11 @@ class DPOPart(Validated):
     def __post_init__(self):
         super().__post_init__()
         require(self.beta > 0, "beta", self.beta, "a number > 0")
+
+    @property
+    def data_kind(self) -> str:
+        """The row format read: unpaired {prompt, completion, label} for KTO, else pairs/lists."""
+        return "unpaired" if self.loss_type == "kto" else "ranked"
 
     @property
     def reference_mode(self) -> str:
@@ -125,6 +141,7 @@ class PreferenceData:
     """Encoded pairs, and the reference's sequence log-probs (N, 2) when precomputed."""
     pairs: list
     ref: torch.Tensor | None = None  # (N, 2): [:, 0] ref_w, [:, 1] ref_l
+    labels: torch.Tensor | None = None  # (N,) bool, KTO only: True = desirable
 
 
 def encode_pairs(examples, tokenizer, data_config) -> list[EncodedPair]:
@@ -136,6 +153,30 @@ def encode_pairs(examples, tokenizer, data_config) -> list[EncodedPair]:
                                         data_config.max_length)
                                  for response in (example.chosen, example.rejected))))
     return out
+
+
+def encode_unpaired(examples, tokenizer, data_config) -> list[EncodedPair]:
+    """KTO rows as (completion, mismatched completion) pairs under the example's prompt: the
+    mismatched one is the next example's completion (cyclically), an unrelated y' for x whose
+    log-ratio estimates KL(π ‖ ref) (KTO §4.1). Both share the prompt, so they pack and are
+    referenced (precomputed, copy, adapter) exactly like a DPO pair."""
+    out = []
+    for i, example in enumerate(examples):
+        prompt = render_prompt(example.messages, tokenizer, data_config.template,
+                               data_config.system_prompt)
+        other = examples[(i + 1) % len(examples)].completion
+        out.append(EncodedPair(*(encode(tokenizer, prompt, response, data_config.max_prompt_length,
+                                        data_config.max_length)
+                                 for response in (example.completion, other))))
+    return out
+
+
+def encode_data(examples, tokenizer, config: DPOConfig) -> PreferenceData:
+    """Pairs (ranked rows) or KTO's (completion, mismatched) pairs with their labels."""
+    if config.dpo.data_kind == "ranked":
+        return PreferenceData(encode_pairs(examples, tokenizer, config.data))
+    return PreferenceData(encode_unpaired(examples, tokenizer, config.data),
+                          labels=torch.tensor([e.label for e in examples], dtype=torch.bool))
 
 
 def pair_batch(pairs: list[EncodedPair], pad_id: int, share_prompt: bool = False):
@@ -286,9 +327,50 @@ def metric_sums(logps: PreferenceLogps, losses: torch.Tensor, beta: float) -> di
     return sums
 
 
+def pair_losses(run, logps: PreferenceLogps, data: PreferenceData, idx: list[int],
+                global_stats: bool) -> tuple[torch.Tensor, dict]:
+    """The DPO family: ℓ per pair from DPO_LOSSES, and the metric sums."""
+    dpo = run.config.dpo
+    losses = DPO_LOSSES[dpo.loss_type](logps, beta=dpo.beta,
+                                       label_smoothing=dpo.label_smoothing, gamma=dpo.gamma)
+    return losses, metric_sums(logps, losses, dpo.beta)
+
+
+def kto_losses(run, logps: PreferenceLogps, data: PreferenceData, idx: list[int],
+               global_stats: bool) -> tuple[torch.Tensor, dict]:
+    """KTO: r = π − ref of each completion ("chosen" rows); z_ref from the mismatched ("rejected")
+    rows, over every process's micro-batch when ``global_stats`` (training), else this batch's.
+    Metrics: loss, the implicit reward β·r, kl_estimate z_ref, reward_accuracy (r on the side
+    of z_ref its label asks for), the desirable share, the completions' log-probs."""
+    dpo = run.config.dpo
+    kl = (logps.policy_rejected - logps.ref_rejected).detach()  # (B,) log-ratios of y' | x
+    if global_stats:
+        total = common.global_sum(run.accelerator, {"kl": kl.sum(), "count": torch.tensor(
+            float(len(kl)))})
+        z_ref = kto_reference_point(torch.tensor([total["kl"]], device=kl.device),
+                                    total["count"])
+    else:
+        z_ref = kto_reference_point(kl)
+    labels = data.labels[idx].to(kl.device)  # (B,)
+    logratios = logps.policy_chosen - logps.ref_chosen  # (B,)
+    losses = kto_loss(logratios, labels, z_ref, dpo.beta, dpo.desirable_weight,
+                      dpo.undesirable_weight)
+    r = logratios.detach()
+    right = torch.where(labels, r > z_ref, r < z_ref)
+    return losses, {"loss": losses.detach().sum(), "rewards": (dpo.beta * r).sum(),
+                    "kl_estimate": z_ref * len(idx), "reward_accuracy": right.float().sum(),
+                    "desirable_share": labels.float().sum(),
+                    "chosen_logps": logps.policy_chosen.detach().sum()}
+
+
+LOSS_FAMILIES = {"ranked": pair_losses, "unpaired": kto_losses}  # by DPOPart.data_kind
+
+
 def batch_loss(run, model, reference: Reference, data: PreferenceData, idx: list[int],
-               pad_id: int) -> tuple[torch.Tensor, PreferenceLogps, dict]:
-    """Per-pair losses (B,) of the pairs ``idx``, their log-probs and metric sums."""
+               pad_id: int, global_stats: bool = False
+               ) -> tuple[torch.Tensor, PreferenceLogps, dict]:
+    """Per-pair losses (B,) of the pairs ``idx``, their log-probs and metric sums.
+    ``global_stats``: batch statistics (KTO's z_ref) over every process (training steps)."""
     dpo = run.config.dpo
     share = shares_prompt(run, model) and (reference.ref_policy is None
                                            or can_pack(reference.ref_policy))
@@ -299,9 +381,8 @@ def batch_loss(run, model, reference: Reference, data: PreferenceData, idx: list
         ref_seq = reference.logps(run.accelerator.unwrap_model(model), data, idx, batch)
     logps = preference_logps(policy_seq.float(), lengths,
                              None if ref_seq is None else ref_seq.float())
-    losses = DPO_LOSSES[dpo.loss_type](logps, beta=dpo.beta,
-                                       label_smoothing=dpo.label_smoothing, gamma=dpo.gamma)
-    return losses, logps, metric_sums(logps, losses, dpo.beta)
+    losses, sums = LOSS_FAMILIES[dpo.data_kind](run, logps, data, idx, global_stats)
+    return losses, logps, sums
 
 
 def _add(totals: dict, sums: dict) -> None:
@@ -318,8 +399,9 @@ def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.O
     n_pairs = common.global_count(run.accelerator, sum(len(c) for c in chunks))
 
     def losses(chunk):
-        pair_losses, _, sums = batch_loss(run, model, reference, data, chunk, pad_id)
-        return [pair_losses.sum() / n_pairs], sums  # Σ over this process's pairs / global pairs
+        losses_, _, sums = batch_loss(run, model, reference, data, chunk, pad_id,
+                                      global_stats=True)
+        return [losses_.sum() / n_pairs], sums  # Σ over this process's pairs / global pairs
 
     totals, (grad_norm,) = common.accumulate_step(run, [model], [optimizer], [scheduler], chunks,
                                                   losses)
@@ -401,10 +483,10 @@ def run(config: DPOConfig, train_dataset=None, eval_dataset=None, model=None,
     run_ = common.start_run(config, train_dataset)
     tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
     pad_id = tokenizer.pad_token_id
-    train_examples, eval_examples = load_splits(config.data, "ranked", config.train.seed,
+    train_examples, eval_examples = load_splits(config.data, config.dpo.data_kind, config.train.seed,
                                                 train_dataset, eval_dataset)
-    train_data = PreferenceData(encode_pairs(train_examples, tokenizer, config.data))
-    evaluation = PreferenceData(encode_pairs(eval_examples, tokenizer, config.data))
+    train_data = encode_data(train_examples, tokenizer, config)
+    evaluation = encode_data(eval_examples, tokenizer, config)
     reference_source = model  # an in-memory policy: its frozen copy is the reference
     model = common.load_policy(run_, config, tokenizer, model)
     clock = time.perf_counter()
@@ -480,8 +562,8 @@ def run_eval_only(config: DPOConfig) -> dict:
     run_ = common.start_run(config)
     tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
     path = config.data.eval_path or config.data.train_path
-    examples = load_examples(path, "ranked", config.data.max_eval_rows)
-    data = PreferenceData(encode_pairs(examples, tokenizer, config.data))
+    examples = load_examples(path, config.dpo.data_kind, config.data.max_eval_rows)
+    data = encode_data(examples, tokenizer, config)
     policy = load_frozen(config.model.name, tokenizer, run_, config.model.cache_dir)
     reference = Reference("none")
     if config.dpo.reference_mode != "none":
