@@ -15,8 +15,17 @@ DEVICES = [d for d in os.environ.get("RLHFKIT_TEST_DEVICES", "").split(",") if d
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
-    """The device a test runs on ("cpu", "cuda"): pass it as ``model.device``."""
+    """The device a test runs on ("cpu", "cuda"): pass it as ``model.device`` (``on_device``)
+    or move the test's tensors and models there with ``.to(device)``. Its ids (``[cpu]``,
+    ``[cuda]``) are what ``-k cuda`` selects; tests/test_devices.py checks the wiring."""
     return request.param
+
+
+@pytest.fixture
+def on_device(device) -> tuple[str, ...]:
+    """Stage overrides that run a test on ``device`` in float32: "auto" would pick bfloat16 on
+    CUDA, and the tests' tolerances are float32's (bf16 runs: scripts/gpu_check.sh)."""
+    return (f"model.device={device}", "model.dtype=float32")
 
 
 @pytest.fixture(scope="session")

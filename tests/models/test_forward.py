@@ -5,6 +5,6 @@ import torch
 from rlhfkit.models.forward import position_ids_from
 
 
-def test_position_ids_from_count_real_tokens_only():
-    mask = torch.tensor([[False, False, True, True], [True, True, True, True]])
+def test_position_ids_from_count_real_tokens_only(device):
+    mask = torch.tensor([[False, False, True, True], [True, True, True, True]], device=device)
     assert position_ids_from(mask).tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]

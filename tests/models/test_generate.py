@@ -16,13 +16,32 @@ PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [100, 200], [300, 301, 302, 303], [17]]  # l
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    policy = load_causal_lm("tiny-llama", tokenizer).eval()
-    with torch.no_grad():  # a livelier random model than the default init (no 1-token loops)
-        for p in policy.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-    return policy
+def models(tokenizer):
+    """The test policy on a device, built once per device (the same weights on each)."""
+    built = {}
+
+    def on(device: str):
+        if device not in built:
+            torch.manual_seed(0)
+            policy = load_causal_lm("tiny-llama", tokenizer).eval()
+            # a livelier random model than the default init (no 1-token loops)
+            with torch.no_grad():
+                for p in policy.parameters():
+                    p.add_(torch.randn_like(p) * 0.2)
+            built[device] = policy.to(device)
+        return built[device]
+
+    return on
+
+
+@pytest.fixture
+def model(models, device):
+    return models(device)
+
+
+def padded(prompts, pad_id, device):
+    """Left-padded (ids, mask) on ``device``."""
+    return tuple(t.to(device) for t in left_pad(prompts, pad_id))
 
 
 def hf_greedy(model, ids, mask, new, pad_id, eos_id):
@@ -32,8 +51,8 @@ def hf_greedy(model, ids, mask, new, pad_id, eos_id):
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (1.0, 1)])  # argmax; top-1 sampling
-def test_greedy_equals_hf_generate_with_left_padding(model, tokenizer, temperature, top_k):
-    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+def test_greedy_equals_hf_generate_with_left_padding(model, tokenizer, temperature, top_k, device):
+    ids, mask = padded(PROMPTS, tokenizer.pad_token_id, device)
     eos = tokenizer.eos_token_id
     expected = hf_greedy(model, ids, mask, 16, tokenizer.pad_token_id, eos)
     ours = decode(model, ids, mask, 16, temperature, top_k, 1.0, tokenizer.pad_token_id, eos)
@@ -43,22 +62,22 @@ def test_greedy_equals_hf_generate_with_left_padding(model, tokenizer, temperatu
     assert all(len(set(r)) > 3 for r in responses.tolist())  # and do not repeat one token
 
 
-def test_lora_policy_equals_hf_generate(model, tokenizer):
+def test_lora_policy_equals_hf_generate(model, tokenizer, device):
     policy = apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, r=4))
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)  # a moved adapter
     policy.eval()
-    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+    ids, mask = padded(PROMPTS, tokenizer.pad_token_id, device)
     eos = tokenizer.eos_token_id
     expected = hf_greedy(policy, ids, mask, 8, tokenizer.pad_token_id, eos)
     assert torch.equal(decode(policy, ids, mask, 8, 0.0, 0, 1.0, tokenizer.pad_token_id, eos),
                        expected)
 
 
-def test_eos_stops_a_row_then_pads_like_hf(model, tokenizer):
-    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+def test_eos_stops_a_row_then_pads_like_hf(model, tokenizer, device):
+    ids, mask = padded(PROMPTS, tokenizer.pad_token_id, device)
     pad, P = tokenizer.pad_token_id, ids.shape[1]
     free = hf_greedy(model, ids, mask, 12, pad, -1)[:, P:]  # no EOS: the greedy continuations
     eos = int(free[2, 4])  # a token row 2 emits at step 4 (and not before) acts as EOS
@@ -71,8 +90,8 @@ def test_eos_stops_a_row_then_pads_like_hf(model, tokenizer):
     assert out.response_mask[2].tolist() == [True] * 5 + [False] * 7
 
 
-def test_stops_when_every_row_has_ended(model, tokenizer):
-    ids, mask = left_pad(PROMPTS[:1], tokenizer.pad_token_id)
+def test_stops_when_every_row_has_ended(model, tokenizer, device):
+    ids, mask = padded(PROMPTS[:1], tokenizer.pad_token_id, device)
     pad, P = tokenizer.pad_token_id, ids.shape[1]
     free = hf_greedy(model, ids, mask, 6, pad, -1)[:, P:]
     eos = int(free[0, 2])
@@ -83,8 +102,8 @@ def test_stops_when_every_row_has_ended(model, tokenizer):
     assert torch.equal(ours, expected)
 
 
-def test_sampling_is_reproducible_from_the_global_seed(model, tokenizer):
-    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+def test_sampling_is_reproducible_from_the_global_seed(model, tokenizer, device):
+    ids, mask = padded(PROMPTS, tokenizer.pad_token_id, device)
     args = (model, ids, mask, 10, 0.9, 50, 0.95, tokenizer.pad_token_id, tokenizer.eos_token_id)
     torch.manual_seed(3)
     first = decode(*args)
@@ -106,13 +125,13 @@ def test_rollout_generate_restores_training_mode(model, tokenizer):
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_decode_raises_no_deprecation_warning(model, tokenizer, lora):
+def test_decode_raises_no_deprecation_warning(model, tokenizer, lora, device):
     """The decode loop uses transformers' current API: a newcomer's terminal shows only our
     progress, not a FutureWarning per PPO iteration (issue 12)."""
     import warnings
 
     policy = apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, r=4)) if lora else model
-    ids, mask = left_pad(PROMPTS, tokenizer.pad_token_id)
+    ids, mask = padded(PROMPTS, tokenizer.pad_token_id, device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         decode(policy.eval(), ids, mask, 4, 1.0, 0, 1.0, tokenizer.pad_token_id,

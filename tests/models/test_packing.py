@@ -25,14 +25,14 @@ GROUPS = [
 FLAT = [e for group in GROUPS for e in group]
 
 
-def unpacked_logprobs(model):
-    batch = collate_sequences(FLAT, PAD)
+def unpacked_logprobs(model, device):
+    batch = collate_sequences(FLAT, PAD).to(device)
     out = response_logprobs(model, batch.input_ids, batch.attention_mask, batch.response_mask)
     return masked_sum(out.logprobs, out.mask, dim=1), out.mask.sum(1)
 
 
-def test_layout_positions_segments_and_mask():
-    packed = pack_shared_prompts(GROUPS[:1], PAD)
+def test_layout_positions_segments_and_mask(device):
+    packed = pack_shared_prompts(GROUPS[:1], PAD).to(device)
     assert packed.input_ids.tolist() == [[11, 12, 13, 21, 22, 23, 2, 31, 2]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 6, 3, 4]]
     assert packed.segments.tolist() == [[0, 0, 0, 1, 1, 1, 1, 2, 2]]
@@ -48,15 +48,15 @@ def test_layout_positions_segments_and_mask():
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_logprobs_and_gradients_equal_one_row_per_response(tokenizer, attention):
-    model = load_causal_lm("tiny-llama", tokenizer)
+def test_logprobs_and_gradients_equal_one_row_per_response(tokenizer, attention, device):
+    model = load_causal_lm("tiny-llama", tokenizer).to(device)
     model.config._attn_implementation = attention
     assert can_pack(model)
-    expected, lengths = unpacked_logprobs(model)
+    expected, lengths = unpacked_logprobs(model, device)
     expected.sum().backward()
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    got, got_lengths = packed_sequence_logprobs(model, pack_shared_prompts(GROUPS, PAD))
+    got, got_lengths = packed_sequence_logprobs(model, pack_shared_prompts(GROUPS, PAD).to(device))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert got_lengths.tolist() == lengths.tolist()
     got.sum().backward()
@@ -64,12 +64,12 @@ def test_logprobs_and_gradients_equal_one_row_per_response(tokenizer, attention)
         torch.testing.assert_close(packed_grad, grad, atol=1e-5, rtol=1e-4)
 
 
-def test_reward_scores_equal_one_row_per_response(tokenizer):
-    model = load_scalar_model("tiny-llama", tokenizer)
+def test_reward_scores_equal_one_row_per_response(tokenizer, device):
+    model = load_scalar_model("tiny-llama", tokenizer).to(device)
     torch.nn.init.normal_(model.score.weight)  # a fresh head is zero-free but small; be sure
-    batch = collate_sequences(FLAT, PAD)
+    batch = collate_sequences(FLAT, PAD).to(device)
     expected = sequence_scores(model, batch.input_ids, batch.attention_mask)
-    got = packed_sequence_scores(model, pack_shared_prompts(GROUPS, PAD))
+    got = packed_sequence_scores(model, pack_shared_prompts(GROUPS, PAD).to(device))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 

@@ -38,11 +38,11 @@ def setup(cfg):
     return run, tokenizer, roles, pool
 
 
-def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path):
+def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path, on_device):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "tiny"
-    grpo.run(config(repo_root, out))
+    grpo.run(config(repo_root, out, *on_device))
     rows = common.read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
     first, last = rows[0]["score_mean"], sum(r["score_mean"] for r in rows[-3:]) / 3
@@ -61,8 +61,10 @@ def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path):
     assert all(len(r["tokens"]) == len(r["kl"]) for r in tokens)
 
 
-def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root, tmp_path):
-    cfg = config(repo_root, tmp_path, "train.batch_size=3", "grpo.num_generations=4")
+def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root, tmp_path,
+                                                                       on_device):
+    cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=3",
+                 "grpo.num_generations=4")
     run, tokenizer, roles, pool = setup(cfg)
     seen = {}
 
@@ -86,17 +88,17 @@ def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root,
     assert len(ids) == 12 and all(ids[4 * g] == ids[4 * g + k] for g in range(3) for k in range(4))
     assert len({tuple(ids[4 * g]) for g in range(3)}) == 3
     sums = seen["advantages"].view(3, 4).sum(dim=1)
-    torch.testing.assert_close(sums, torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(sums, torch.zeros(3, device=sums.device), atol=1e-4, rtol=0)
     assert 0.0 <= metrics["zero_std_group_share"] <= 1.0
 
 
 def test_missing_eos_penalty_then_reward_clip_shape_the_scores(repo_root, tmp_path,
-                                                               monkeypatch):
+                                                               monkeypatch, on_device):
     """reward.missing_eos_penalty, then reward.reward_clip, as PPO applies them, before the
     group advantages. 2 prompts × 4 responses cut at 2 tokens (none ends with EOS), scores
     s → clip(s − 1, ±2):  [3, 0.5, −4, 1] → [2, −0.5, −2, 0];  [0, 2.5, −1.5, 1.5] →
     [−1, 1.5, −2, 0.5]. The logged score_mean stays the sources' own mean (0.375), as PPO's."""
-    cfg = config(repo_root, tmp_path, "train.batch_size=2", "grpo.num_generations=4",
+    cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=2", "grpo.num_generations=4",
                  "rollout.max_new_tokens=2", "reward.reward_clip=2",
                  "reward.missing_eos_penalty=1")
     run, tokenizer, roles, pool = setup(cfg)
@@ -120,19 +122,21 @@ def test_missing_eos_penalty_then_reward_clip_shape_the_scores(repo_root, tmp_pa
     assert metrics["score_mean"] == pytest.approx(0.375, abs=1e-7)
 
 
-def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp_path):
+def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp_path,
+                                                                  on_device):
     """epochs = 1: no forward for the old log-probs; the update's own log-probs (returned for
     the KL metric) equal a separate no-grad forward before the update, to 1e-5. Both the
     update and the reference run packed (each group's prompt once); the separate forward is
     one row per response."""
-    cfg = config(repo_root, tmp_path, "rollout.max_new_tokens=6")
+    cfg = config(repo_root, tmp_path, *on_device, "rollout.max_new_tokens=6")
     assert not cfg.reuses_rollout and config(repo_root, tmp_path, "grpo.epochs=2").reuses_rollout
     run, tokenizer, roles, pool = setup(cfg)
     assert cfg.grpo.share_prompt and can_pack(roles.policy(run.accelerator))  # the packed path
     loop.seed_sampling(0, 1, 0)
     groups = [pool.ids[i] for i in range(2) for _ in range(4)]  # 2 prompts × 4 samples
     rollout = loop.generate_for(run, roles, cfg, tokenizer, groups)
-    assert grpo.packed_rows(rollout, torch.arange(8)).input_ids.shape[0] == 2
+    rows = torch.arange(8, device=run.device)  # as update_epochs hands them
+    assert grpo.packed_rows(rollout, rows).input_ids.shape[0] == 2
     ref, old = grpo.score_group_rollout(run, roles, cfg, rollout)
     assert old is None
     P = rollout.prompt_width
@@ -141,7 +145,7 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
                                      rollout.attention_mask, rollout.sequence_response_mask,
                                      False, cfg.rollout.temperature).logprobs[:, P - 1:]
     before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
-    batch = grpo.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8))
+    batch = grpo.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8, device=run.device))
     stats, seen = grpo.grpo_update(run, roles, cfg, batch, 1)
     mask = rollout.response_mask
     torch.testing.assert_close(seen[mask], separate[mask], atol=1e-5, rtol=0)
@@ -151,9 +155,9 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
     assert stats["grad_norm"] > 0
 
 
-def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path):
+def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path, on_device):
     out = tmp_path / "lora"
-    cfg = config(repo_root, out, "model.lora.enabled=true", "train.max_steps=2",
+    cfg = config(repo_root, out, *on_device, "model.lora.enabled=true", "train.max_steps=2",
                  "grpo.epochs=2", "grpo.minibatches=2")
     assert cfg.reference_mode == "adapter" and cfg.reuses_rollout
     grpo.run(cfg)
@@ -162,9 +166,9 @@ def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path):
     assert any(r["clipfrac"] >= 0.0 for r in rows)
 
 
-def test_resume_equals_uninterrupted(repo_root, tmp_path):
-    args = ("train.max_steps=3", "train.save_every=2", "sample_every=1", "train.batch_size=4",
-            "rollout.max_new_tokens=6", "data.eval_fraction=0.25")
+def test_resume_equals_uninterrupted(repo_root, tmp_path, on_device):
+    args = (*on_device, "train.max_steps=3", "train.save_every=2", "sample_every=1",
+            "train.batch_size=4", "rollout.max_new_tokens=6", "data.eval_fraction=0.25")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     grpo.run(config(repo_root, whole, *args))
     shutil.copytree(whole, broken)
@@ -218,13 +222,13 @@ def test_config_errors(repo_root, tmp_path):
         cfg.check_processes(3)
 
 
-def test_cli_runs_the_stage(repo_root, tmp_path, capsys):
+def test_cli_runs_the_stage(repo_root, tmp_path, capsys, on_device):
     from rlhfkit.cli import main
 
     out = tmp_path / "cli"
     code = main(["grpo", "--config", str(repo_root / TINY), f"output_dir={out}",
                  f"data.train_path={repo_root}/data/tiny/prompts.jsonl", "train.max_steps=1",
-                 "train.batch_size=2", "rollout.max_new_tokens=4"])
+                 "train.batch_size=2", "rollout.max_new_tokens=4", *on_device])
     assert code == 0 and (out / "final" / "config.json").exists()
     assert [r["step"] for r in common.read_metrics(out)] == [1]
     assert main(["grpo", "--config", str(repo_root / TINY), "grpo.num_generations=1"]) == 2
@@ -243,12 +247,12 @@ ESTIMATORS = {
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
-def test_each_estimator_learns_the_tiny_task(repo_root, tmp_path, name):
+def test_each_estimator_learns_the_tiny_task(repo_root, tmp_path, name, on_device):
     """The example's 15 iterations with each estimator: the score rises as with GRPO (measured
     2026-11-30 on the 2-core VM, first → mean of the last three: rloo 0.34 → 0.85, reinforce++
     0.34 → 0.70, reinforce++_baseline 0.34 → 0.66, dr_grpo 0.34 → 0.60, gspo 0.34 → 0.86)."""
     out = tmp_path / name
-    cfg = config(repo_root, out, *ESTIMATORS[name])
+    cfg = config(repo_root, out, *on_device, *ESTIMATORS[name])
     assert cfg.loss_aggregation == ("constant" if name == "dr_grpo" else "token")
     assert cfg.needs_old_logprobs == (name in ("reinforce++", "reinforce++_baseline", "gspo"))
     grpo.run(cfg)
@@ -263,12 +267,13 @@ def test_each_estimator_learns_the_tiny_task(repo_root, tmp_path, name):
 
 
 def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_root, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch,
+                                                                          on_device):
     """reinforce++: the rollout policy's log-probs are scored (step 2) for the penalty
     −kl_coef·(log π − log π_ref) per token; the update gets (B, R) advantages whitened over the
     real tokens (mean 0, unbiased std 1), 0 at padding."""
-    cfg = config(repo_root, tmp_path, "train.batch_size=2", "grpo.advantage=reinforce++",
-                 "grpo.beta=0", "grpo.kl_coef=0.5")
+    cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=2",
+                 "grpo.advantage=reinforce++", "grpo.beta=0", "grpo.kl_coef=0.5")
     run, tokenizer, roles, pool = setup(cfg)
     seen = {}
     original = grpo.ADVANTAGES["reinforce++"]
@@ -279,7 +284,7 @@ def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_r
 
     def capture(run_, roles_, config_, batch, iteration):
         seen["batch"] = batch
-        return {}, torch.zeros(batch.rollout.response_mask.shape)
+        return {}, torch.zeros(batch.rollout.response_mask.shape, device=run_.device)
 
     monkeypatch.setitem(grpo.ADVANTAGES, "reinforce++", record)
     monkeypatch.setattr(grpo, "grpo_update", capture)

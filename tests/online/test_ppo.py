@@ -49,11 +49,11 @@ def tiny_rollout(run, tokenizer, roles, cfg):
 
 
 # ----------------------------------------------------------------------------- the example
-def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path):
+def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path, on_device):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "tiny"
-    ppo.run(config(repo_root, out))
+    ppo.run(config(repo_root, out, *on_device))
     rows = common.read_metrics(out)
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
     first, last = rows[0]["score_mean"], sum(r["score_mean"] for r in rows[-3:]) / 3
@@ -75,16 +75,16 @@ def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------- masks and leaks
-def test_response_mask_stops_after_first_eos():
+def test_response_mask_stops_after_first_eos(device):
     eos = 2
-    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]], device=device)
     mask = rollouts.response_mask_from(ids, eos)
     assert mask.tolist() == [[True, True, True, False, False], [True, True, False, False, False],
                              [True] * 5]
 
 
-def test_rollout_layout_and_eos_mask(repo_root, tmp_path):
-    cfg = config(repo_root, tmp_path)
+def test_rollout_layout_and_eos_mask(repo_root, tmp_path, on_device):
+    cfg = config(repo_root, tmp_path, *on_device)
     run, tokenizer, roles = setup(cfg)
     pool, rollout = tiny_rollout(run, tokenizer, roles, cfg)
     P = rollout.prompt_width
@@ -117,10 +117,10 @@ def losses(roles, cfg, batch):
 
 
 @pytest.mark.parametrize("layout", ["separate", "shared"])
-def test_padding_and_after_eos_never_leak(repo_root, tmp_path, layout):
+def test_padding_and_after_eos_never_leak(repo_root, tmp_path, layout, on_device):
     """Tokens after EOS, prompt padding tokens and garbage in every masked position of the
     old log-probs, values, advantages and returns leave the losses exactly as they were."""
-    cfg = config(repo_root, tmp_path, f"critic.layout={layout}")
+    cfg = config(repo_root, tmp_path, *on_device, f"critic.layout={layout}")
     run, tokenizer, roles = setup(cfg)
     batch = leak_batch(run, tokenizer, roles, cfg)
     reference = losses(roles, cfg, batch)
@@ -135,16 +135,18 @@ def test_padding_and_after_eos_never_leak(repo_root, tmp_path, layout):
     assert torch.allclose(losses(roles, cfg, poisoned), reference, atol=1e-6, rtol=1e-5)
 
 
-def test_micro_batches_equal_one_pass(repo_root, tmp_path):
+def test_micro_batches_equal_one_pass(repo_root, tmp_path, on_device):
     """Accumulating 2 micro-batches of 2 rows == one pass over 4 rows: same losses and same
     gradient norms of both models (token-count normalisation; weights after Adam's first step
     are not compared: it moves every weight by ±lr, so float noise in ~0 gradients flips signs)."""
     results = []
     for micro in (0, 2):
-        cfg = config(repo_root, tmp_path / str(micro), f"train.micro_batch_size={micro}")
+        cfg = config(repo_root, tmp_path / str(micro), *on_device,
+                     f"train.micro_batch_size={micro}")
         run, tokenizer, roles = setup(cfg)
         batch = leak_batch(run, tokenizer, roles, cfg)  # rows of unequal length (an early EOS)
-        stats = ppo.minibatch_step(run, roles, cfg, batch, torch.arange(len(PROMPTS)))
+        rows = torch.arange(len(PROMPTS), device=run.device)  # as update_epochs hands them
+        stats = ppo.minibatch_step(run, roles, cfg, batch, rows)
         results.append(stats)
     one, acc = results
     for key in ("actor_loss", "critic_loss", "approx_kl", "actor_grad_norm", "critic_grad_norm"):
@@ -154,10 +156,10 @@ def test_micro_batches_equal_one_pass(repo_root, tmp_path):
 # ----------------------------------------------------------------------------- roles
 @pytest.mark.parametrize("layout,lora", [("separate", False), ("shared", False),
                                          ("separate", True)])
-def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora):
+def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora, on_device):
     """One iteration moves the policy and the critic (value model, or the shared value head);
     with LoRA both the policy and the separate critic train adapters."""
-    cfg = config(repo_root, tmp_path, f"critic.layout={layout}", "ppo.ppo_epochs=1",
+    cfg = config(repo_root, tmp_path, *on_device, f"critic.layout={layout}", "ppo.ppo_epochs=1",
                  "ppo.minibatches=1", "train.batch_size=4", f"model.lora.enabled={lora}",
                  "model.lora.r=4")
     run, tokenizer, roles = setup(cfg, iterations=1)
@@ -178,32 +180,33 @@ def test_critic_layouts_run_and_update(repo_root, tmp_path, layout, lora):
 
 
 def test_fresh_critic_starts_at_zero_and_encoder_critic_is_refused(repo_root, tmp_path,
-                                                                   tiny_bert):
+                                                                   tiny_bert, on_device):
     """A critic not initialised from a reward model gets a zero head (V = 0); an encoder RM
     (no per-token values, another tokenizer) cannot be the critic: a clear error says why."""
-    cfg = config(repo_root, tmp_path, "train.batch_size=4")
+    cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=4")
     run, tokenizer, roles = setup(cfg, iterations=1)
-    ids = torch.tensor([tokenizer("The plot was fine")["input_ids"]])
+    ids = torch.tensor([tokenizer("The plot was fine")["input_ids"]], device=run.device)
     with torch.no_grad():
         values = roles.critic(ids, torch.ones_like(ids, dtype=torch.bool))
     assert torch.equal(values, torch.zeros_like(values))
     with pytest.raises(ModelLoadError, match="critic.model_name"):
-        setup(config(repo_root, tmp_path / "bert", f"critic.model_name={tiny_bert}"))
+        setup(config(repo_root, tmp_path / "bert", *on_device, f"critic.model_name={tiny_bert}"))
 
 
-def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path):
+def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path, on_device):
     """ref_logprobs from the LoRA policy with its adapter off == from a frozen initial copy,
     while the policy itself has moved away from both."""
     lora = ("model.lora.enabled=true", "model.lora.r=4")
     scored = {}
     for mode in ("adapter", "copy"):
-        cfg = config(repo_root, tmp_path / mode, *lora, f"ppo.reference={mode}")
+        cfg = config(repo_root, tmp_path / mode, *on_device, *lora, f"ppo.reference={mode}")
         run, tokenizer, roles = setup(cfg)
         assert (roles.ref_policy is None) == (mode == "adapter")
         with torch.no_grad():  # move the policy: LoRA B starts at 0, i.e. policy == reference
             for name, p in roles.policy(run.accelerator).named_parameters():
                 if "lora_B" in name:
-                    p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
+                    seeded = torch.Generator(p.device).manual_seed(0)
+                    p.copy_(torch.randn_like(p, generator=seeded))
         _, rollout = tiny_rollout(run, tokenizer, roles, cfg)
         scored[mode] = loop.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
     mask = scored["copy"].logprobs != 0
@@ -213,13 +216,13 @@ def test_adapter_reference_equals_frozen_copy(repo_root, tmp_path):
 
 
 # ----------------------------------------------------------------------------- resume
-def test_resume_equals_uninterrupted(repo_root, tmp_path):
+def test_resume_equals_uninterrupted(repo_root, tmp_path, on_device):
     """A run that dies during iteration 3 (checkpoint at 2) and resumes gives the same metrics,
     samples and per-token rollouts, adaptive-KL state included; running again into the same
     output_dir without resume=true replaces the logs rather than appending."""
-    args = ("train.max_steps=3", "train.save_every=2", "sample_every=1", "train.batch_size=8",
-            "rollout.max_new_tokens=6", "ppo.kl_controller=adaptive", "ppo.target_kl=0.1",
-            "ppo.kl_horizon=50", "data.eval_fraction=0.25")
+    args = (*on_device, "train.max_steps=3", "train.save_every=2", "sample_every=1",
+            "train.batch_size=8", "rollout.max_new_tokens=6", "ppo.kl_controller=adaptive",
+            "ppo.target_kl=0.1", "ppo.kl_horizon=50", "data.eval_fraction=0.25")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     ppo.run(config(repo_root, whole, *args))
     ppo.run(config(repo_root, whole, *args))  # a rerun into the same dir starts its logs afresh

@@ -46,22 +46,22 @@ def read_inputs(model_reward: ModelReward, prompts, responses) -> list[str]:
     return seen
 
 
-def test_reward_model_reads_the_whole_conversation(tiny_rm, tokenizer):
+def test_reward_model_reads_the_whole_conversation(tiny_rm, tokenizer, device):
     pool = encode_prompts([PromptExample(TWO_TURNS)], tokenizer, DataConfig())
-    reward = ModelReward(tiny_rm, device="cpu")
+    reward = ModelReward(tiny_rm, device=device, dtype="float32")
     (text,) = read_inputs(reward, pool.texts, ["A strawberry."])
     assert "Name a fruit that is yellow." in text and "A banana." in text
     assert "And one that is red?" in text and "A strawberry." in text
     # ... rendered exactly as the RM's training renders the dialogue (score_messages).
-    scorer = RewardScorer.from_pretrained(tiny_rm, device="cpu")
+    scorer = RewardScorer.from_pretrained(tiny_rm, device=device, dtype="float32")
     expected = scorer.score_messages([TWO_TURNS], ["A strawberry."])
     assert reward(pool.texts, ["A strawberry."]).tolist() == pytest.approx(expected, abs=1e-6)
 
 
-def test_single_turn_prompt_scores_as_before(tiny_rm, tokenizer):
+def test_single_turn_prompt_scores_as_before(tiny_rm, tokenizer, device):
     pool = encode_prompts([PromptExample((("user", "Name a fruit."),))], tokenizer, DataConfig())
-    reward = ModelReward(tiny_rm, device="cpu")
-    scorer = RewardScorer.from_pretrained(tiny_rm, device="cpu")
+    reward = ModelReward(tiny_rm, device=device, dtype="float32")
+    scorer = RewardScorer.from_pretrained(tiny_rm, device=device, dtype="float32")
     assert reward(pool.texts, ["A pear."]).tolist() == \
         pytest.approx(scorer(["Name a fruit."], ["A pear."]), abs=1e-6)
     # A plain string (a caller outside the loop) is a single user turn.
@@ -69,9 +69,9 @@ def test_single_turn_prompt_scores_as_before(tiny_rm, tokenizer):
         pytest.approx(scorer(["Name a fruit."], ["A pear."]), abs=1e-6)
 
 
-def test_prompt_free_inputs_keep_the_conversation_text(tiny_rm, tokenizer):
+def test_prompt_free_inputs_keep_the_conversation_text(tiny_rm, tokenizer, device):
     pool = encode_prompts([PromptExample(TWO_TURNS)], tokenizer, DataConfig())
-    reward = ModelReward(tiny_rm, device="cpu", model_input="text")
+    reward = ModelReward(tiny_rm, device=device, dtype="float32", model_input="text")
     (text,) = read_inputs(reward, pool.texts, [" A strawberry."])
     assert "A banana." in text and "A strawberry." in text
 

@@ -21,8 +21,8 @@ T_, F_ = True, False
 
 
 def close(actual, expected, atol=1e-6):
-    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype),
-                               atol=atol, rtol=0)
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype,
+                                                       device=actual.device), atol=atol, rtol=0)
 
 
 # --- group advantages ------------------------------------------------------------------------
@@ -70,14 +70,23 @@ def test_unknown_scale_is_refused():
 
 
 # --- the loss --------------------------------------------------------------------------------
-# Two responses: row 0 has 2 real tokens, row 1 has 1; padding holds NaN.
+# Two responses: row 0 has 2 real tokens, row 1 has 1; padding holds NaN. Each loss test runs on
+# every device (tests/conftest.py::device), its tensors made there by ``on``.
 MASK = torch.tensor([[T_, T_, F_], [T_, F_, F_]])
 LOGPROBS = torch.tensor([[-1.0, -2.0, NAN], [-0.5, NAN, NAN]])
 
 
-def test_on_policy_loss_is_minus_the_advantage_per_token_or_per_sequence():
+@pytest.fixture
+def on(device):
+    """(MASK, LOGPROBS, t): the example on the test's device, and ``t`` to build more there."""
+    return (MASK.to(device), LOGPROBS.to(device),
+            lambda values: torch.tensor(values, device=device))
+
+
+def test_on_policy_loss_is_minus_the_advantage_per_token_or_per_sequence(on):
     # ρ = 1 everywhere; A = [1, −3]: token terms −1, −1 (row 0) and +3 (row 1).
-    adv = torch.tensor([1.0, -3.0])
+    MASK, LOGPROBS, t = on
+    adv = t([1.0, -3.0])
     token = grpo_loss(LOGPROBS, LOGPROBS, None, adv, MASK, aggregation="token")
     close(token.loss, (-1 - 1 + 3) / 3)  # over the 3 real tokens
     sequence = grpo_loss(LOGPROBS, LOGPROBS, None, adv, MASK, aggregation="sequence")
@@ -86,50 +95,55 @@ def test_on_policy_loss_is_minus_the_advantage_per_token_or_per_sequence():
     close(token.clipfrac, 0.0)
 
 
-def test_gradient_with_detached_old_logprobs_is_minus_advantage_over_the_token_count():
+def test_gradient_with_detached_old_logprobs_is_minus_advantage_over_the_token_count(on):
+    MASK, LOGPROBS, t = on
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    adv = torch.tensor([1.0, -3.0])
+    adv = t([1.0, -3.0])
     grpo_loss(logprobs, logprobs.detach(), None, adv, MASK).loss.backward()
     close(logprobs.grad, [[-1 / 3, -1 / 3, 0.0], [1.0, 0.0, 0.0]])
     assert torch.isfinite(logprobs.grad).all()  # the NaN padding never leaks
 
 
-def test_ratio_is_clipped_only_against_the_advantage():
+def test_ratio_is_clipped_only_against_the_advantage(on):
     # row 0, token 0: ρ = 1.5, A = 1 → max(−1.5, −1.2) = −1.2 (clipped branch);
     # row 1, token 0: ρ = 1.5, A = −1 → max(1.5, 1.2) = 1.5 (unclipped). Others ρ = 1.
+    MASK, LOGPROBS, t = on
     old = LOGPROBS.clone()
     old[0, 0] -= math.log(1.5)
     old[1, 0] -= math.log(1.5)
-    out = grpo_loss(LOGPROBS, old, None, torch.tensor([1.0, -1.0]), MASK, clip_eps=0.2)
+    out = grpo_loss(LOGPROBS, old, None, t([1.0, -1.0]), MASK, clip_eps=0.2)
     close(out.loss, (-1.2 - 1.0 + 1.5) / 3)
     close(out.clipfrac, 1 / 3)
 
 
-def test_kl_term_is_k3_to_the_reference_times_beta():
+def test_kl_term_is_k3_to_the_reference_times_beta(on):
     # log π − log π_ref = 0.5 on row 0 token 0, else 0: k3 = e^−0.5 − 1 + 0.5 = 0.1065307.
+    MASK, LOGPROBS, t = on
     ref = LOGPROBS.clone()
     ref[0, 0] -= 0.5
     k3 = math.exp(-0.5) - 0.5
-    out = grpo_loss(LOGPROBS, LOGPROBS, ref, torch.zeros(2), MASK, beta=0.1)
+    out = grpo_loss(LOGPROBS, LOGPROBS, ref, t([0.0, 0.0]), MASK, beta=0.1)
     close(out.kl, k3 / 3)
     close(out.loss, 0.1 * k3 / 3)
     with pytest.raises(ValueError, match="ref_logprobs"):
-        grpo_loss(LOGPROBS, LOGPROBS, None, torch.zeros(2), MASK, beta=0.1)
+        grpo_loss(LOGPROBS, LOGPROBS, None, t([0.0, 0.0]), MASK, beta=0.1)
 
 
-def test_shared_denominator_makes_shards_add_up_to_the_whole():
-    adv = torch.tensor([1.0, -3.0])
+def test_shared_denominator_makes_shards_add_up_to_the_whole(on):
+    MASK, LOGPROBS, t = on
+    adv = t([1.0, -3.0])
     whole = grpo_loss(LOGPROBS, LOGPROBS, None, adv, MASK).loss
     parts = [grpo_loss(LOGPROBS[i:i + 1], LOGPROBS[i:i + 1], None, adv[i:i + 1], MASK[i:i + 1],
                        loss_denominator=3).loss for i in range(2)]
     close(parts[0] + parts[1], float(whole))
 
 
-def test_beta_zero_never_turns_an_overflowing_kl_into_nan():
+def test_beta_zero_never_turns_an_overflowing_kl_into_nan(on):
     # log π_ref − log π = 100: k3 = e^100 − … overflows float32 to inf; 0 · inf must not happen
+    MASK, LOGPROBS, t = on
     logprobs = LOGPROBS.clone().requires_grad_(True)
     ref = LOGPROBS + 100.0
-    out = grpo_loss(logprobs, logprobs.detach(), ref, torch.tensor([1.0, -3.0]), MASK, beta=0.0)
+    out = grpo_loss(logprobs, logprobs.detach(), ref, t([1.0, -3.0]), MASK, beta=0.0)
     close(out.loss, (-1 - 1 + 3) / 3)
     out.loss.backward()
     assert torch.isfinite(logprobs.grad).all()
@@ -226,24 +240,26 @@ def test_every_group_estimator_refuses_broken_groups(name):
 
 # --- per-token advantages, GSPO's sequence ratio, the constant aggregation ------------------------
 
-def test_per_token_advantages_weigh_each_token_and_padding_never_leaks():
+def test_per_token_advantages_weigh_each_token_and_padding_never_leaks(on):
     # ρ = 1; A per token [[1, 2, pad NaN], [−3, pad, pad]]: terms −1, −2, +3 over 3 tokens.
+    MASK, LOGPROBS, t = on
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    adv = torch.tensor([[1.0, 2.0, NAN], [-3.0, NAN, NAN]])
+    adv = t([[1.0, 2.0, NAN], [-3.0, NAN, NAN]])
     out = grpo_loss(logprobs, logprobs.detach(), None, adv, MASK)
     close(out.loss, 0.0)
     out.loss.backward()
     close(logprobs.grad, [[-1 / 3, -2 / 3, 0.0], [1.0, 0.0, 0.0]])
 
 
-def test_sequence_ratio_is_the_geometric_mean_and_clips_whole_responses():
+def test_sequence_ratio_is_the_geometric_mean_and_clips_whole_responses(on):
     # row 0 token log-ratios [0.3, −0.1] → mean 0.1, s_0 = e^0.1 = 1.10517 inside [0.8, 1.2]:
     # −A·s_0 = −1.10517 at both tokens, nothing clipped. Row 1: s_1 = 1, A = −1 → +1.
     # The token ratio instead clips token 0 (e^0.3 = 1.34986 → −1.2) and keeps e^−0.1 = 0.904837.
+    MASK, LOGPROBS, t = on
     old = LOGPROBS.clone()
     old[0, 0] -= 0.3
     old[0, 1] += 0.1
-    adv = torch.tensor([1.0, -1.0])
+    adv = t([1.0, -1.0])
     sequence = grpo_loss(LOGPROBS, old, None, adv, MASK, ratio="sequence")
     close(sequence.loss, (2 * -math.exp(0.1) + 1) / 3)
     close(sequence.clipfrac, 0.0)
@@ -255,21 +271,23 @@ def test_sequence_ratio_is_the_geometric_mean_and_clips_whole_responses():
                     ratio="sequence").loss, (-math.exp(0.1) + 1) / 2)
 
 
-def test_sequence_ratio_clips_a_response_whose_mean_log_ratio_leaves_the_range():
+def test_sequence_ratio_clips_a_response_whose_mean_log_ratio_leaves_the_range(on):
     # row 0 log-ratios [0.5, 0.1] → mean 0.3, s_0 = 1.34986 > 1.2, A = 1 → −1.2 at both tokens
+    MASK, LOGPROBS, t = on
     old = LOGPROBS.clone()
     old[0, 0] -= 0.5
     old[0, 1] -= 0.1
-    out = grpo_loss(LOGPROBS, old, None, torch.tensor([1.0, -1.0]), MASK, ratio="sequence")
+    out = grpo_loss(LOGPROBS, old, None, t([1.0, -1.0]), MASK, ratio="sequence")
     close(out.loss, (-1.2 - 1.2 + 1) / 3)
     close(out.clipfrac, 2 / 3)
 
 
 @pytest.mark.parametrize("aggregation", ["token", "sequence", "constant"])
-def test_on_policy_sequence_ratio_has_the_token_ratios_gradient(aggregation):
+def test_on_policy_sequence_ratio_has_the_token_ratios_gradient(aggregation, on):
     # ρ = 1: ∇s_i = mean_t ∇log π_t, and s_i sits at |y_i| tokens (or is averaged over them), so
     # GSPO's gradient equals GRPO's until the ratio moves away from 1.
-    adv = torch.tensor([1.0, -3.0])
+    MASK, LOGPROBS, t = on
+    adv = t([1.0, -3.0])
     grads = []
     for ratio in ("token", "sequence"):
         logprobs = LOGPROBS.clone().requires_grad_(True)
@@ -279,9 +297,10 @@ def test_on_policy_sequence_ratio_has_the_token_ratios_gradient(aggregation):
     close(grads[1], grads[0])
 
 
-def test_constant_aggregation_divides_by_rows_times_width():
+def test_constant_aggregation_divides_by_rows_times_width(on):
     # ρ = 1, A = [1, −3]: token terms −1, −1, +3, sum 1; B × T = 2 × 3 = 6 whatever the lengths
-    adv = torch.tensor([1.0, -3.0])
+    MASK, LOGPROBS, t = on
+    adv = t([1.0, -3.0])
     close(grpo_loss(LOGPROBS, LOGPROBS, None, adv, MASK, aggregation="constant").loss, 1 / 6)
     # the stage passes rows × rollout.max_new_tokens (2 × 4), shared by every process
     close(grpo_loss(LOGPROBS, LOGPROBS, None, adv, MASK, aggregation="constant",

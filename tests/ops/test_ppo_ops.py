@@ -27,8 +27,14 @@ T_, F_ = True, False
 
 
 def close(actual, expected, atol=1e-6):
-    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype),
-                               atol=atol, rtol=0)
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=actual.dtype,
+                                                       device=actual.device), atol=atol, rtol=0)
+
+
+def on(device, *tensors) -> list[torch.Tensor]:
+    """The module's example tensors on the test's device: the tests of ops that build tensors
+    themselves (masks from arange, global token counts) run on each device."""
+    return [t.to(device) for t in tensors]
 
 
 # --- step 3.1 · KL estimators --------------------------------------------------------------------
@@ -68,12 +74,13 @@ REW_MASK = torch.tensor([[T_, T_, T_], [T_, F_, F_], [F_, F_, F_]])
 REW_SCORES = torch.tensor([1.0, 7.0, 3.0])  # 7 is clipped to 5; row 2 has nowhere to put 3
 
 
-def test_last_token_mask_handles_short_and_empty_rows():
-    assert last_token_mask(REW_MASK).tolist() == [[F_, F_, T_], [T_, F_, F_], [F_, F_, F_]]
+def test_last_token_mask_handles_short_and_empty_rows(device):
+    assert last_token_mask(REW_MASK.to(device)).tolist() == \
+        [[F_, F_, T_], [T_, F_, F_], [F_, F_, F_]]
 
 
-def test_compute_rewards_per_token_kl_and_score_at_last_real_token():
-    out = compute_rewards(REW_SCORES, REW_LOGPROBS, REW_REF, REW_MASK, kl_coef=0.5)
+def test_compute_rewards_per_token_kl_and_score_at_last_real_token(device):
+    out = compute_rewards(*on(device, REW_SCORES, REW_LOGPROBS, REW_REF, REW_MASK), kl_coef=0.5)
     # −0.5·lr: row 0 [−0.125, −0.25, −0.375]; row 1 [−0.375]; padding 0.
     close(out.kl, [[0.25, 0.5, 0.75], [0.75, 0.0, 0.0], [0.0, 0.0, 0.0]])
     close(out.non_score_reward, [[-0.125, -0.25, -0.375], [-0.375, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -81,24 +88,26 @@ def test_compute_rewards_per_token_kl_and_score_at_last_real_token():
     close(out.rewards, [[-0.125, -0.25, 0.625], [4.625, 0.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-def test_compute_rewards_clips_scores_both_ways():
-    mask = torch.ones(2, 1, dtype=torch.bool)
-    lp = torch.zeros(2, 1)
-    out = compute_rewards(torch.tensor([-9.0, 2.5]), lp, lp, mask, kl_coef=0.1, reward_clip=2.0)
+def test_compute_rewards_clips_scores_both_ways(device):
+    mask = torch.ones(2, 1, dtype=torch.bool, device=device)
+    lp = torch.zeros(2, 1, device=device)
+    scores = torch.tensor([-9.0, 2.5], device=device)
+    out = compute_rewards(scores, lp, lp, mask, kl_coef=0.1, reward_clip=2.0)
     close(out.rewards, [[-2.0], [2.0]])  # KL is 0, so rewards are the clamped scores
 
 
-def test_compute_rewards_reward_clip_zero_is_off():
-    mask = torch.ones(2, 1, dtype=torch.bool)
-    lp = torch.zeros(2, 1)
+def test_compute_rewards_reward_clip_zero_is_off(device):
+    mask = torch.ones(2, 1, dtype=torch.bool, device=device)
+    lp = torch.zeros(2, 1, device=device)
     # reward_clip=0 means "no clipping" (as max_grad_norm=0, top_k=0): KL is 0, so the rewards
     # are the scores unchanged, not clamp(score, −0, 0) = 0.
-    out = compute_rewards(torch.tensor([-9.0, 2.5]), lp, lp, mask, kl_coef=0.1, reward_clip=0.0)
+    scores = torch.tensor([-9.0, 2.5], device=device)
+    out = compute_rewards(scores, lp, lp, mask, kl_coef=0.1, reward_clip=0.0)
     close(out.rewards, [[-9.0], [2.5]])
 
 
-def test_clip_scores_hand_values_and_zero_is_off():
-    scores = torch.tensor([-9.0, -0.5, 0.25, 7.0])
+def test_clip_scores_hand_values_and_zero_is_off(device):
+    scores = torch.tensor([-9.0, -0.5, 0.25, 7.0], device=device)
     close(clip_scores(scores, 2.0), [-2.0, -0.5, 0.25, 2.0])  # clamp to [−2, 2]
     close(clip_scores(scores, 0.0), [-9.0, -0.5, 0.25, 7.0])  # 0 = off: unchanged
 
@@ -110,8 +119,8 @@ def test_compute_rewards_rejects_negative_reward_clip():
                         reward_clip=-1.0)
 
 
-def test_compute_rewards_sequence_kl_subtracts_mean_kl_once_at_last_token():
-    out = compute_rewards(REW_SCORES, REW_LOGPROBS, REW_REF, REW_MASK, kl_coef=0.5,
+def test_compute_rewards_sequence_kl_subtracts_mean_kl_once_at_last_token(device):
+    out = compute_rewards(*on(device, REW_SCORES, REW_LOGPROBS, REW_REF, REW_MASK), kl_coef=0.5,
                           sequence_kl=True)
     # Row 0: mean KL = (0.25 + 0.5 + 0.75)/3 = 0.5 → −0.5·0.5 = −0.25 at t=2; 1 − 0.25 = 0.75.
     # Row 1: mean KL = 0.75 → −0.375; 5 − 0.375 = 4.625. Row 2: nothing.
@@ -120,8 +129,8 @@ def test_compute_rewards_sequence_kl_subtracts_mean_kl_once_at_last_token():
     close(out.rewards, [[0.0, 0.0, 0.75], [4.625, 0.0, 0.0], [0.0, 0.0, 0.0]])
 
 
-def test_compute_rewards_dispatches_kl_estimator():
-    out = compute_rewards(REW_SCORES, REW_LOGPROBS, REW_REF, REW_MASK, kl_coef=0.5,
+def test_compute_rewards_dispatches_kl_estimator(device):
+    out = compute_rewards(*on(device, REW_SCORES, REW_LOGPROBS, REW_REF, REW_MASK), kl_coef=0.5,
                           kl_estimator="k2")
     # k2 = ½·lr²: row 0 [0.03125, 0.125, 0.28125]; × −0.5 → [−0.015625, −0.0625, −0.140625].
     close(out.kl, [[0.03125, 0.125, 0.28125], [0.28125, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -137,9 +146,9 @@ def test_compute_rewards_rejects_unknown_estimator():
 
 # --- step 3.3 · missing-EOS penalty --------------------------------------------------------------
 
-def test_missing_eos_penalty_subtracts_only_where_truncated():
-    scores = torch.tensor([1.0, 2.0, -0.5])
-    ended = torch.tensor([T_, F_, F_])
+def test_missing_eos_penalty_subtracts_only_where_truncated(device):
+    scores = torch.tensor([1.0, 2.0, -0.5], device=device)
+    ended = torch.tensor([T_, F_, F_], device=device)
     close(apply_missing_eos_penalty(scores, ended, penalty=1.0), [1.0, 1.0, -1.5])
 
 
@@ -310,18 +319,19 @@ def test_value_loss_without_clipping_is_half_mse():
 
 # --- step 5.3 · loss_denominator (data-parallel normalisation) -----------------------------------
 
-def _random_batch(seed=0):
+def _random_batch(seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     B, T = 4, 5
     lengths = torch.tensor([5, 2, 0, 3])
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T) prefix masks, one empty row
     def rand():
         return torch.randn(B, T, generator=g, dtype=torch.float64)
-    return rand() * 0.3, rand() * 0.3, rand(), mask  # logprobs, old, adv/returns, mask
+    # logprobs, old, adv/returns, mask
+    return on(device, rand() * 0.3, rand() * 0.3, rand(), mask)
 
 
-def test_loss_denominator_equal_to_token_count_is_masked_mean():
-    new, old, other, mask = _random_batch()
+def test_loss_denominator_equal_to_token_count_is_masked_mean(device):
+    new, old, other, mask = _random_batch(device=device)
     n_tokens = mask.sum()
     for fn in (policy_loss, value_loss):
         plain = fn(new, old, other, mask)
@@ -329,9 +339,9 @@ def test_loss_denominator_equal_to_token_count_is_masked_mean():
         close(counted.loss, plain.loss.item(), atol=1e-12)
 
 
-def test_loss_denominator_shards_sum():
+def test_loss_denominator_shards_sum(device):
     # Two data-parallel shards, each divided by the GLOBAL token count, add up to the full batch.
-    new, old, other, mask = _random_batch(seed=1)
+    new, old, other, mask = _random_batch(seed=1, device=device)
     n_tokens = mask.sum()
     for fn in (policy_loss, value_loss):
         full = fn(new, old, other, mask).loss

@@ -30,15 +30,18 @@ K4_LOSS = 0.37370473936905935
 TOL = dict(rtol=0, atol=1e-12)
 
 
-def t(values, dtype=torch.float64):
-    return torch.tensor(values, dtype=dtype)
+@pytest.fixture
+def t(device):
+    """Tensors on the test's device, float64 unless told: every test here runs on each device
+    (tests/conftest.py::device), as the op builds its pair mask and margin beside the rewards."""
+    return lambda values, dtype=torch.float64: torch.tensor(values, dtype=dtype, device=device)
 
 
 def full_mask(rewards):
     return torch.ones_like(rewards, dtype=torch.bool)
 
 
-def test_k2_is_bradley_terry():
+def test_k2_is_bradley_terry(t):
     # r = [1, 0]: one pair, d = 1 → −log σ(1) = log(1 + e^−1)
     r = t([[1.0, 0.0]])
     out = ranking_loss(r, full_mask(r))
@@ -48,7 +51,7 @@ def test_k2_is_bradley_terry():
     assert out.num_pairs.item() == 1
 
 
-def test_k3_averages_over_three_pairs():
+def test_k3_averages_over_three_pairs(t):
     # r = [2, 1, 0]: pairs d = 1, 2, 1 → (2·sp(−1) + sp(−2)) / C(3,2) = 0.7534513860794183 / 3
     r = t([[2.0, 1.0, 0.0]])
     out = ranking_loss(r, full_mask(r))
@@ -57,7 +60,7 @@ def test_k3_averages_over_three_pairs():
     assert out.num_pairs.item() == 3
 
 
-def test_k4_with_one_misranked_pair():
+def test_k4_with_one_misranked_pair(t):
     r = t([[3.0, 1.0, 2.0, 0.0]])
     out = ranking_loss(r, full_mask(r))
     torch.testing.assert_close(out.loss, t(K4_LOSS), **TOL)
@@ -66,32 +69,32 @@ def test_k4_with_one_misranked_pair():
     assert out.num_pairs.item() == 6
 
 
-def test_pair_mask_is_i_before_j_among_valid_slots():
-    mask = torch.tensor([[True, True, True, False]])
-    expected = torch.tensor([[[False, True, True, False],
-                              [False, False, True, False],
-                              [False, False, False, False],
-                              [False, False, False, False]]])
+def test_pair_mask_is_i_before_j_among_valid_slots(t):
+    mask = t([[True, True, True, False]], torch.bool)
+    expected = t([[[False, True, True, False],
+                  [False, False, True, False],
+                  [False, False, False, False],
+                  [False, False, False, False]]], torch.bool)
     assert torch.equal(ranked_pair_mask(mask), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_large_gap_is_exact_and_finite(dtype):
+def test_large_gap_is_exact_and_finite(dtype, t):
     # d = 2000: −log σ(2000) = log(1 + e^−2000) = 0 to machine precision.
     # d = −2000: −log σ(−2000) = 2000 + log(1 + e^−2000) = 2000. A naive log(1 + exp(2000)) is inf.
-    r = torch.tensor([[1000.0, -1000.0], [-1000.0, 1000.0]], dtype=dtype, requires_grad=True)
+    r = t([[1000.0, -1000.0], [-1000.0, 1000.0]], dtype).requires_grad_()
     out = ranking_loss(r, full_mask(r))
-    torch.testing.assert_close(out.loss, torch.tensor(1000.0, dtype=dtype), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.loss, t(1000.0, dtype), rtol=0, atol=1e-6)
     per_list = [ranking_loss(r[i:i + 1], full_mask(r[i:i + 1])).loss for i in range(2)]
-    torch.testing.assert_close(per_list[0], torch.tensor(0.0, dtype=dtype), rtol=0, atol=1e-6)
-    torch.testing.assert_close(per_list[1], torch.tensor(2000.0, dtype=dtype), rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_list[0], t(0.0, dtype), rtol=0, atol=1e-6)
+    torch.testing.assert_close(per_list[1], t(2000.0, dtype), rtol=0, atol=1e-6)
     out.loss.backward()
     # ∂/∂r_0 of sp(−d)/2 = −σ(−d)/2: 0 for the right order, −½ for the reversed list.
-    torch.testing.assert_close(r.grad, torch.tensor([[0.0, 0.0], [-0.5, 0.5]], dtype=dtype),
+    torch.testing.assert_close(r.grad, t([[0.0, 0.0], [-0.5, 0.5]], dtype),
                                rtol=0, atol=1e-6)
 
 
-def test_mixed_k_batch_equals_mean_of_separate_lists_and_padding_never_leaks():
+def test_mixed_k_batch_equals_mean_of_separate_lists_and_padding_never_leaks(t):
     # List 0: K=2, r = [1, 0] → sp(−1); list 1: K=4 (the list above) → K4_LOSS.
     # List 2: a single answer (no pair) → left out of the list average.
     # Each list weighs the same: (sp(−1) + K4_LOSS) / 2 = 0.3434832134436411.
@@ -99,13 +102,13 @@ def test_mixed_k_batch_equals_mean_of_separate_lists_and_padding_never_leaks():
     r = t([[1.0, 0.0, nan, inf],
            [3.0, 1.0, 2.0, 0.0],
            [5.0, -inf, nan, nan]]).requires_grad_()
-    mask = torch.tensor([[True, True, False, False],
-                         [True, True, True, True],
-                         [True, False, False, False]])
+    mask = t([[True, True, False, False],
+              [True, True, True, True],
+              [True, False, False, False]], torch.bool)
     out = ranking_loss(r, mask)
     torch.testing.assert_close(out.loss, t(0.3434832134436411), **TOL)
-    separate = (ranking_loss(t([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)).loss
-                + ranking_loss(t([[3.0, 1.0, 2.0, 0.0]]), torch.ones(1, 4, dtype=torch.bool)).loss) / 2
+    separate = (ranking_loss(t([[1.0, 0.0]]), t([[True] * 2], torch.bool)).loss
+                + ranking_loss(t([[3.0, 1.0, 2.0, 0.0]]), t([[True] * 4], torch.bool)).loss) / 2
     torch.testing.assert_close(out.loss, separate, **TOL)
     # metrics pool all 1 + 6 pairs: accuracy (1 + 5)/7, mean margin (1 + 8)/7
     torch.testing.assert_close(out.pair_accuracy, t(6.0 / 7.0), **TOL)
@@ -113,12 +116,12 @@ def test_mixed_k_batch_equals_mean_of_separate_lists_and_padding_never_leaks():
     assert out.num_pairs.item() == 7
     out.loss.backward()
     assert torch.isfinite(r.grad).all()
-    assert torch.equal(r.grad[~mask], torch.zeros(int((~mask).sum()), dtype=torch.float64))
+    assert torch.equal(r.grad[~mask], t([0.0] * int((~mask).sum())))
 
 
-def test_padding_with_centering_never_leaks():
+def test_padding_with_centering_never_leaks(t):
     r = t([[2.0, 0.0, float("nan")]]).requires_grad_()
-    mask = torch.tensor([[True, True, False]])
+    mask = t([[True, True, False]], torch.bool)
     out = ranking_loss(r, mask, center_coef=0.1)
     # sp(−2) + 0.1 · (2² + 0²)/2 = 0.1269280110429725 + 0.2
     torch.testing.assert_close(out.loss, t(0.32692801104297253), **TOL)
@@ -126,13 +129,13 @@ def test_padding_with_centering_never_leaks():
     assert torch.isfinite(r.grad).all() and r.grad[0, 2] == 0
 
 
-def test_scalar_margin():
+def test_scalar_margin(t):
     # r = [1, 0], margin ½: −log σ(1 − ½) = log(1 + e^−½)
     r = t([[1.0, 0.0]])
     torch.testing.assert_close(ranking_loss(r, full_mask(r), margin=0.5).loss, t(SP_MHALF), **TOL)
 
 
-def test_per_list_margin():
+def test_per_list_margin(t):
     # Two copies of r = [1, 0] with margins 0 and 1: (sp(−1) + sp(0)) / 2 = (0.3132… + log 2)/2
     r = t([[1.0, 0.0], [1.0, 0.0]])
     out = ranking_loss(r, full_mask(r), margin=t([0.0, 1.0]))
@@ -141,14 +144,14 @@ def test_per_list_margin():
     torch.testing.assert_close(out.mean_margin, t(1.0), **TOL)
 
 
-def test_per_list_margin_in_k3():
+def test_per_list_margin_in_k3(t):
     # r = [2, 1, 0] with margin 1: gaps minus 1 are 0, 1, 0 → (2·log 2 + sp(−1)) / 3
     r = t([[2.0, 1.0, 0.0]])
     expected = (2 * LOG2 + SP_M1) / 3
     torch.testing.assert_close(ranking_loss(r, full_mask(r), margin=t([1.0])).loss, t(expected), **TOL)
 
 
-def test_centering_adds_mean_square_reward():
+def test_centering_adds_mean_square_reward(t):
     # r = [[3, 1], [-1, -3]]: both gaps 2 → sp(−2); mean r² = (9 + 1 + 1 + 9)/4 = 5
     # loss = sp(−2) + 0.01 · 5 = 0.1769280110429725
     r = t([[3.0, 1.0], [-1.0, -3.0]])
@@ -156,7 +159,7 @@ def test_centering_adds_mean_square_reward():
     torch.testing.assert_close(out.loss, t(SP_M2 + 0.05), **TOL)
 
 
-def test_ties_are_not_accurate():
+def test_ties_are_not_accurate(t):
     # r = [0, 0]: loss log 2, the tie counts as a miss
     r = t([[0.0, 0.0]])
     out = ranking_loss(r, full_mask(r))
@@ -164,13 +167,13 @@ def test_ties_are_not_accurate():
     torch.testing.assert_close(out.pair_accuracy, t(0.0), **TOL)
 
 
-def test_shift_invariance():
+def test_shift_invariance(t):
     # Only reward differences matter (before centering).
     r = t([[3.0, 1.0, 2.0, 0.0]])
     torch.testing.assert_close(ranking_loss(r + 17.0, full_mask(r)).loss, t(K4_LOSS), **TOL)
 
 
-def test_pairwise_loss_is_ranking_at_k2():
+def test_pairwise_loss_is_ranking_at_k2(t):
     chosen, rejected = t([1.0, 2.0]), t([0.0, 5.0])
     # gaps 1 and −3 → (sp(−1) + sp(3)) / 2, sp(3) = 3 + sp(−3)
     expected = (SP_M1 + 3.0 + SP_M3) / 2
@@ -180,7 +183,7 @@ def test_pairwise_loss_is_ranking_at_k2():
     torch.testing.assert_close(pairwise_loss(t([1.0]), t([0.0]), margin=0.5).loss, t(SP_MHALF), **TOL)
 
 
-def test_gradient_pushes_best_up_and_worst_down():
+def test_gradient_pushes_best_up_and_worst_down(t):
     # r = [1, 0]: ∂/∂r_0 sp(−(r_0 − r_1)) = −σ(−1) = −0.2689414213699951, ∂/∂r_1 = +σ(−1)
     r = t([[1.0, 0.0]]).requires_grad_()
     ranking_loss(r, full_mask(r)).loss.backward()
@@ -188,31 +191,31 @@ def test_gradient_pushes_best_up_and_worst_down():
     torch.testing.assert_close(r.grad, t([[-s, s]]), **TOL)
 
 
-def test_tied_pairs_are_skipped():
+def test_tied_pairs_are_skipped(t):
     # r = [2, 1, 0] with ranks [1, 2, 2]: slots 1 and 2 tie, so only (0,1) d=1 and (0,2) d=2
     # count: loss = (sp(−1) + sp(−2)) / 2 = (0.31326168751822286 + 0.1269280110429725) / 2
     r = t([[2.0, 1.0, 0.0]])
-    out = ranking_loss(r, full_mask(r), ranks=torch.tensor([[1, 2, 2]]))
+    out = ranking_loss(r, full_mask(r), ranks=t([[1, 2, 2]], torch.long))
     torch.testing.assert_close(out.loss, t(0.22009484928059768), **TOL)
     torch.testing.assert_close(out.pair_accuracy, t(1.0), **TOL)
     torch.testing.assert_close(out.mean_margin, t(1.5), **TOL)  # (1 + 2) / 2
     assert out.num_pairs.item() == 2
 
 
-def test_a_list_of_ties_drops_out_and_strict_ranks_change_nothing():
+def test_a_list_of_ties_drops_out_and_strict_ranks_change_nothing(t):
     # List 0 ranks [1, 1] (a tie: no pair) is left out of the list average; list 1 ranks
     # [1, 2] gives sp(−1). Strict ranks 1..K equal no ranks at all (K4_LOSS).
     r = t([[1.0, 0.0], [1.0, 0.0]]).requires_grad_()
-    out = ranking_loss(r, full_mask(r), ranks=torch.tensor([[1, 1], [1, 2]]))
+    out = ranking_loss(r, full_mask(r), ranks=t([[1, 1], [1, 2]], torch.long))
     torch.testing.assert_close(out.loss, t(SP_M1), **TOL)
     assert out.num_pairs.item() == 1
     out.loss.backward()
-    assert torch.equal(r.grad[0], torch.zeros(2, dtype=torch.float64))  # the tie pulls nothing
+    assert torch.equal(r.grad[0], t([0.0, 0.0]))  # the tie pulls nothing
     k4 = t([[3.0, 1.0, 2.0, 0.0]])
-    strict = ranking_loss(k4, full_mask(k4), ranks=torch.tensor([[1, 2, 3, 4]])).loss
+    strict = ranking_loss(k4, full_mask(k4), ranks=t([[1, 2, 3, 4]], torch.long)).loss
     torch.testing.assert_close(strict, t(K4_LOSS), **TOL)
     # ranks [1, 2, 2, 3] on that list: pair (1,2) d=−1 is a tie and drops out:
     # (sp(−2) + sp(−1) + sp(−3) + sp(−1) + sp(−2)) / 5 = (2.2422284362143561 − sp(1)) / 5
-    tied = ranking_loss(k4, full_mask(k4), ranks=torch.tensor([[1, 2, 2, 3]]))
+    tied = ranking_loss(k4, full_mask(k4), ranks=t([[1, 2, 2, 3]], torch.long))
     torch.testing.assert_close(tied.loss, t((2.2422284362143561 - SP_P1) / 5), **TOL)
     torch.testing.assert_close(tied.pair_accuracy, t(1.0), **TOL)

@@ -32,11 +32,21 @@ def losses(out):
 
 
 @pytest.fixture(scope="module")
-def trained(repo_root, tmp_path_factory):
-    """The tiny example, shortened: 8 steps with evaluation at 0, 4 and 8."""
-    out = tmp_path_factory.mktemp("dpo") / "tiny"
-    dpo.run(config(repo_root, out, "train.max_steps=8", "train.eval_every=4"))
-    return out
+def trained_on(repo_root, tmp_path_factory):
+    """The tiny example, shortened: 8 steps with evaluation at 0, 4 and 8; once per device."""
+    runs = {}
+
+    def train(on_device: tuple):
+        out = tmp_path_factory.mktemp("dpo") / "tiny"
+        dpo.run(config(repo_root, out, *on_device, "train.max_steps=8", "train.eval_every=4"))
+        return out
+
+    return lambda on_device: runs.get(on_device) or runs.setdefault(on_device, train(on_device))
+
+
+@pytest.fixture
+def trained(trained_on, on_device):
+    return trained_on(on_device)
 
 
 def test_tiny_example_loss_falls_and_artefacts_load(trained):
@@ -61,13 +71,14 @@ def test_tiny_example_loss_falls_and_artefacts_load(trained):
     AutoModelForCausalLM.from_pretrained(trained / "final")
 
 
-def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer):
+def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer, on_device):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    dpo.run(config(repo_root, out, *FAST, "train.max_steps=3", "model.lora.enabled=true",
-                   "model.lora.r=4", "train.learning_rate=1e-2", "dpo.reference=adapter"))
+    dpo.run(config(repo_root, out, *on_device, *FAST, "train.max_steps=3",
+                   "model.lora.enabled=true", "model.lora.r=4", "train.learning_rate=1e-2",
+                   "dpo.reference=adapter"))
     merged = AutoModelForCausalLM.from_pretrained(out / "final")
     base = load_causal_lm("tiny-llama", tokenizer)
     with_adapter = PeftModel.from_pretrained(base, out / "final/adapter").merge_and_unload()
@@ -76,9 +87,9 @@ def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer):
     assert losses(out)[-1] < math.log(2)
 
 
-def test_precomputed_reference_equals_on_the_fly(repo_root, tmp_path):
+def test_precomputed_reference_equals_on_the_fly(repo_root, tmp_path, on_device):
     """Reference log-probs stored before training give the losses of a frozen copy per step."""
-    args = (*FAST, "train.max_steps=3")
+    args = (*on_device, *FAST, "train.max_steps=3")
     dpo.run(config(repo_root, tmp_path / "pre", *args, "dpo.reference=precomputed"))
     dpo.run(config(repo_root, tmp_path / "copy", *args, "dpo.reference=copy"))
     pre, copy = losses(tmp_path / "pre"), losses(tmp_path / "copy")
@@ -95,15 +106,15 @@ def _pairs(tokenizer):
                             Encoded(ids("Phone review:"), ids(" Broke.") + [2]))]
 
 
-def test_adapter_reference_equals_frozen_copy(tokenizer):
+def test_adapter_reference_equals_frozen_copy(tokenizer, device):
     """Adapter switched off == the base weights, even once the adapter has moved."""
-    base = load_causal_lm("tiny-llama", tokenizer)
-    policy = apply_lora(load_causal_lm("tiny-llama", tokenizer), LoraConfig(r=4))
+    base = load_causal_lm("tiny-llama", tokenizer).to(device)
+    policy = apply_lora(load_causal_lm("tiny-llama", tokenizer), LoraConfig(r=4)).to(device)
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)  # a trained adapter: the policy now differs from the base
-    batch = dpo.pair_batch(_pairs(tokenizer), tokenizer.pad_token_id)
+    batch = dpo.pair_batch(_pairs(tokenizer), tokenizer.pad_token_id).to(device)
     data = dpo.PreferenceData(_pairs(tokenizer))
     off = dpo.Reference("adapter").logps(policy, data, [0, 1], batch)
     frozen = dpo.Reference("copy", base).logps(policy, data, [0, 1], batch)
@@ -111,16 +122,17 @@ def test_adapter_reference_equals_frozen_copy(tokenizer):
     assert not torch.allclose(dpo.seq_logprobs(policy, batch)[0], frozen, atol=1e-2)
 
 
-def test_shared_prompt_rows_equal_one_row_per_response(tokenizer):
+def test_shared_prompt_rows_equal_one_row_per_response(tokenizer, device):
     """dpo.share_prompt packs each pair into one row: same log-probs, chosen first, and the
     same gradient, to 1e-5 (the fast path must not change the math)."""
-    model = load_causal_lm("tiny-llama", tokenizer)
+    model = load_causal_lm("tiny-llama", tokenizer).to(device)
     pad = tokenizer.pad_token_id
     results = []
     for share in (False, True):
         model.zero_grad()
-        logps, lengths = dpo.seq_logprobs(model, dpo.pair_batch(_pairs(tokenizer), pad, share))
-        (logps * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum().backward()
+        batch = dpo.pair_batch(_pairs(tokenizer), pad, share).to(device)
+        logps, lengths = dpo.seq_logprobs(model, batch)
+        (logps * torch.tensor([1.0, -2.0, 0.5, 3.0], device=device)).sum().backward()
         results.append((logps.detach(), lengths, [p.grad.clone() for p in model.parameters()]))
     (rows, row_lengths, row_grads), (packed, packed_lengths, packed_grads) = results
     assert isinstance(dpo.pair_batch(_pairs(tokenizer), pad, True), dpo.PackedBatch)
@@ -130,27 +142,29 @@ def test_shared_prompt_rows_equal_one_row_per_response(tokenizer):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_seq_logprobs_padding_invariant(tokenizer):
+def test_seq_logprobs_padding_invariant(tokenizer, device):
     """Extra padding, other rows and row order never change a pair's sequence log-probs."""
-    model = load_causal_lm("tiny-llama", tokenizer)
+    model = load_causal_lm("tiny-llama", tokenizer).to(device)
     pad = tokenizer.pad_token_id
     short, long_ = _pairs(tokenizer)
-    alone, lengths = dpo.seq_logprobs(model, dpo.pair_batch([short], pad))  # (2,)
-    mixed = dpo.seq_logprobs(model, dpo.pair_batch([long_, short], pad))[0]  # (4,)
+    alone, lengths = dpo.seq_logprobs(model, dpo.pair_batch([short], pad).to(device))  # (2,)
+    mixed = dpo.seq_logprobs(model, dpo.pair_batch([long_, short], pad).to(device))[0]  # (4,)
     assert torch.allclose(mixed[[1, 3]], alone, atol=1e-5)
-    batch = dpo.pair_batch([short], pad)
+    batch = dpo.pair_batch([short], pad).to(device)
     extra = 7  # append pure padding columns
-    padded = type(batch)(torch.cat([batch.input_ids, torch.full((2, extra), pad)], 1),
-                         torch.cat([batch.attention_mask, torch.zeros(2, extra, dtype=bool)], 1),
-                         torch.cat([batch.response_mask, torch.zeros(2, extra, dtype=bool)], 1))
+    pads = torch.full((2, extra), pad, device=device)
+    no = torch.zeros(2, extra, dtype=bool, device=device)
+    padded = type(batch)(torch.cat([batch.input_ids, pads], 1),
+                         torch.cat([batch.attention_mask, no], 1),
+                         torch.cat([batch.response_mask, no], 1))
     assert torch.allclose(dpo.seq_logprobs(model, padded)[0], alone, atol=1e-5)
     # Summed over response tokens only (EOS included): " Great fun." + EOS, etc.
     assert lengths.tolist() == [len(short.chosen.response_ids), len(short.rejected.response_ids)]
 
 
-def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device):
     """Dies after the checkpoint at 3, resumes: same metrics.jsonl, reference not recomputed."""
-    args = ("train.max_steps=6", "train.save_every=3", "train.eval_every=2",
+    args = (*on_device, "train.max_steps=6", "train.save_every=3", "train.eval_every=2",
             "train.warmup_steps=0", *SMALL)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     dpo.run(config(repo_root, whole, *args))
@@ -165,13 +179,14 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch):
     assert common.read_metrics(broken) == common.read_metrics(whole)
 
 
-def test_eval_only_matches_naive_logprobs(repo_root, trained, tokenizer, capsys):
+def test_eval_only_matches_naive_logprobs(repo_root, trained, tokenizer, capsys, on_device):
     """eval_only scores a trained policy against the initial model: per-pair log-probs equal a
     naive full-logits log_softmax, and the loss is the mean of DPO's −log σ(βz)."""
     from transformers import AutoModelForCausalLM
 
     out = trained.parent / "eval_only"
-    metrics = dpo.run(config(repo_root, out, "eval_only=true", f"model.name={trained}/final",
+    metrics = dpo.run(config(repo_root, out, *on_device, "eval_only=true",
+                             f"model.name={trained}/final",
                              "dpo.ref_model=tiny-llama", "data.max_eval_rows=5"))
     assert '"eval_loss"' in capsys.readouterr().out  # printed as JSON
     rows = [json.loads(line) for line in (out / "eval_pairs.jsonl").read_text().splitlines()]
@@ -194,16 +209,17 @@ def test_eval_only_matches_naive_logprobs(repo_root, trained, tokenizer, capsys)
     assert rows[0]["policy_chosen"] == pytest.approx(naive.item(), abs=1e-4)
 
 
-def test_eval_only_policy_as_reference_is_log2(repo_root, tmp_path):
-    metrics = dpo.run(config(repo_root, tmp_path / "e", "eval_only=true", "data.max_eval_rows=4"))
+def test_eval_only_policy_as_reference_is_log2(repo_root, tmp_path, on_device):
+    metrics = dpo.run(config(repo_root, tmp_path / "e", *on_device, "eval_only=true",
+                             "data.max_eval_rows=4"))
     assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert metrics["eval_reward_accuracy"] == 0.0
 
 
-def test_simpo_runs_reference_free(repo_root, tmp_path, monkeypatch, tokenizer):
+def test_simpo_runs_reference_free(repo_root, tmp_path, monkeypatch, tokenizer, on_device):
     monkeypatch.setattr(dpo, "precompute_reference", lambda *a, **k: pytest.fail("no reference"))
     out = tmp_path / "simpo"
-    dpo.run(config(repo_root, out, *FAST, "train.max_steps=3", "dpo.loss_type=simpo",
+    dpo.run(config(repo_root, out, *on_device, *FAST, "train.max_steps=3", "dpo.loss_type=simpo",
                    "dpo.beta=2.0", "dpo.gamma=0.5"))
     rows = common.read_metrics(out)
     assert all(math.isfinite(r["loss"]) for r in rows[1:]) and "eval_reward_margin" in rows[-1]

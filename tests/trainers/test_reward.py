@@ -44,63 +44,77 @@ def rm_config(tmp_path, train_path, eval_path="", *overrides):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny RM trained on the separable toy set (module-wide: several tests read it)."""
-    tmp = tmp_path_factory.mktemp("rm")
-    train = write_jsonl(tmp / "train.jsonl", toy_rows(48, seed=1))
-    held = write_jsonl(tmp / "eval.jsonl", toy_rows(16, seed=2))
-    config = rm_config(tmp, train, held, "train.max_steps=30", "train.eval_every=30")
-    last = reward.run(config)
-    return {"dir": tmp / "run", "eval": held, "last": last, "config": config}
+def trained_on(tmp_path_factory):
+    """A tiny RM trained on the separable toy set, once per device (module-wide: several tests
+    read it)."""
+    runs = {}
+
+    def train(on_device: tuple) -> dict:
+        tmp = tmp_path_factory.mktemp("rm")
+        train_path = write_jsonl(tmp / "train.jsonl", toy_rows(48, seed=1))
+        held = write_jsonl(tmp / "eval.jsonl", toy_rows(16, seed=2))
+        config = rm_config(tmp, train_path, held, *on_device, "train.max_steps=30",
+                           "train.eval_every=30")
+        last = reward.run(config)
+        return {"dir": tmp / "run", "eval": held, "last": last, "config": config}
+
+    return lambda on_device: runs.get(on_device) or runs.setdefault(on_device, train(on_device))
 
 
-def test_score_is_padding_invariant_left_vs_right(tokenizer):
+@pytest.fixture
+def trained(trained_on, on_device):
+    return trained_on(on_device)
+
+
+def test_score_is_padding_invariant_left_vs_right(tokenizer, device):
     """The score is read at the last real token, wherever the padding sits."""
-    model = load_scalar_model("tiny-llama", tokenizer).eval()
+    model = load_scalar_model("tiny-llama", tokenizer).to(device).eval()
     data = load_config(reward.RMConfig, None, ["data.template=plain"]).data
     example = RankedExample((("user", "Review:"),), ("a b c d e f great", "awful", "the plot okay"))
     seqs = reward.encode_lists([example], tokenizer, data)[0]
     with torch.no_grad():
-        right, _ = reward.score_lists(model, [seqs], tokenizer.pad_token_id, "cpu")  # (1, 3)
+        right, _ = reward.score_lists(model, [seqs], tokenizer.pad_token_id, device)  # (1, 3)
         ids, mask = left_pad([s.prompt_ids + s.response_ids for s in seqs], tokenizer.pad_token_id)
-        left = sequence_scores(model, ids, mask)
-        alone = [sequence_scores(model, torch.tensor([s.prompt_ids + s.response_ids]),
-                                 torch.ones(1, len(s.prompt_ids + s.response_ids), dtype=torch.bool))
-                 for s in seqs]
+        left = sequence_scores(model, ids.to(device), mask.to(device))
+        rows = [torch.tensor([s.prompt_ids + s.response_ids], device=device) for s in seqs]
+        alone = [sequence_scores(model, row, torch.ones_like(row, dtype=torch.bool))
+                 for row in rows]
     torch.testing.assert_close(right[0], left, rtol=0, atol=1e-5)
     torch.testing.assert_close(left, torch.cat(alone), rtol=0, atol=1e-5)
 
 
-def test_shared_prompt_scores_equal_one_row_per_response(tokenizer):
+def test_shared_prompt_scores_equal_one_row_per_response(tokenizer, device):
     """rm.share_prompt packs a list's responses into one row: the same rewards (K = 2 and 4)."""
-    model = load_scalar_model("tiny-llama", tokenizer)
+    model = load_scalar_model("tiny-llama", tokenizer).to(device)
     torch.nn.init.normal_(model.score.weight)
     data = load_config(reward.RMConfig, None, ["data.template=plain"]).data
     examples = [RankedExample((("user", "p q r"),), ("good", "bad")),
                 RankedExample((("user", "q"),), ("w x great", "w okay", "meh", "awful awful"))]
     lists = reward.encode_lists(examples, tokenizer, data)
-    rows, mask = reward.score_lists(model, lists, tokenizer.pad_token_id, "cpu", False)
-    packed, packed_mask = reward.score_lists(model, lists, tokenizer.pad_token_id, "cpu", True)
+    rows, mask = reward.score_lists(model, lists, tokenizer.pad_token_id, device, False)
+    packed, packed_mask = reward.score_lists(model, lists, tokenizer.pad_token_id, device, True)
     assert packed_mask.tolist() == mask.tolist()
     torch.testing.assert_close(packed, rows, rtol=0, atol=1e-5)
 
 
-def test_score_lists_masks_short_lists(tokenizer):
+def test_score_lists_masks_short_lists(tokenizer, device):
     """K = 2 and K = 4 in one forward pass: padded slots are masked and cannot move the loss."""
-    model = load_scalar_model("tiny-llama", tokenizer)
+    model = load_scalar_model("tiny-llama", tokenizer).to(device)
     data = load_config(reward.RMConfig, None, ["data.template=plain"]).data
     examples = [RankedExample((("user", "p"),), ("good", "bad")),
                 RankedExample((("user", "q"),), ("w x great", "w okay", "meh", "awful awful"))]
     lists = reward.encode_lists(examples, tokenizer, data)
-    rewards, list_mask = reward.score_lists(model, lists, tokenizer.pad_token_id, "cpu")  # (2, 4)
+    rewards, list_mask = reward.score_lists(model, lists, tokenizer.pad_token_id, device)  # (2, 4)
     assert list_mask.tolist() == [[True, True, False, False], [True, True, True, True]]
     assert rewards[0, 2:].tolist() == [0.0, 0.0]
-    each = [reward.score_lists(model, [seqs], tokenizer.pad_token_id, "cpu")[0][0] for seqs in lists]
+    each = [reward.score_lists(model, [seqs], tokenizer.pad_token_id, device)[0][0]
+            for seqs in lists]
     torch.testing.assert_close(rewards[0, :2], each[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(rewards[1], each[1], rtol=0, atol=1e-5)
     # Batched loss = mean of the per-list losses (each list weighs 1, whatever its K).
     batched = ranking_loss(rewards, list_mask).loss
-    separate = [ranking_loss(r[None], torch.ones(1, len(r), dtype=torch.bool)).loss for r in each]
+    separate = [ranking_loss(r[None], torch.ones(1, len(r), dtype=torch.bool, device=device)).loss
+                for r in each]
     torch.testing.assert_close(batched, (separate[0] + separate[1]) / 2, rtol=0, atol=1e-6)
     batched.backward()  # padded slots get no gradient path into the model output
     metrics = reward.finish_metrics(
@@ -120,10 +134,10 @@ def test_trained_tiny_rm_separates_toy_set(trained):
     assert (stats["template"], stats["max_length"]) == ("plain", 32)
 
 
-def test_final_loads_with_its_trained_head(trained, tokenizer):
+def test_final_loads_with_its_trained_head(trained, tokenizer, device):
     """PPO loads final/ with load_scalar_model + sequence_scores on token ids: same scores."""
     final = trained["dir"] / "final"
-    scorer = RewardScorer.from_pretrained(final, device="cpu")
+    scorer = RewardScorer.from_pretrained(final, device=device, dtype="float32")
     fresh = load_scalar_model("tiny-llama", tokenizer)
     model = load_scalar_model(str(final), tokenizer).eval()
     assert not torch.equal(model.score.weight, fresh.score.weight)
@@ -138,10 +152,10 @@ def test_final_loads_with_its_trained_head(trained, tokenizer):
     assert good > bad
 
 
-def test_score_cli_end_to_end(trained, tmp_path, capsys):
+def test_score_cli_end_to_end(trained, tmp_path, capsys, device):
     out = tmp_path / "scores.jsonl"
     code = main(["score", "--model", str(trained["dir"] / "final"), "--data", trained["eval"],
-                 "--output", str(out)])
+                 "--output", str(out), "--device", device])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 16 and all(len(r["scores"]) in (2, 3) for r in rows)
@@ -150,7 +164,7 @@ def test_score_cli_end_to_end(trained, tmp_path, capsys):
     assert summary["pair_accuracy"] == 1.0 and summary["rows"] == 16
     single = write_jsonl(tmp_path / "single.jsonl", [{"prompt": "Review:", "response": "great"}])
     assert main(["score", "--model", str(trained["dir"] / "final"), "--data", single,
-                 "--output", str(tmp_path / "one.jsonl")]) == 0
+                 "--output", str(tmp_path / "one.jsonl"), "--device", device]) == 0
     assert set(json.loads((tmp_path / "one.jsonl").read_text())) == {"score"}
 
 
@@ -168,9 +182,9 @@ def test_malformed_lists_stop_the_stage_naming_the_row(tmp_path, capsys, row, ex
     assert code == 2 and f"{path}:5" in err and expected in err
 
 
-def test_lora_keeps_score_head_trainable(tmp_path, tokenizer):
+def test_lora_keeps_score_head_trainable(tmp_path, tokenizer, on_device):
     train = write_jsonl(tmp_path / "train.jsonl", toy_rows(16, seed=3))
-    config = rm_config(tmp_path, train, "", "model.lora.enabled=true", "model.lora.r=4",
+    config = rm_config(tmp_path, train, "", *on_device, "model.lora.enabled=true", "model.lora.r=4",
                        "train.max_steps=2", "data.eval_fraction=0")
     run_ = common.start_run(config)
     model = reward.build_model(run_, config, tokenizer)
@@ -208,10 +222,10 @@ class Killed(Exception):
     pass
 
 
-def test_resume_equals_uninterrupted(tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted(tmp_path, monkeypatch, on_device):
     """Kill after step 4 (checkpoint at 3), resume=true: metrics.jsonl equals a clean run's."""
     train = write_jsonl(tmp_path / "train.jsonl", toy_rows(24, seed=4))
-    args = ["train.max_steps=6", "train.save_every=3", "train.eval_every=2",
+    args = [*on_device, "train.max_steps=6", "train.save_every=3", "train.eval_every=2",
             "data.eval_fraction=0.25"]
     clean_dir, killed_dir = tmp_path / "clean", tmp_path / "killed"
     reward.run(rm_config(clean_dir, train, "", *args))

@@ -31,17 +31,18 @@ def test_encoder_text_is_cls_text_sep(bert_tokenizer):
     assert tok.decode(cut.prompt_ids[1:]) == "three four"  # cut from the left, after [CLS]
 
 
-def test_encoder_scores_are_pooled_and_padding_free(tiny_bert, bert_tokenizer):
-    model = load_scalar_model(tiny_bert, bert_tokenizer).eval()
+def test_encoder_scores_are_pooled_and_padding_free(tiny_bert, bert_tokenizer, device):
+    model = load_scalar_model(tiny_bert, bert_tokenizer).to(device).eval()
     seqs = [encode(bert_tokenizer, "", text, 8, 32, True) for text in
             ("a long and rather great film", "awful", "the plot was okay")]
     with torch.no_grad():
-        batched, _ = reward.score_lists(model, [seqs], bert_tokenizer.pad_token_id, "cpu")
-        alone = [model(input_ids=torch.tensor([s.prompt_ids + s.response_ids])).logits[0, 0]
+        batched, _ = reward.score_lists(model, [seqs], bert_tokenizer.pad_token_id, device)
+        alone = [model(input_ids=torch.tensor([s.prompt_ids + s.response_ids],
+                                              device=device)).logits[0, 0]
                  for s in seqs]
     torch.testing.assert_close(batched[0], torch.stack(alone), rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="critic needs a decoder"):
-        ids = torch.tensor([seqs[0].prompt_ids + seqs[0].response_ids])
+        ids = torch.tensor([seqs[0].prompt_ids + seqs[0].response_ids], device=device)
         token_scores(model, ids, torch.ones_like(ids, dtype=torch.bool))
 
 
@@ -57,19 +58,21 @@ def test_encoder_freeze_and_head_learning_rate(tmp_path, tiny_bert, bert_tokeniz
     assert groups[1]["params"] == [model.classifier.weight, model.classifier.bias]
 
 
-def test_encoder_rm_learns_toy_set_and_scores_from_final(tmp_path, tiny_bert, bert_tokenizer):
+def test_encoder_rm_learns_toy_set_and_scores_from_final(tmp_path, tiny_bert, bert_tokenizer,
+                                                         device, on_device):
     train = write_jsonl(tmp_path / "train.jsonl", toy_rows(48, seed=1))
     held = write_jsonl(tmp_path / "eval.jsonl", toy_rows(16, seed=2))
-    config = rm_config(tmp_path, train, held, f"model.name={tiny_bert}", "train.max_steps=60",
-                       "train.eval_every=60")
+    config = rm_config(tmp_path, train, held, *on_device, f"model.name={tiny_bert}",
+                       "train.max_steps=60", "train.eval_every=60")
     last = reward.run(config)
     assert last["eval_pair_accuracy"] == 1.0
-    scorer = RewardScorer.from_pretrained(tmp_path / "run" / "final", device="cpu")
+    scorer = RewardScorer.from_pretrained(tmp_path / "run" / "final", device=device,
+                                          dtype="float32")
     good, bad = scorer([""] * 2, ["the film was great", "the film was awful"])
     assert good > bad
     ids = torch.tensor([[bert_tokenizer.cls_token_id]
                         + bert_tokenizer("the film was great", add_special_tokens=False)["input_ids"]
-                        + [bert_tokenizer.sep_token_id]])
+                        + [bert_tokenizer.sep_token_id]], device=device)
     with torch.no_grad():
         direct = sequence_scores(scorer.model, ids, torch.ones_like(ids, dtype=torch.bool))
     assert good == pytest.approx(float(direct[0]), abs=1e-5)

@@ -18,11 +18,11 @@ def config(repo_root, out, *overrides):
                         *overrides])
 
 
-def test_loss_counts_response_tokens_only(tokenizer):
+def test_loss_counts_response_tokens_only(tokenizer, device):
     """Would fail if prompt tokens counted: compare with the hand-built response-only NLL."""
-    model = load_causal_lm("tiny-llama", tokenizer)
+    model = load_causal_lm("tiny-llama", tokenizer).to(device)
     batch = collate_sequences([Encoded([5, 6, 7, 8], [9, 10, 2]), Encoded([5, 6], [11, 2])],
-                              tokenizer.pad_token_id)
+                              tokenizer.pad_token_id).to(device)
     nll_sum, count = sft.sft_loss_sums(model, batch)
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     token_nll = -torch.log_softmax(logits[:, :-1], -1).gather(
@@ -34,11 +34,11 @@ def test_loss_counts_response_tokens_only(tokenizer):
     assert not torch.allclose(nll_sum, everything, atol=1e-1)
 
 
-def test_full_run_writes_artefacts_and_loss_falls(repo_root, tmp_path):
+def test_full_run_writes_artefacts_and_loss_falls(repo_root, tmp_path, on_device):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "full"
-    sft.run(config(repo_root, out, "train.max_steps=12"))
+    sft.run(config(repo_root, out, *on_device, "train.max_steps=12"))
     for name in ("config.yaml", "metrics.jsonl", "final/config.json", "checkpoint-12"):
         assert (out / name).exists(), name
     assert list((out / "tensorboard" / "rlhfkit").glob("events.*"))  # train.project_name
@@ -49,12 +49,12 @@ def test_full_run_writes_artefacts_and_loss_falls(repo_root, tmp_path):
     AutoModelForCausalLM.from_pretrained(out / "final")
 
 
-def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer):
+def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer, on_device):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "lora"
-    sft.run(config(repo_root, out, "train.max_steps=4", "model.lora.enabled=true",
+    sft.run(config(repo_root, out, *on_device, "train.max_steps=4", "model.lora.enabled=true",
                    "model.lora.r=4", "train.learning_rate=1e-2"))
     merged = AutoModelForCausalLM.from_pretrained(out / "final")
     assert (out / "final/adapter/adapter_config.json").exists()
@@ -66,9 +66,9 @@ def test_lora_run_saves_merged_and_adapter(repo_root, tmp_path, tokenizer):
     assert rows[-1]["loss"] < rows[1]["loss"]
 
 
-def test_resume_equals_uninterrupted(repo_root, tmp_path):
+def test_resume_equals_uninterrupted(repo_root, tmp_path, on_device):
     """A run that dies after step 5 (checkpoint at 3) and resumes gives the same metrics."""
-    args = ("train.max_steps=6", "train.save_every=3", "train.eval_every=2")
+    args = (*on_device, "train.max_steps=6", "train.save_every=3", "train.eval_every=2")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     sft.run(config(repo_root, whole, *args))
     sft.run(config(repo_root, broken, *args))
@@ -81,12 +81,13 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path):
     assert common.read_metrics(broken) == common.read_metrics(whole)
 
 
-def test_lora_checkpoint_holds_only_trained_weights_and_resumes_exactly(repo_root, tmp_path):
+def test_lora_checkpoint_holds_only_trained_weights_and_resumes_exactly(repo_root, tmp_path,
+                                                                        on_device):
     """A LoRA checkpoint stores the adapter, not the frozen base (rebuilt on resume), and the
     resumed run still equals the uninterrupted one."""
     from safetensors import safe_open
 
-    args = ("train.max_steps=4", "train.save_every=2", "model.lora.enabled=true",
+    args = (*on_device, "train.max_steps=4", "train.save_every=2", "model.lora.enabled=true",
             "model.lora.r=4", "train.learning_rate=1e-2")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     sft.run(config(repo_root, whole, *args))
@@ -107,18 +108,19 @@ def test_lora_checkpoint_holds_only_trained_weights_and_resumes_exactly(repo_roo
         common.check_saved_weights([full], whole / "checkpoint-2")
 
 
-def test_rerun_into_same_output_dir_replaces_the_metrics(repo_root, tmp_path):
+def test_rerun_into_same_output_dir_replaces_the_metrics(repo_root, tmp_path, on_device):
     """Without resume=true a second run starts metrics.jsonl afresh instead of appending."""
-    sft.run(config(repo_root, tmp_path / "run", "train.max_steps=2"))
+    sft.run(config(repo_root, tmp_path / "run", *on_device, "train.max_steps=2"))
     first = common.read_metrics(tmp_path / "run")
-    sft.run(config(repo_root, tmp_path / "run", "train.max_steps=2"))
+    sft.run(config(repo_root, tmp_path / "run", *on_device, "train.max_steps=2"))
     assert common.read_metrics(tmp_path / "run") == first
 
 
-def test_accumulation_equals_one_big_batch(repo_root, tmp_path):
+def test_accumulation_equals_one_big_batch(repo_root, tmp_path, on_device):
     """Micro-batches of 2 × 4 accumulation steps == one batch of 8 (global token count)."""
-    sft.run(config(repo_root, tmp_path / "a", "train.max_steps=3"))
-    sft.run(config(repo_root, tmp_path / "b", "train.max_steps=3", "train.micro_batch_size=2"))
+    sft.run(config(repo_root, tmp_path / "a", *on_device, "train.max_steps=3"))
+    sft.run(config(repo_root, tmp_path / "b", *on_device, "train.max_steps=3",
+                   "train.micro_batch_size=2"))
     a, b = common.read_metrics(tmp_path / "a")[1:], common.read_metrics(tmp_path / "b")[1:]
     assert len(a) == len(b) == 3
     for x, y in zip(a, b):
