@@ -43,6 +43,10 @@ DPO (Rafailov et al. 2023, eq. 7): −log σ(β·z), z = (π_w − ref_w) − (�
 DPO family: IPO (z − 1/(2β))², SimPO −log σ(β·Δ(π/|y|) − γ), SLiC hinge max(0, 1 − β·z)
     ops/dpo.py::ipo_loss, simpo_loss, hinge_loss (DPO_LOSSES)
     test_dpo.py::test_ipo_hand_value, test_simpo_hand_value, test_hinge_hand_value
+KTO (Ethayarajh et al. 2024): λ_y − v, v = λ_D·σ(β(r − z_ref)) or λ_U·σ(β(z_ref − r)), r = π − ref;
+z_ref = max(0, mean log-ratio of mismatched completions), detached
+    ops/dpo.py::kto_loss, kto_reference_point
+    test_dpo.py::test_kto_hand_values, test_kto_reference_point_is_a_clamped_detached_mean
 DPO implicit rewards: β·(π − ref) of chosen and rejected, margin, accuracy
     ops/dpo.py::dpo_metrics · test_dpo.py::test_metrics_hand_values
 GRPO group advantages (Shao et al. 2024): A_i = (r_i − mean of its group) / (std + eps)
