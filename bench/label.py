@@ -111,8 +111,9 @@ def new_postgres_db(server) -> str:
 class LiveServer:
     """``python -m rlhfkit label serve`` in a child process on 127.0.0.1."""
 
-    def __init__(self, db: str, admin_token: str = "", port: int | None = None, log=None):
-        self.db, self.admin_token = db, admin_token
+    def __init__(self, db: str, admin_token: str = "", port: int | None = None, log=None,
+                 workers: int = 1):
+        self.db, self.admin_token, self.workers = db, admin_token, workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -120,7 +121,7 @@ class LiveServer:
 
     def start(self, timeout: float = 60.0) -> "LiveServer":
         argv = [sys.executable, "-m", "rlhfkit", "label", "serve", "--db", self.db,
-                "--port", str(self.port)]
+                "--port", str(self.port), "--workers", str(self.workers)]
         if self.admin_token:
             argv += ["--admin-token", self.admin_token]
         self.process = subprocess.Popen(argv, stdout=self.log or subprocess.DEVNULL,
@@ -287,9 +288,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------------------- bench
-def bench_one(db: str, clients: int, per_client: int) -> dict:
+def bench_one(db: str, clients: int, per_client: int, workers: int = 1) -> dict:
     admin_token, tokens = prepare(db, clients * per_client, clients)
-    server = LiveServer(db, admin_token).start()
+    server = LiveServer(db, admin_token, workers=workers).start()
     try:
         # warm-up: one judgment per client (connections, caches), not timed
         asyncio.run(run_clients(server.url, tokens, 1))
@@ -319,16 +320,18 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=40)
     parser.add_argument("--pg-url", default="", help="an empty PostgreSQL database to use")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
+    parser.add_argument("--workers", type=int, default=1, help="server processes")
     args = parser.parse_args()
     print(f"cpu: {cpu_model()}, {os.cpu_count()} cores visible; {args.clients} clients × "
-          f"{args.per_client} judgments", flush=True)
+          f"{args.per_client} judgments; {args.workers} server process(es)", flush=True)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.only != "postgresql":
             print("sqlite    ", bench_one(str(Path(tmp) / "bench.sqlite"), args.clients,
-                                          args.per_client), flush=True)
+                                          args.per_client, args.workers), flush=True)
         if args.only != "sqlite":
             url = args.pg_url or new_postgres_db(stack.enter_context(throwaway_postgres()))
-            print("postgresql", bench_one(url, args.clients, args.per_client), flush=True)
+            print("postgresql", bench_one(url, args.clients, args.per_client, args.workers),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import os
 import time
 from pathlib import Path
 
@@ -91,6 +92,14 @@ async def bearer(request: Request) -> str:
         raise HTTPException(401, "missing 'Authorization: Bearer <token>'",
                             headers={"WWW-Authenticate": "Bearer"})
     return token.strip()
+
+
+def app_from_env() -> FastAPI:
+    """The app `label serve --workers N` starts in each worker process (uvicorn imports it by
+    name): settings come from RLHFKIT_LABEL_* variables set by `serve`."""
+    env = os.environ
+    return create_app(env["RLHFKIT_LABEL_DB"], env.get("RLHFKIT_LABEL_ADMIN_TOKEN") or None,
+                      max_body_bytes=int(env.get("RLHFKIT_LABEL_MAX_BODY", MAX_BODY_BYTES)))
 
 
 def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",

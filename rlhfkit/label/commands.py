@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from rlhfkit.data import DataError
@@ -85,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="admin token to accept instead of the stored one")
     p.add_argument("--max-body-bytes", type=int, default=64 * 1024,
                    help="requests with a larger body get 413")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (uvicorn workers); SQLite writes stay one at a time")
     p = command("stats", "Progress, agreement and the per-annotator table.")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     p = command("export", "Write the judgments as training data.")
@@ -185,6 +188,12 @@ def serve(args) -> None:
     app = create_app(args.db, args.admin_token or None, max_body_bytes=args.max_body_bytes)
     print(f"rlhfkit label: serving http://{args.host}:{args.port} (Ctrl-C stops); annotators "
           "log in with the link `label add-annotator` printed", flush=True)
+    if args.workers > 1:  # each worker process builds its own app from the environment
+        os.environ.update(RLHFKIT_LABEL_DB=args.db, RLHFKIT_LABEL_ADMIN_TOKEN=args.admin_token,
+                          RLHFKIT_LABEL_MAX_BODY=str(args.max_body_bytes))
+        uvicorn.run("rlhfkit.label.app:app_from_env", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="warning", access_log=False)
+        return
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

@@ -19,6 +19,7 @@ order, timestamps, seconds). Times are unix seconds (float). Tests: tests/label/
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import secrets
@@ -192,13 +193,31 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        # SQLite admits one writer: queue our own transactions instead of spinning on busy.
-        self._lock = threading.Lock() if self.is_sqlite else contextlib.nullcontext()
+        # SQLite admits one writer: queue our own transactions (threads, then processes: a
+        # lock file beside the database) instead of spinning in SQLite's busy handler.
+        self._thread_lock = threading.Lock()
+        self._lock_file = None
+        if self.is_sqlite and engine.url.database:
+            self._lock_file = open(engine.url.database + ".lock", "a")
         self._settings: tuple[float, Settings] | None = None
 
     @contextlib.contextmanager
+    def _write_lock(self):
+        if not self.is_sqlite:
+            yield
+            return
+        with self._thread_lock:
+            if self._lock_file is not None:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if self._lock_file is not None:
+                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
     def transaction(self):
-        with self._lock, self.engine.connect() as conn:
+        with self._write_lock(), self.engine.connect() as conn:
             conn.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE (see _sqlite_begin)
             with conn.begin():
                 yield conn
@@ -220,6 +239,8 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
 
 
 def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
