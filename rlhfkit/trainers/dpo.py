@@ -395,6 +395,10 @@ def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.O
                scheduler: LRScheduler, reference: Reference, data: PreferenceData,
                rows: list[int], pad_id: int) -> dict:
     """One optimiser step over the global batch ``rows``; returns globally reduced metrics."""
+    # KTO reduces z_ref once per micro-batch: every process must make as many (no hang)
+    require(run.config.dpo.data_kind == "ranked" or len(rows) % run.world_size == 0,
+            "train.batch_size", len(rows), f"a multiple of the processes ({run.world_size}) "
+            "with dpo.loss_type=kto")
     chunks = common.micro_batches(rows, run.rank, run.world_size, run.config.train.micro_batch_size)
     n_pairs = common.global_count(run.accelerator, sum(len(c) for c in chunks))
 
