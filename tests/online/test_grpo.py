@@ -323,6 +323,9 @@ adv = adv if adv.dim() == 1 else torch.nn.functional.pad(adv, (0, 5 - R))
 everything = run.accelerator.gather(adv.contiguous())
 if run.is_main:
     torch.save(everything, f"{out}/advantages.pt")
+run.accelerator.wait_for_everyone()  # no process leaves while another still talks to it
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 '''
 
 

@@ -259,8 +259,8 @@ def test_reference_choices_are_checked(repo_root, tmp_path):
         config(repo_root, tmp_path, "dpo.reference=none")
     with pytest.raises(ConfigError, match="dpo.reference='adapter' is invalid.*lora"):
         config(repo_root, tmp_path, "dpo.reference=adapter")
-    with pytest.raises(ConfigError, match="dpo.loss_type='kto' is invalid: expected one of"):
-        config(repo_root, tmp_path, "dpo.loss_type=kto")
+    with pytest.raises(ConfigError, match="dpo.loss_type='orpo' is invalid: expected one of"):
+        config(repo_root, tmp_path, "dpo.loss_type=orpo")
     simpo = config(repo_root, tmp_path, "dpo.loss_type=simpo")
     assert simpo.dpo.reference_mode == "none"
     assert config(repo_root, tmp_path).dpo.reference_mode == "precomputed"
