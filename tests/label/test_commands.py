@@ -10,7 +10,7 @@ from rlhfkit.label.commands import DEFAULT_HOST, _parser
 from rlhfkit.label.store import candidates, open_store, tasks
 
 
-def test_generate_stores_k_candidates_with_model_and_settings(tmp_path, capsys):
+def test_generate_stores_k_candidates_with_model_and_settings(tmp_path, capsys, device):
     db = str(tmp_path / "l.sqlite")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me about {w}."}) + "\n"
@@ -19,7 +19,7 @@ def test_generate_stores_k_candidates_with_model_and_settings(tmp_path, capsys):
     assert "admin link" in capsys.readouterr().out
     assert main(["label", "generate", "--db", db, "--policy", "tiny-llama", "--prompts",
                  str(prompts), "--k", "3", "--max-new-tokens", "8", "--temperature", "1.0",
-                 "--top-k", "50", "--seed", "1", "--template", "plain"]) == 0
+                 "--top-k", "50", "--seed", "1", "--template", "plain", "--device", device]) == 0
     assert "added 3 tasks" in capsys.readouterr().out
     store = open_store(db)
     with store.engine.connect() as conn:

@@ -24,13 +24,13 @@ def config(repo_root, out, *overrides):
                         *overrides])
 
 
-def test_tiny_example_loss_falls_and_artefacts_load(repo_root, tmp_path):
+def test_tiny_example_loss_falls_and_artefacts_load(repo_root, tmp_path, on_device):
     """Measured 2026-11-30 (2-core VM): training loss 0.500 at steps 1–2, 0.464 over steps
     16–20; the held-out 12 rows stay at ~0.50 (a random tiny model does not generalise)."""
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "kto"
-    cfg = config(repo_root, out)
+    cfg = config(repo_root, out, *on_device)
     assert cfg.dpo.data_kind == "unpaired" and cfg.dpo.reference_mode == "precomputed"
     dpo.run(cfg)
     rows = common.read_metrics(out)
@@ -45,11 +45,12 @@ def test_tiny_example_loss_falls_and_artefacts_load(repo_root, tmp_path):
     AutoModelForCausalLM.from_pretrained(out / "final")
 
 
-def test_eval_only_at_policy_equals_reference_is_the_weighted_half(repo_root, tmp_path):
+def test_eval_only_at_policy_equals_reference_is_the_weighted_half(repo_root, tmp_path,
+                                                                   on_device):
     # 48 desirable and 48 undesirable rows, λ_D 1.5, λ_U 1: (1.5·48 + 1·48) / 2 / 96 = 0.625
     out = tmp_path / "eval"
-    metrics = dpo.run(config(repo_root, out, "eval_only=true", "dpo.desirable_weight=1.5",
-                             "dpo.reference=copy"))
+    metrics = dpo.run(config(repo_root, out, *on_device, "eval_only=true",
+                             "dpo.desirable_weight=1.5", "dpo.reference=copy"))
     assert metrics["eval_loss"] == pytest.approx(0.625, abs=1e-6)
     assert metrics["eval_desirable_share"] == pytest.approx(0.5, abs=1e-9)
     assert metrics["eval_kl_estimate"] == 0.0
