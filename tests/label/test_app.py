@@ -157,4 +157,6 @@ def test_openapi_and_pages(api):
     client, _, _ = api
     spec = client.get("/openapi.json").json()
     assert {"/api/tasks/next", "/api/judgments", "/api/admin/summary"} <= set(spec["paths"])
-    assert client.get("/").status_code in (200, 404)  # the page is helper P's static/index.html
+    for path in ("/", "/admin"):  # the pages, served from the package with no CDN
+        page = client.get(path)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
