@@ -346,7 +346,7 @@ def kto_losses(run, logps: PreferenceLogps, data: PreferenceData, idx: list[int]
     kl = (logps.policy_rejected - logps.ref_rejected).detach()  # (B,) log-ratios of y' | x
     if global_stats:
         total = common.global_sum(run.accelerator, {"kl": kl.sum(), "count": torch.tensor(
-            float(len(kl)))})
+            float(len(kl)), device=kl.device)})  # one device: global_sum stacks them
         z_ref = kto_reference_point(torch.tensor([total["kl"]], device=kl.device),
                                     total["count"])
     else:
