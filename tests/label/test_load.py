@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from rlhfkit.label.store import judgments, open_store
 
-from conftest import live
+import bench_label as live  # bench/label.py, registered by tests/label/conftest.py
 
 CLIENTS, PER_CLIENT = 50, 20
 
