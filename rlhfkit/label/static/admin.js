@@ -6,14 +6,7 @@
   const TOKEN_KEY = "rlhfkit.admin_token";
   const $ = (id) => document.getElementById(id);
 
-  const params = new URLSearchParams(location.search);
-  if (params.has("token")) {
-    sessionStorage.setItem(TOKEN_KEY, params.get("token"));
-    params.delete("token");
-    const rest = params.toString();
-    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
-  }
-  const token = sessionStorage.getItem(TOKEN_KEY);
+  const token = tokenFromLink(TOKEN_KEY);  // login.js
 
   // Columns of the annotator table: summary key → [header, tooltip, format]. Keys the server
   // adds beyond these get a column of their own after them.

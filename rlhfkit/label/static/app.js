@@ -8,15 +8,7 @@
   const TOKEN_KEY = "rlhfkit.token";
   const $ = (id) => document.getElementById(id);
 
-  // Login by link: keep ?token= for this tab, then drop it from the address bar and history.
-  const params = new URLSearchParams(location.search);
-  if (params.has("token")) {
-    sessionStorage.setItem(TOKEN_KEY, params.get("token"));
-    params.delete("token");
-    const rest = params.toString();
-    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
-  }
-  const token = sessionStorage.getItem(TOKEN_KEY);
+  const token = tokenFromLink(TOKEN_KEY);  // login.js
 
   // --- state of the task on screen ---------------------------------------------------------
   let task = null;       // {task_id, prompt, candidates: [{id, text}]} as served
