@@ -82,8 +82,8 @@ def start_run(config, train_dataset=None) -> Run:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(dump_yaml(config))
     accelerator.wait_for_everyone()
-    start_trackers(accelerator, config, output_dir)
-    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, accelerator=accelerator)
+    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, accelerator=accelerator,
+                         config=config)
     source = None if train_dataset is None else \
         f"in memory: a {type(train_dataset).__name__} of {len(train_dataset)} rows"
     return Run(config, accelerator, output_dir, metrics, accelerator.device,
@@ -93,7 +93,9 @@ def start_run(config, train_dataset=None) -> Run:
 def start_trackers(accelerator, config, output_dir: Path) -> None:
     """``accelerator.init_trackers`` (main process) with the flat config as hyper-parameters;
     wandb writes its run folder into output_dir (``WANDB_MODE=offline`` sends nothing) and
-    names the run after it."""
+    names the run after it. Called by the first ``MetricsLog.log``: a process that never logs
+    starts no tracker thread (a 2-process script that only calls start_run exited with
+    'terminate called without an active exception' once TensorBoard's writer thread ran)."""
     if not config.train.report_to:
         return
     init_kwargs = {"wandb": {"dir": str(output_dir), "name": output_dir.name},
@@ -259,10 +261,12 @@ class MetricsLog:
     """metrics.jsonl (one JSON object per logging step: our contract) + the same numbers to
     the trackers of train.report_to through ``accelerator.log`` (tests/trainers/test_tracking.py)."""
 
-    def __init__(self, output_dir: Path, enabled: bool, accelerator=None):
+    def __init__(self, output_dir: Path, enabled: bool, accelerator=None, config=None):
         self.path = output_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.accelerator = accelerator  # None or without trackers: metrics.jsonl only
+        # no accelerator, or no config.train.report_to: metrics.jsonl only
+        self.accelerator, self.config, self.output_dir = accelerator, config, output_dir
+        self.trackers_started = False
 
     def truncate_after(self, step: int) -> None:
         """Drop lines written after ``step`` (by a run that crashed past its last checkpoint)."""
@@ -278,6 +282,10 @@ class MetricsLog:
         row = {"step": step, **{k: _plain(v) for k, v in values.items()}}
         with self.path.open("a") as handle:
             handle.write(json.dumps(row) + "\n")
+        if self.accelerator is not None and self.config is not None \
+                and self.config.train.report_to and not self.trackers_started:
+            start_trackers(self.accelerator, self.config, self.output_dir)
+            self.trackers_started = True
         if self.accelerator is not None and self.accelerator.trackers:
             scalars = {key: value for key, value in row.items()
                        if key != "step" and isinstance(value, (int, float))}

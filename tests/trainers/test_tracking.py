@@ -104,6 +104,7 @@ def test_final_has_a_model_card(tracked_run):
     assert f"- train: `{tracked_run.parents[2]}" not in text  # the path given, not rewritten
     assert "data/tiny/sft.jsonl`" in text and "0.125 of the training rows" in text
     assert "| `train.learning_rate` | `0.003` |" in text and "| `train.max_steps` | `3` |" in text
+    assert "| `sft.sample_max_new_tokens` | `48` |" in text  # the stage's own part
     assert f"## Final metrics (step {last['step']}," in text
     assert f"| loss | {last['loss']:.6g} |" in text
     assert f"| eval_loss | {last['eval_loss']:.6g} |" in text
