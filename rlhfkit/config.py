@@ -223,6 +223,7 @@ class StageConfig(Validated):
     model: ModelConfig = option(None, "Model settings.", factory=ModelConfig)
     data: DataConfig = option(None, "Data settings.", factory=DataConfig)
     train: TrainConfig = option(None, "Optimisation and logging settings.", factory=TrainConfig)
+    hub: HubConfig = option(None, "Sharing final/ on the Hugging Face Hub.", factory=HubConfig)
     # Old top-level key → its dotted new place; ``build`` names the new place when an old key
     # is given (YAML or command line). Stages fill it with ``moved_into``.
     MOVED_KEYS: ClassVar[dict[str, str]] = {}
@@ -231,7 +232,6 @@ class StageConfig(Validated):
 def moved_into(part: str, part_cls) -> dict[str, str]:
     """Every key of ``part_cls`` that used to sit at the top level → ``part.key``."""
     return {f.name: f"{part}.{f.name}" for f in dataclasses.fields(part_cls)}
-    hub: HubConfig = option(None, "Sharing final/ on the Hugging Face Hub.", factory=HubConfig)
 
 
 # ----------------------------------------------------------------------------- loading
