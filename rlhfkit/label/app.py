@@ -122,6 +122,18 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
     app.state.store = store
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
+    annotator, admin, forget = _auth(store, admin_hash)
+    _add_pages(app)
+    _add_annotator_routes(app, store, annotator)
+    _add_admin_routes(app, store, admin, forget, base_url)
+    return app
+
+
+def _auth(store, admin_hash: str | None):
+    """The token checks the handlers call: ``annotator(token)`` → the active annotator (else
+    401/403), ``admin(token)`` → None (else 401/403), and ``forget()``, which empties the token
+    cache (called when an annotator is disabled or enabled)."""
+
     def is_admin(token: str) -> bool:
         return admin_hash is not None and hmac.compare_digest(hash_token(token), admin_hash)
 
@@ -156,28 +168,38 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
             raise HTTPException(403, "admin only")
         raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
 
-    def refused(err: queue.QueueError):
-        return JSONResponse({"detail": str(err)}, err.status)
+    return annotator, admin, known.clear
 
-    # ------------------------------------------------------------------ pages
-    def page(name: str):
-        path = STATIC / name
-        if not path.exists():
-            raise HTTPException(404, f"{name} is not installed")
-        return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+def _refused(err: queue.QueueError):
+    return JSONResponse({"detail": str(err)}, err.status)
+
+
+def _page(name: str):
+    path = STATIC / name
+    if not path.exists():
+        raise HTTPException(404, f"{name} is not installed")
+    return FileResponse(path, headers={"Cache-Control": "no-store"})
+
+
+def _add_pages(app: FastAPI) -> None:
+    """GET / and /admin (the pages, never cached) and /static/... (their assets)."""
 
     @app.get("/", include_in_schema=False)
     def index():
-        return page("index.html")
+        return _page("index.html")
 
     @app.get("/admin", include_in_schema=False)
     def admin_page():
-        return page("admin.html")
+        return _page("admin.html")
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    # ------------------------------------------------------------------ annotators
+
+def _add_annotator_routes(app: FastAPI, store, annotator) -> None:
+    """/api/me, /api/tasks/next, /api/judgments, /api/tasks/{task_id}/skip."""
+
     @app.get("/api/me")
     def me(token: str = Depends(bearer)):
         who = annotator(token)
@@ -198,7 +220,7 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
             judgment_id, created = queue.submit(store, who, body.task_id, body.ranks, body.flags,
                                                 body.comment, body.seconds)
         except queue.QueueError as err:
-            return refused(err)
+            return _refused(err)
         return JSONResponse({"judgment_id": judgment_id}, 201 if created else 200)
 
     @app.post("/api/tasks/{task_id}/skip")
@@ -207,10 +229,13 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
         try:
             queue.skip(store, who, task_id)
         except queue.QueueError as err:
-            return refused(err)
+            return _refused(err)
         return {"skipped": task_id}
 
-    # ------------------------------------------------------------------ admin
+
+def _add_admin_routes(app: FastAPI, store, admin, forget, base_url: str) -> None:
+    """/api/admin/summary, /api/admin/annotators (add, disable, enable), /api/admin/export."""
+
     @app.get("/api/admin/summary")
     def admin_summary(token: str = Depends(bearer)):
         admin(token)
@@ -227,7 +252,7 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
         return {"name": body.name.strip(), "token": token, "link": f"{root}/?token={token}"}
 
     def set_active(name: str, active: bool):
-        known.clear()
+        forget()
         try:
             set_annotator_active(store, name, active)
         except StoreError as err:
@@ -253,5 +278,3 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
         return Response("".join(export_lines(store, format, keep_all_bad)),
                         media_type="application/x-ndjson", headers={
                             "Content-Disposition": f'attachment; filename="{format}.jsonl"'})
-
-    return app
