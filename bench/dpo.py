@@ -32,7 +32,7 @@ def data(args) -> list[dict]:
 
 
 def run_rlhfkit(args) -> None:
-    from rlhfkit.trainers import common, dpo
+    from rlhfkit.trainers import common, dpo, dpo_reference
 
     variant = args.variant or "copy"
     extra = ["dpo.loss_type=sigmoid", "dpo.beta=0.1",
@@ -49,7 +49,8 @@ def run_rlhfkit(args) -> None:
                                 for p in data(args)])
     policy = common.load_policy(run, config, tokenizer)
     clock = time.perf_counter()
-    reference = dpo.make_reference(run, config, policy, tokenizer, train, dpo.PreferenceData([]))
+    reference = dpo_reference.make_reference(run, config, policy, tokenizer, train,
+                                             dpo.PreferenceData([]))
     reference_s = time.perf_counter() - clock
     model, optimizer, scheduler = ours.prepare(run, policy)
     harness.ready("rlhfkit", ("rlhfkit",), variant=variant, reference=reference.mode,

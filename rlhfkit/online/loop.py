@@ -19,7 +19,7 @@ from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.rewards import Prompt
 from rlhfkit.online.roles import Roles, build_roles
 from rlhfkit.ops import masked_sum
-from rlhfkit.trainers import common
+from rlhfkit.trainers import checkpoints, common
 from rlhfkit.trainers.loop import train_loop
 
 
@@ -241,7 +241,7 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
     eval_pool = encode_prompts(eval_examples, tokenizer, config.data)
     iterations = common.total_steps(config.train, len(pool.ids))
     roles = build_roles(run_, config, tokenizer, iterations, model, reward_fn)
-    start, extra = common.maybe_resume(run_)
+    start, extra = checkpoints.maybe_resume(run_)
     state = {key: extra.get(key, value) for key, value in state.items()}
     logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main, stage)
     logs.truncate_after(start if start else -1)  # a fresh run starts its logs empty

@@ -1,7 +1,7 @@
 """The stage loop, written once: every stage (sft, reward, dpo, and the online loop of PPO and
 GRPO, rlhfkit/online/loop.py::train_online) hands it a step function.
 
-From the step after the resume point (``common.maybe_resume``) to the last: the step, held-out
+From the step after the resume point (``checkpoints.maybe_resume``) to the last: the step, held-out
 evaluation every train.eval_every steps and at the last, metrics.jsonl every train.log_every,
 a checkpoint every train.save_every holding the stage's extra state, the progress bar. What
 only one stage does (samples before/after, rollout logs, DPO's report) stays in that stage,
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from rlhfkit.trainers import common
+from rlhfkit.trainers import checkpoints, common
 
 
 def train_loop(run: common.Run, start: int, steps: int, step: Callable[[int], dict], *,
@@ -35,7 +35,7 @@ def train_loop(run: common.Run, start: int, steps: int, step: Callable[[int], di
             if common.should(train.log_every, number, steps):
                 run.metrics.log(number, metrics)
             if common.should(train.save_every, number, steps):
-                common.save_checkpoint(run, number, state)
+                checkpoints.save_checkpoint(run, number, state)
             bar.set_postfix(postfix(metrics))
             bar.update(1)
     return metrics

@@ -33,7 +33,7 @@ from rlhfkit.models.packing import can_pack, pack_shared_prompts, packed_sequenc
 from rlhfkit.models.scoring import STATS_FILE
 from rlhfkit.ops.masked import masked_sum
 from rlhfkit.ops.ranking import ranking_loss
-from rlhfkit.trainers import common
+from rlhfkit.trainers import checkpoints, common
 from rlhfkit.trainers.loop import train_loop
 
 
@@ -303,7 +303,7 @@ def run(config: RMConfig, train_dataset=None, eval_dataset=None, model=None,
     optimizer = make_optimizer(model, config)
     scheduler = common.make_scheduler(optimizer, config.train, steps)
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
-    start, _ = common.maybe_resume(run_)
+    start, _ = checkpoints.maybe_resume(run_)
     pad_id = tokenizer.pad_token_id
     evaluated: dict = {}  # the global sums of the latest evaluation
 

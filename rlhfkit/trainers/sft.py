@@ -19,7 +19,7 @@ from rlhfkit.data import Encoded, collate_sequences, encode, load_splits, render
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.ops import masked_sum
-from rlhfkit.trainers import common
+from rlhfkit.trainers import checkpoints, common
 from rlhfkit.trainers.loop import train_loop
 
 
@@ -129,7 +129,7 @@ def run(config: SFTConfig, train_dataset=None, eval_dataset=None, model=None,
     optimizer = common.make_optimizer(model, config.train)
     scheduler = common.make_scheduler(optimizer, config.train, steps)
     model, optimizer, scheduler = run_.accelerator.prepare(model, optimizer, scheduler)
-    start, _ = common.maybe_resume(run_)
+    start, _ = checkpoints.maybe_resume(run_)
     pad_id = tokenizer.pad_token_id
     held_out = (lambda step: evaluate(run_, model, eval_encoded, pad_id)) if eval_encoded else None
     if held_out and start == 0:  # the held-out loss before training, logged as step 0

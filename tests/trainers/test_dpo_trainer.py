@@ -13,8 +13,10 @@ import torch
 from rlhfkit.config import ConfigError, LoraConfig, load_config
 from rlhfkit.data import Encoded
 from rlhfkit.models import apply_lora, load_causal_lm
+from rlhfkit.models.packing import PackedBatch
 from rlhfkit.ops import PreferenceLogps
-from rlhfkit.trainers import common, dpo
+from rlhfkit.trainers import common, dpo, dpo_reference
+from rlhfkit.trainers.dpo_reference import Reference, pair_batch, seq_logprobs
 
 TINY = "examples/dpo_tiny.yaml"
 SMALL = ("data.max_rows=16", "train.batch_size=4")  # a run's cost is mostly fixed: keep it small
@@ -114,12 +116,12 @@ def test_adapter_reference_equals_frozen_copy(tokenizer, device):
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)  # a trained adapter: the policy now differs from the base
-    batch = dpo.pair_batch(_pairs(tokenizer), tokenizer.pad_token_id).to(device)
+    batch = pair_batch(_pairs(tokenizer), tokenizer.pad_token_id).to(device)
     data = dpo.PreferenceData(_pairs(tokenizer))
-    off = dpo.Reference("adapter").logps(policy, data, [0, 1], batch)
-    frozen = dpo.Reference("copy", base).logps(policy, data, [0, 1], batch)
+    off = Reference("adapter").logps(policy, data, [0, 1], batch)
+    frozen = Reference("copy", base).logps(policy, data, [0, 1], batch)
     assert torch.allclose(off, frozen, atol=1e-5)
-    assert not torch.allclose(dpo.seq_logprobs(policy, batch)[0], frozen, atol=1e-2)
+    assert not torch.allclose(seq_logprobs(policy, batch)[0], frozen, atol=1e-2)
 
 
 def test_shared_prompt_rows_equal_one_row_per_response(tokenizer, device):
@@ -130,12 +132,12 @@ def test_shared_prompt_rows_equal_one_row_per_response(tokenizer, device):
     results = []
     for share in (False, True):
         model.zero_grad()
-        batch = dpo.pair_batch(_pairs(tokenizer), pad, share).to(device)
-        logps, lengths = dpo.seq_logprobs(model, batch)
+        batch = pair_batch(_pairs(tokenizer), pad, share).to(device)
+        logps, lengths = seq_logprobs(model, batch)
         (logps * torch.tensor([1.0, -2.0, 0.5, 3.0], device=device)).sum().backward()
         results.append((logps.detach(), lengths, [p.grad.clone() for p in model.parameters()]))
     (rows, row_lengths, row_grads), (packed, packed_lengths, packed_grads) = results
-    assert isinstance(dpo.pair_batch(_pairs(tokenizer), pad, True), dpo.PackedBatch)
+    assert isinstance(pair_batch(_pairs(tokenizer), pad, True), PackedBatch)
     torch.testing.assert_close(packed, rows, atol=1e-5, rtol=0)
     assert packed_lengths.tolist() == row_lengths.tolist()
     for a, b in zip(packed_grads, row_grads):
@@ -147,17 +149,17 @@ def test_seq_logprobs_padding_invariant(tokenizer, device):
     model = load_causal_lm("tiny-llama", tokenizer).to(device)
     pad = tokenizer.pad_token_id
     short, long_ = _pairs(tokenizer)
-    alone, lengths = dpo.seq_logprobs(model, dpo.pair_batch([short], pad).to(device))  # (2,)
-    mixed = dpo.seq_logprobs(model, dpo.pair_batch([long_, short], pad).to(device))[0]  # (4,)
+    alone, lengths = seq_logprobs(model, pair_batch([short], pad).to(device))  # (2,)
+    mixed = seq_logprobs(model, pair_batch([long_, short], pad).to(device))[0]  # (4,)
     assert torch.allclose(mixed[[1, 3]], alone, atol=1e-5)
-    batch = dpo.pair_batch([short], pad).to(device)
+    batch = pair_batch([short], pad).to(device)
     extra = 7  # append pure padding columns
     pads = torch.full((2, extra), pad, device=device)
     no = torch.zeros(2, extra, dtype=bool, device=device)
     padded = type(batch)(torch.cat([batch.input_ids, pads], 1),
                          torch.cat([batch.attention_mask, no], 1),
                          torch.cat([batch.response_mask, no], 1))
-    assert torch.allclose(dpo.seq_logprobs(model, padded)[0], alone, atol=1e-5)
+    assert torch.allclose(seq_logprobs(model, padded)[0], alone, atol=1e-5)
     # Summed over response tokens only (EOS included): " Great fun." + EOS, etc.
     assert lengths.tolist() == [len(short.chosen.response_ids), len(short.rejected.response_ids)]
 
@@ -174,7 +176,8 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device
     shutil.rmtree(broken / "final")
     lines = (broken / "metrics.jsonl").read_text().splitlines()
     (broken / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")  # steps 0..5
-    monkeypatch.setattr(dpo, "precompute_reference", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(dpo_reference, "precompute_reference",
+                        lambda *a, **k: pytest.fail("recomputed"))
     dpo.run(config(repo_root, broken, *args, "resume=true"))
     assert common.read_metrics(broken) == common.read_metrics(whole)
 
@@ -217,7 +220,8 @@ def test_eval_only_policy_as_reference_is_log2(repo_root, tmp_path, on_device):
 
 
 def test_simpo_runs_reference_free(repo_root, tmp_path, monkeypatch, tokenizer, on_device):
-    monkeypatch.setattr(dpo, "precompute_reference", lambda *a, **k: pytest.fail("no reference"))
+    monkeypatch.setattr(dpo_reference, "precompute_reference",
+                        lambda *a, **k: pytest.fail("no reference"))
     out = tmp_path / "simpo"
     dpo.run(config(repo_root, out, *on_device, *FAST, "train.max_steps=3", "dpo.loss_type=simpo",
                    "dpo.beta=2.0", "dpo.gamma=0.5"))

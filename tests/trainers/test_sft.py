@@ -7,7 +7,7 @@ import torch
 from rlhfkit.config import load_config
 from rlhfkit.data import Encoded, collate_sequences
 from rlhfkit.models import load_causal_lm, load_tokenizer
-from rlhfkit.trainers import common, sft
+from rlhfkit.trainers import checkpoints, common, sft
 
 TINY = "examples/sft_tiny.yaml"
 
@@ -105,7 +105,7 @@ def test_lora_checkpoint_holds_only_trained_weights_and_resumes_exactly(repo_roo
     # a full model misses its trained weights there, and the adapter keys are unknown to it.
     full = load_causal_lm("tiny-llama", load_tokenizer("tiny-llama"))
     with pytest.raises(RuntimeError, match="does not fit the model"):
-        common.check_saved_weights([full], whole / "checkpoint-2")
+        checkpoints.check_saved_weights([full], whole / "checkpoint-2")
 
 
 def test_rerun_into_same_output_dir_replaces_the_metrics(repo_root, tmp_path, on_device):
