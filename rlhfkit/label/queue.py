@@ -51,13 +51,6 @@ class Annotator:
     active: bool
 
 
-def annotator_by_token_hash(store: Store, token_hash: str) -> Annotator | None:
-    with store.engine.connect() as conn:  # a read: no write lock needed
-        row = conn.execute(select(annotators.c.id, annotators.c.name, annotators.c.active)
-                           .where(annotators.c.token_hash == token_hash)).first()
-    return Annotator(*row) if row else None
-
-
 # Statements are built once (SQLAlchemy then reuses their compiled form): a pick is hot.
 _ME, _NOW, _OVERLAP, _TASK = (bindparam(n) for n in ("me", "now", "overlap", "task"))
 # slots a task has taken: judgments and leases not yet expired

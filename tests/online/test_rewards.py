@@ -4,7 +4,6 @@ as in its training; a Python reward function reads a plain string."""
 import json
 
 import pytest
-import torch
 
 from rlhfkit.config import DataConfig
 from rlhfkit.data import PromptExample
