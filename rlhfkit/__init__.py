@@ -34,6 +34,17 @@ __all__ = ["sft", "rm", "dpo", "ppo", "grpo", "Result", "ConfigError", "DataErro
            "ModelLoadError", "RewardError", "__version__"]
 
 # The errors a user can cause, importable from here without loading a stage.
+# stage → (module, config class), each module with ``run(config, **objects)``: the one table
+# the CLI (rlhfkit/cli.py) and the functions below both dispatch through.
+STAGES = {
+    "sft": ("rlhfkit.trainers.sft", "SFTConfig"),
+    "rm": ("rlhfkit.trainers.reward", "RMConfig"),
+    "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
+    "ppo": ("rlhfkit.online.ppo", "PPOConfig"),
+    "grpo": ("rlhfkit.online.grpo", "GRPOConfig"),
+    "demo": ("rlhfkit.demo.pipeline", "DemoConfig"),
+}
+
 _ERRORS = {"ConfigError": "rlhfkit.config", "DataError": "rlhfkit.data.readers",
            "ModelLoadError": "rlhfkit.models.loading", "RewardError": "rlhfkit.online.rewards"}
 
@@ -103,21 +114,21 @@ def _run(module_name: str, class_name: str, config, **objects) -> Result:
 def sft(config, train_dataset=None, eval_dataset=None, model=None, tokenizer=None) -> Result:
     """Supervised fine-tuning (``rlhfkit sft``). Rows: {"prompt", "response"} and the other SFT
     schemas of docs/data.md; ``model``: a causal LM, ``tokenizer`` its tokenizer."""
-    return _run("rlhfkit.trainers.sft", "SFTConfig", config, train_dataset=train_dataset,
+    return _run(*STAGES["sft"], config, train_dataset=train_dataset,
                 eval_dataset=eval_dataset, model=model, tokenizer=tokenizer)
 
 
 def rm(config, train_dataset=None, eval_dataset=None, model=None, tokenizer=None) -> Result:
     """Reward model from pairs or ranked lists (``rlhfkit rm``); ``model``: a sequence
     classifier with one label (AutoModelForSequenceClassification, num_labels=1)."""
-    return _run("rlhfkit.trainers.reward", "RMConfig", config, train_dataset=train_dataset,
+    return _run(*STAGES["rm"], config, train_dataset=train_dataset,
                 eval_dataset=eval_dataset, model=model, tokenizer=tokenizer)
 
 
 def dpo(config, train_dataset=None, eval_dataset=None, model=None, tokenizer=None) -> Result:
     """DPO and its loss family (``rlhfkit dpo``) on preference pairs; ``model``: the policy
     (with dpo.reference=copy its frozen copy is the reference unless dpo.ref_model is set)."""
-    return _run("rlhfkit.trainers.dpo", "DPOConfig", config, train_dataset=train_dataset,
+    return _run(*STAGES["dpo"], config, train_dataset=train_dataset,
                 eval_dataset=eval_dataset, model=model, tokenizer=tokenizer)
 
 
@@ -126,7 +137,7 @@ def ppo(config, reward_fn=None, train_dataset=None, eval_dataset=None, model=Non
     """PPO with a critic (``rlhfkit ppo``). ``reward_fn(prompts, responses, **kwargs) ->
     list[float]`` replaces reward.function; rows are prompts ({"prompt"}); ``model``: the
     policy (the critic and a reward model still load from the config)."""
-    return _run("rlhfkit.online.ppo", "PPOConfig", config, reward_fn=reward_fn,
+    return _run(*STAGES["ppo"], config, reward_fn=reward_fn,
                 train_dataset=train_dataset, eval_dataset=eval_dataset, model=model,
                 tokenizer=tokenizer)
 
@@ -134,6 +145,6 @@ def ppo(config, reward_fn=None, train_dataset=None, eval_dataset=None, model=Non
 def grpo(config, reward_fn=None, train_dataset=None, eval_dataset=None, model=None,
          tokenizer=None) -> Result:
     """GRPO and the critic-free family (``rlhfkit grpo``); arguments as ``ppo``."""
-    return _run("rlhfkit.online.grpo", "GRPOConfig", config, reward_fn=reward_fn,
+    return _run(*STAGES["grpo"], config, reward_fn=reward_fn,
                 train_dataset=train_dataset, eval_dataset=eval_dataset, model=model,
                 tokenizer=tokenizer)

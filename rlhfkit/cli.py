@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 
+from rlhfkit import STAGES
 from rlhfkit.config import ConfigError, help_lines, load_config
 from rlhfkit.data.readers import DataError
 from rlhfkit.models.loading import ModelLoadError
@@ -13,16 +14,6 @@ from rlhfkit.online.rewards import RewardError
 
 # What a user can get wrong (settings, data, model names, reward sources): one line, exit 2.
 USER_ERRORS = (ConfigError, DataError, ModelLoadError, RewardError)
-
-# stage → (module, config class). Each module has ``run(config)``.
-STAGES = {
-    "sft": ("rlhfkit.trainers.sft", "SFTConfig"),
-    "rm": ("rlhfkit.trainers.reward", "RMConfig"),
-    "dpo": ("rlhfkit.trainers.dpo", "DPOConfig"),
-    "ppo": ("rlhfkit.online.ppo", "PPOConfig"),
-    "grpo": ("rlhfkit.online.grpo", "GRPOConfig"),
-    "demo": ("rlhfkit.demo.pipeline", "DemoConfig"),
-}
 
 
 def _stage_parser(stage: str, config_cls) -> argparse.ArgumentParser:
