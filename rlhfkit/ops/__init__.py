@@ -74,6 +74,13 @@ GSPO sequence ratio (Zheng et al. 2025): s_i = exp(mean_t log ρ_t), clipped per
     test_grpo_ops.py::test_on_policy_sequence_ratio_has_the_token_ratios_gradient
 Dr. GRPO's constant loss normaliser: Σ over real tokens / (B × max response length)
     ops/grpo.py::AGGREGATIONS · test_grpo_ops.py::test_constant_aggregation_divides_by_rows_times_width
+Rollout fidelity: |Δ| = |log π_trainer − log π_sampler| per real token, mean, max, share > 0.1
+    ops/fidelity.py::logprob_gap · test_fidelity.py::test_logprob_gap_hand_values
+Truncated importance sampling (Yao et al. 2025): w_t = min(π_trainer / π_sampler, C), × the
+policy-gradient term of PPO and GRPO
+    ops/fidelity.py::truncated_importance_weights, ops/ppo.py::policy_loss, ops/grpo.py::grpo_loss
+    test_fidelity.py::test_truncated_importance_weights_hand_values
+    test_fidelity.py::test_tis_weights_scale_each_tokens_policy_gradient_term
 Sampling filters: temperature, top-k, then top-p (keep while the mass before < top_p)
     ops/sampling.py::filter_candidates, top_p_keep_mask, sample_next_tokens
     test_sampling.py::test_top_p_keeps_tokens_whose_mass_before_is_below_top_p

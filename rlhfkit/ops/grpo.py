@@ -190,7 +190,7 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
               response_mask: torch.Tensor, clip_eps: float = 0.2, beta: float = 0.0,
               aggregation: str = "token",
               loss_denominator: float | torch.Tensor | None = None,
-              ratio: str = "token") -> GRPOLossOutput:
+              ratio: str = "token", weights: torch.Tensor | None = None) -> GRPOLossOutput:
     """Per token: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) + β·k3(π, π_ref), ρ = exp(logprobs − old);
     the first term is PPO's ``clipped_surrogate`` (one op for both losses).
 
@@ -203,6 +203,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
     (constant) with one shared by all data-parallel shards. With old_logprobs =
     logprobs.detach() (one update per rollout) ρ = 1 and the gradient is −A·∇log π + β·∇k3,
     for either ratio. ``ref_logprobs`` None means no KL term (beta must then be 0).
+    ``weights`` (B, T), no gradient, multiply the surrogate (not the KL term) of each token:
+    truncated importance sampling (ops/fidelity.py::truncated_importance_weights); None = 1.
     """
     if ref_logprobs is None and beta:
         raise ValueError("beta > 0 needs ref_logprobs")
@@ -212,6 +214,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor,
         advantages.to(log_ratio.dtype).reshape(B, -1).expand_as(log_ratio), response_mask)
     surrogate = clipped_surrogate(log_ratio, advantages, clip_eps)
     per_token = surrogate.per_token
+    if weights is not None:
+        per_token = per_token * zero_outside_mask(weights, response_mask)
     kl = (kl_k3(logprobs, ref_logprobs, response_mask) if ref_logprobs is not None
           else torch.zeros_like(per_token))
     if beta:  # never 0 × inf: k3 overflows where log π_ref − log π > ~88

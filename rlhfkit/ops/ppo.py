@@ -204,16 +204,22 @@ class PolicyLossOutput(NamedTuple):
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 response_mask: torch.Tensor, clip_eps: float = 0.2,
-                loss_denominator: float | torch.Tensor | None = None) -> PolicyLossOutput:
+                loss_denominator: float | torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> PolicyLossOutput:
     """PPO-clip: mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), ρ = exp(logprobs − old_logprobs).
 
     At ρ = 1 the loss is −masked_mean(A). approx_kl = masked_mean(½·(logprobs − old_logprobs)²)
     (Schulman's k2). clipfrac and approx_kl are local masked means, also with loss_denominator.
+    ``weights`` (B, T), no gradient, multiply each token's surrogate: truncated importance
+    sampling (ops/fidelity.py::truncated_importance_weights); None = 1.
     """
     log_ratio = masked_log_ratio(logprobs, old_logprobs, response_mask)  # (B, T)
     advantages = zero_outside_mask(advantages, response_mask)
     surrogate = clipped_surrogate(log_ratio, advantages, clip_eps)
-    loss = _token_mean(surrogate.per_token, response_mask, loss_denominator)
+    per_token = surrogate.per_token
+    if weights is not None:
+        per_token = per_token * zero_outside_mask(weights, response_mask)
+    loss = _token_mean(per_token, response_mask, loss_denominator)
     clipfrac = masked_mean(surrogate.clipped_mask.to(log_ratio.dtype), response_mask)
     approx_kl = masked_mean(kl_k2(logprobs, old_logprobs, response_mask).detach(), response_mask)
     return PolicyLossOutput(loss, clipfrac.detach(), approx_kl)
