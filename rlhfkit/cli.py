@@ -48,10 +48,45 @@ def score_main(argv: list[str]) -> int:
     return 0
 
 
+def serve_rm_main(argv: list[str]) -> int:
+    """``rlhfkit serve-rm --model DIR [--host H] [--port P]``: a reward model over HTTP."""
+    from rlhfkit.online import reward_server
+
+    parser = argparse.ArgumentParser(
+        prog="rlhfkit serve-rm", description="Serve a reward model saved by `rlhfkit rm` (its "
+        "final/ folder) over HTTP: POST /score {\"prompts\", \"responses\"} -> {\"scores\"}, "
+        "GET /health. Online stages read it with reward.url (docs/serve_rm.md).")
+    parser.add_argument("--model", required=True, help="reward model folder (final/)")
+    parser.add_argument("--host", default=reward_server.DEFAULT_HOST,
+                        help="interface to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=reward_server.DEFAULT_PORT)
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="rows per forward pass; concurrent requests are gathered up to it")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a batch below --batch-size waits for more requests")
+    parser.add_argument("--max-body-bytes", type=int, default=reward_server.MAX_BODY_BYTES,
+                        help="requests with a larger body get 413")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto",
+                        choices=("auto", "float32", "bfloat16", "float16"))
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.max_wait_ms < 0 or args.max_body_bytes < 1:
+        parser.error("--batch-size and --max-body-bytes must be >= 1, --max-wait-ms >= 0")
+    try:
+        reward_server.serve(args.model, args.host, args.port, args.batch_size, args.device,
+                            args.dtype, args.max_wait_ms / 1000, args.max_body_bytes)
+    except USER_ERRORS as err:
+        print(f"rlhfkit serve-rm: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "score":
         return score_main(argv[1:])
+    if argv and argv[0] == "serve-rm":
+        return serve_rm_main(argv[1:])
     if argv and argv[0] == "label":  # human rankings: rlhfkit/label/commands.py
         from rlhfkit.label.commands import main as label_main
 
@@ -60,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: rlhfkit {" + ",".join(STAGES) + "} --config FILE.yaml [key=value ...]\n"
               "       rlhfkit demo [--quick]   the whole pipeline on the embedded model\n"
               "       rlhfkit score --model DIR --data FILE [--output FILE]\n"
+              "       rlhfkit serve-rm --model DIR [--host H] [--port P]   reward model over HTTP\n"
               "       rlhfkit label {init,generate,import,add-annotator,serve,stats,export,...}\n"
               "       rlhfkit <stage> --help   lists every key with its default and doc")
         return 0 if argv and argv[0] in ("-h", "--help") else 2

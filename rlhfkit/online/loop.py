@@ -42,6 +42,13 @@ class RolloutPart(Validated):
 class RewardPart(Validated):
     model_path: str = option("", "Reward model folder (the final/ of `rlhfkit rm`); empty = none.")
     model_weight: float = option(1.0, "Weight of the reward-model score in the sum.")
+    url: str = option("", "A reward model served by `rlhfkit serve-rm`, e.g. "
+                      "http://127.0.0.1:8766; empty = none. Reads model_input and normalize as "
+                      "model_path does (docs/serve_rm.md).")
+    url_weight: float = option(1.0, "Weight of the served reward model's score in the sum.")
+    url_timeout: float = option(30.0, "Seconds to wait for each answer of reward.url.", above=0)
+    url_retries: int = option(2, "Retries of a failed reward.url request, after 0.5 s, 1 s, 2 s, "
+                              "... (0 = off: one attempt).", min=0)
     function: str = option("", "Python reward 'module:function(prompts, responses, **kwargs) -> "
                            "list[float]'; empty = none. Example: rlhfkit.online.rewards:char_share.")
     function_kwargs: dict = option(None, "Keyword arguments passed to the function.",
@@ -59,6 +66,11 @@ class RewardPart(Validated):
     missing_eos_penalty: float = option(0.0, "Subtracted from the score of responses cut at "
                                         "max_new_tokens without EOS (0 = off).", min=0)
     batch_size: int = option(16, "Rows per reward-model forward pass.", min=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(not self.url or self.url.startswith(("http://", "https://")), "url", self.url,
+                "an http:// or https:// address of `rlhfkit serve-rm`, or empty")
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,9 @@ def resolve_reference(reference: str, lora: bool) -> str:
 
 def require_reward_and_reference(config, reference: str, key: str) -> None:
     """A reward source is set; an adapter reference needs LoRA (``key`` names the setting)."""
-    require(bool(config.reward.model_path or config.reward.function), "reward.model_path",
-            config.reward.model_path, "a reward model folder, or set reward.function")
+    require(bool(config.reward.model_path or config.reward.url or config.reward.function),
+            "reward.model_path", config.reward.model_path,
+            "a reward model folder, or set reward.url or reward.function")
     require(reference != "adapter" or config.model.lora.enabled, key, reference,
             "copy or auto when model.lora.enabled is false")
 

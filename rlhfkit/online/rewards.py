@@ -1,10 +1,12 @@
 """Reward sources for PPO step 2: the score of each whole response, no gradients.
 
 A score comes from a frozen reward model (a ``final/`` folder written by ``rlhfkit rm``), from a
-Python function ``'module:function'`` called as ``function(prompts, responses, **kwargs) ->
-list[float]``, or from both, summed with weights::
+reward model served over HTTP by ``rlhfkit serve-rm`` (``reward.url``, rlhfkit/online/
+reward_server.py), from a Python function ``'module:function'`` called as ``function(prompts,
+responses, **kwargs) -> list[float]``, or from several of them, summed with weights::
 
     score = reward.model_weight · RM(prompt, response)
+          + reward.url_weight · RM_url(prompt, response)
           + reward.function_weight · f(prompt, response)
 
 What each source reads (tests/online/test_rewards.py): the online loop hands over ``Prompt``
@@ -21,10 +23,13 @@ The example functions at the bottom are documented reward functions for examples
 from __future__ import annotations
 
 import importlib
+import math
 import re
+import time
 import zlib
 from typing import Callable
 
+import httpx
 import torch
 
 
@@ -138,13 +143,94 @@ MODEL_INPUTS = {  # what a reward model reads: (prompts, responses) → (message
 }
 
 
+# ----------------------------------------------------------------------------- reward model servers
+MAX_REQUEST_ROWS = 1024  # rows per POST /score: the server refuses more (422), the client splits
+
+
+def wire_prompt(messages) -> str | list[dict]:
+    """Messages → a prompt of POST /score: a single user turn as its text, a conversation as
+    [{"role", "content"}, ...] (the chat format every serving stack reads)."""
+    if len(messages) == 1 and messages[0][0] == "user":
+        return messages[0][1]
+    return [{"role": role, "content": content} for role, content in messages]
+
+
+class UrlReward:
+    """A reward model served by ``rlhfkit serve-rm`` at ``url``: the same inputs as ModelReward
+    (``model_input``, ``normalize`` applied by the server with its reward_stats.json), posted
+    to ``url``/score in requests of at most MAX_REQUEST_ROWS rows.
+
+    A request that fails (no connection, no answer within ``timeout`` seconds, a 5xx or 429
+    answer) is tried again after 0.5 s, 1 s, 2 s, … up to ``retries`` times; then, or at once
+    for any other non-2xx answer (the request itself is wrong: retrying cannot help),
+    RewardError says which URL and what happened in one line. The server is asked for
+    /health when the source is built, so a wrong URL stops the run before any rollout.
+    Tests: tests/online/test_reward_server.py.
+    """
+
+    backoff = 0.5  # seconds before the first retry; doubled after each
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 2,
+                 model_input: str = "pair", normalize: bool = False):
+        self.url, self.timeout, self.retries = url.rstrip("/"), timeout, retries
+        self.model_input, self.normalize = model_input, normalize
+        self.client = httpx.Client(timeout=timeout)
+        self.request("GET", "/health")
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        messages, responses = MODEL_INPUTS[self.model_input](list(prompts), list(responses))
+        scores: list[float] = []
+        for start in range(0, len(responses), MAX_REQUEST_ROWS):
+            chunk = slice(start, start + MAX_REQUEST_ROWS)
+            answer = self.request("POST", "/score", {
+                "prompts": [wire_prompt(m) for m in messages[chunk]],
+                "responses": responses[chunk], "normalize": self.normalize})
+            n = len(responses[chunk])
+            values = answer.get("scores") if isinstance(answer, dict) else None
+            if not isinstance(values, list) or len(values) != n or \
+                    not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise RewardError(f"reward.url={self.url}: POST /score answered "
+                                  f"{str(answer)[:200]}; expected {{\"scores\": [{n} finite "
+                                  "numbers]}")
+            scores += values
+        return torch.tensor(scores, dtype=torch.float32)  # (B,)
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        """The JSON answer of one request, tried 1 + ``retries`` times; else RewardError."""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self.client.request(method, self.url + path, json=body)
+            except httpx.TimeoutException:
+                what = f"no answer within {self.timeout:g} s (reward.url_timeout)"
+                continue
+            except httpx.HTTPError as err:  # refused, unknown host, connection dropped, ...
+                what = f"cannot connect: {err}" if isinstance(err, httpx.ConnectError) \
+                    else f"{type(err).__name__}: {err}"
+                continue
+            if response.is_success:
+                try:
+                    return response.json()
+                except ValueError:
+                    what = f"HTTP {response.status_code} with a body that is not JSON"
+                    break
+            what = f"HTTP {response.status_code}: {response.text[:200]}"
+            if response.status_code < 500 and response.status_code != 429:
+                break
+        tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+        what = " ".join(str(what).split())  # one line, whatever the server or the OS said
+        raise RewardError(f"reward.url={self.url}: {method} {path} failed ({tries}): {what}")
+
+
 class RewardSources:
     """Weighted sum of named reward sources; ``score`` also returns each part for metrics."""
 
     def __init__(self, sources: list[tuple[str, float, Callable]]):
         if not sources:
-            raise RewardError("no reward source: set reward.model_path (a reward model folder) "
-                              "and/or reward.function ('module:function')")
+            raise RewardError("no reward source: set reward.model_path (a reward model folder), "
+                              "reward.url (a `rlhfkit serve-rm` server) and/or reward.function "
+                              "('module:function')")
         self.sources = sources
 
     def score(self, prompts: list[str], responses: list[str]) -> tuple[torch.Tensor, dict]:
@@ -156,7 +242,7 @@ class RewardSources:
 
 def build_reward_sources(reward_config, device: str = "auto", dtype: str = "auto",
                          function: Callable | None = None) -> RewardSources:
-    """The sources a ``reward`` config part names (model and/or function); the reward model
+    """The sources a ``reward`` config part names (model, url and/or function); the reward model
     goes on ``device`` (e.g. this process's 'cuda:1') in ``dtype`` ('auto', 'float32', …).
     ``function``: a Python reward function in place of reward.function (weighted alike)."""
     sources = []
@@ -164,6 +250,10 @@ def build_reward_sources(reward_config, device: str = "auto", dtype: str = "auto
         sources.append(("model", reward_config.model_weight, ModelReward(
             reward_config.model_path, device, dtype,
             reward_config.model_input, reward_config.batch_size, reward_config.normalize)))
+    if reward_config.url:
+        sources.append(("url", reward_config.url_weight, UrlReward(
+            reward_config.url, reward_config.url_timeout, reward_config.url_retries,
+            reward_config.model_input, reward_config.normalize)))
     if function is not None or reward_config.function:
         sources.append(("function", reward_config.function_weight, FunctionReward(
             function if function is not None else reward_config.function,

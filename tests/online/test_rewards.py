@@ -1,31 +1,17 @@
 """Reward sources (rlhfkit/online/rewards.py) and the prompts the online loop hands them
 (rlhfkit/online/loop.py::encode_prompts): a reward model reads the whole conversation, rendered
-as in its training; a Python reward function reads a plain string."""
-import json
-
+as in its training; a Python reward function reads a plain string. The tiny reward model:
+tests/online/conftest.py; the served one (reward.url): tests/online/test_reward_server.py."""
 import pytest
 
 from rlhfkit.config import DataConfig
 from rlhfkit.data import PromptExample
-from rlhfkit.models import load_scalar_model
-from rlhfkit.models.scoring import STATS_FILE, RewardScorer
+from rlhfkit.models.scoring import RewardScorer
 from rlhfkit.online.loop import encode_prompts
 from rlhfkit.online.rewards import FunctionReward, ModelReward
 
 TWO_TURNS = (("user", "Name a fruit that is yellow."), ("assistant", "A banana."),
              ("user", "And one that is red?"))
-
-
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory, tokenizer):
-    """A final/ folder as `rlhfkit rm` writes it: tiny-llama scorer, tokenizer, stats."""
-    folder = tmp_path_factory.mktemp("rm") / "final"
-    load_scalar_model("tiny-llama", tokenizer).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    stats = {"mean": 0.0, "std": 1.0, "count": 0, "source": "test", "template": "auto",
-             "system_prompt": "", "max_prompt_length": 256, "max_length": 512}
-    (folder / STATS_FILE).write_text(json.dumps(stats))
-    return str(folder)
 
 
 def read_inputs(model_reward: ModelReward, prompts, responses) -> list[str]:
