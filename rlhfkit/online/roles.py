@@ -7,7 +7,12 @@ Critic layouts: ``separate`` — a value model initialised from the reward model
 optimiser (DeepSpeed-Chat style); ``shared`` — a value head on the policy's last hidden state,
 trained through the policy's optimiser (loss = actor + vf_coef · critic).
 Trainable parts are wrapped in modules whose ``forward`` does the whole pass, so DDP (and
-accelerate's other wrappers) see every forward.
+accelerate's other wrappers) see every forward. Under FSDP2 (examples/accelerate/fsdp2.yaml) the
+policy and the value model themselves are prepared, one ``accelerator.prepare`` each, and the
+wrappers hold the sharded models: each model is then its own FSDP root, so generation may call
+the policy directly (its layers, embeddings and head are FSDP units of their own).
+The frozen roles are not sharded: ref_policy and the reward model are replicated in every
+process (docs/scale-out.md: measured at tiny scale, and why).
 """
 from __future__ import annotations
 
@@ -60,6 +65,11 @@ class ActorModule(torch.nn.Module):
             hook.remove()
         return out, self.value_head(captured[-1]).squeeze(-1).float()
 
+    def set_requires_gradient_sync(self, requires_gradient_sync: bool) -> None:
+        """accelerate's ``no_sync`` under FSDP2 calls this on the model it is given: the sharded
+        policy inside."""
+        self.policy.set_requires_gradient_sync(requires_gradient_sync)
+
 
 class CriticModule(torch.nn.Module):
     """The separate value model: V_t = its scalar head at every position (B, T)."""
@@ -70,6 +80,10 @@ class CriticModule(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return token_scores(self.value_model, input_ids, attention_mask)
+
+    def set_requires_gradient_sync(self, requires_gradient_sync: bool) -> None:
+        """As ActorModule's: the sharded value model inside (FSDP2)."""
+        self.value_model.set_requires_gradient_sync(requires_gradient_sync)
 
 
 @dataclass
@@ -149,8 +163,32 @@ def build_roles(run, config, tokenizer, iterations: int, policy=None, reward_fn=
     updates = iterations * config.updates_per_iteration
     optimizers = [common.make_optimizer(m, t) for m, t in zip(modules, train_configs)]
     schedulers = [common.make_scheduler(o, t, updates) for o, t in zip(optimizers, train_configs)]
-    prepared = run.accelerator.prepare(*modules, *optimizers, *schedulers)
-    n = len(modules)
+    if common.is_sharded(run):
+        modules, optimizers, schedulers = prepare_sharded(run, modules, optimizers, schedulers)
+    else:
+        prepared = run.accelerator.prepare(*modules, *optimizers, *schedulers)
+        n = len(modules)
+        modules, optimizers, schedulers = prepared[:n], prepared[n:2 * n], prepared[2 * n:]
     reward = build_reward_sources(config.reward, str(run.device), config.model.dtype, reward_fn)
-    return Roles(prepared[0], prepared[1] if n == 2 else None, ref_policy, reward,
-                 list(prepared[n:2 * n]), list(prepared[2 * n:]))
+    return Roles(modules[0], modules[1] if len(modules) == 2 else None, ref_policy, reward,
+                 list(optimizers), list(schedulers))
+
+
+def prepare_sharded(run, modules: list, optimizers: list, schedulers: list) -> tuple:
+    """FSDP2: accelerate shards one model per ``prepare`` (with its optimiser), and the model
+    must be the transformers model itself for its layers, embeddings and head to become FSDP
+    units (``_no_split_modules``, ``get_input_embeddings``): the policy and the value model are
+    prepared, each in its own call, and put back into their wrappers."""
+    from rlhfkit.config import require
+
+    require(modules[0].value_head is None, "critic.layout", "shared",
+            "separate under FSDP2 (the shared value head sits outside the policy's FSDP units)")
+    out = ([], [], [])
+    for module, optimizer, scheduler in zip(modules, optimizers, schedulers):
+        inner = "policy" if isinstance(module, ActorModule) else "value_model"
+        model, optimizer, scheduler = run.accelerator.prepare(getattr(module, inner), optimizer,
+                                                              scheduler)
+        setattr(module, inner, model)
+        for part, item in zip(out, (module, optimizer, scheduler)):
+            part.append(item)
+    return out

@@ -70,6 +70,7 @@ def start_run(config, train_dataset=None) -> Run:
                               step_scheduler_with_optimizer=False,
                               log_with=list(config.train.report_to) or None,
                               project_config=project)
+    shard_on_cpu(accelerator)
     accelerator.register_save_state_pre_hook(drop_frozen_weights)
     accelerator.register_load_state_pre_hook(check_saved_weights)
     set_seed(config.train.seed)
@@ -83,6 +84,34 @@ def start_run(config, train_dataset=None) -> Run:
         f"in memory: a {type(train_dataset).__name__} of {len(train_dataset)} rows"
     return Run(config, accelerator, output_dir, metrics, accelerator.device,
                resolve_dtype(config.model.dtype, accelerator.device), source)
+
+
+def shard_on_cpu(accelerator) -> None:
+    """Honour an FSDP config (examples/accelerate/fsdp2.yaml) on CPU processes.
+
+    ``accelerate launch`` passes the config on (ACCELERATE_USE_FSDP and the FSDP_* variables),
+    but accelerate 1.15 turns it into FSDP for accelerator devices only: CPU processes run
+    plain data parallel (MULTI_CPU) without a word. PyTorch's FSDP2 (``fully_shard``) shards on
+    CPU with gloo, so the run's state takes accelerate's FSDP type and the plugin the launcher
+    configured: from here on, prepare, backward, clip_grad_norm_, get_state_dict and
+    save_state/load_state are accelerate's own FSDP2 code (tests/e2e/test_fsdp2.py: its
+    checkpoints hold one torch.distributed.checkpoint shard per process)."""
+    import os
+
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if accelerator.distributed_type != DistributedType.MULTI_CPU or \
+            os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    # Both shared states, as AcceleratorState.__init__ writes them: a later AcceleratorState()
+    # (accelerate makes some inside prepare) copies the process state's type over its own.
+    PartialState().distributed_type = DistributedType.FSDP
+    accelerator.state.distributed_type = DistributedType.FSDP
 
 
 def start_trackers(accelerator, config, output_dir: Path) -> None:
@@ -205,7 +234,9 @@ def clip_gradients(run, model, max_norm: float | None = None) -> float:
     max_norm = run.config.train.max_grad_norm if max_norm is None else max_norm
     if max_norm <= 0:
         return 0.0
-    return float(run.accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    norm = run.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    # FSDP2: a replicated DTensor
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def make_scheduler(optimizer, train_config, steps: int):
@@ -332,8 +363,13 @@ def save_final(run: Run, model, tokenizer, name: str = "final") -> Path:
 
     run.accelerator.wait_for_everyone()
     target = run.output_dir / name
+    # FSDP2: every process joins the gather of the full weights (accelerate's get_state_dict,
+    # torch's full state dict, on the main process's CPU); the main process saves a plain copy.
+    state = run.accelerator.get_state_dict(model) if is_sharded(run) else None
     if run.is_main:
         model = run.accelerator.unwrap_model(model)
+        if state is not None:
+            model = unsharded_copy(model, state)
         if is_peft(model):
             model.save_pretrained(str(target / "adapter"))
             model = model.merge_and_unload()
@@ -347,6 +383,40 @@ def save_final(run: Run, model, tokenizer, name: str = "final") -> Path:
             push_final(target, run.config.hub, stage_of(run.config))
     run.accelerator.wait_for_everyone()
     return target
+
+
+def is_sharded(run: Run) -> bool:
+    """The run's models are sharded over its processes (FSDP2: examples/accelerate/fsdp2.yaml):
+    weights are DTensors whose shards live on different processes, so whatever runs one of
+    them (a forward, generation, a state dict) runs on every process, not on the main one."""
+    return bool(getattr(run.accelerator, "is_fsdp2", False))
+
+
+def unsharded_copy(model, state: dict):
+    """A plain (unsharded) copy of an FSDP2 ``model`` holding its full ``state`` (from
+    ``accelerator.get_state_dict``): the same transformers class (and peft adapter) built on
+    the meta device, the gathered tensors assigned in place of the empty ones, so ``final/`` is
+    written, LoRA merged, exactly as in one process (tests/e2e/test_fsdp2.py)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from rlhfkit.models import is_peft
+
+    def plain_class(module):  # fully_shard swaps a module's class for FSDP<class>
+        return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
+
+    with torch.device("meta"):
+        if is_peft(model):
+            from peft import get_peft_model
+
+            base = model.get_base_model()
+            plain = get_peft_model(plain_class(base)(base.config),
+                                   model.peft_config[model.active_adapter])
+        else:
+            plain = plain_class(model)(model.config)
+    plain.load_state_dict(state, assign=True)
+    if hasattr(plain, "tie_weights"):  # the gathered copies of tied weights: one tensor again
+        plain.tie_weights()
+    return plain.eval()
 
 
 def stage_of(config) -> str:

@@ -93,8 +93,9 @@ def evaluate(run: common.Run, model: torch.nn.Module, encoded: list[Encoded], pa
 
 @torch.no_grad()
 def greedy_samples(run, model, tokenizer, config: SFTConfig) -> list[dict]:
-    """Greedy answers to ``sft.sample_prompts`` (main process only)."""
-    if not config.sft.sample_prompts or not run.is_main:
+    """Greedy answers to ``sft.sample_prompts`` (main process only; every process when the
+    model is sharded: HF ``generate`` then steps them together, ``synced_gpus``)."""
+    if not config.sft.sample_prompts or not (run.is_main or common.is_sharded(run)):
         return []
     from rlhfkit.data.formats import PromptExample
     model = run.accelerator.unwrap_model(model)
