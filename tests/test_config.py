@@ -133,6 +133,7 @@ def _stage_config(stage: str):
 @pytest.mark.parametrize("stage, key", [
     ("ppo", "reward.reward_clip"), ("ppo", "reward.missing_eos_penalty"),
     ("ppo", "rollout.top_k"), ("ppo", "ppo.kl_coef"), ("ppo", "ppo.entropy_coef"),
+    ("ppo", "rollout.tis_cap"), ("grpo", "rollout.tis_cap"),
     ("grpo", "grpo.beta"), ("grpo", "reward.reward_clip"),
     ("sft", "train.max_grad_norm"), ("sft", "train.weight_decay"), ("sft", "model.lora.dropout"),
     ("sft", "data.eval_fraction"), ("rm", "rm.center_coef"), ("dpo", "dpo.label_smoothing"),

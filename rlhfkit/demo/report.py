@@ -10,6 +10,11 @@ import html
 import io
 import math
 
+# The per-token rows of a rollout (rollouts.jsonl fields); ``fidelity`` (the sampler's log-prob
+# against the trainer's, |Δ| per token) shows where the rollout has it.
+TOKEN_ROWS = ("kl", "values", "advantages")
+OPTIONAL_TOKEN_ROWS = ("fidelity",)
+
 # (title, metric keys tried in order) for the curves over PPO iterations.
 CURVES = (
     ("Reward-model score", ("score_mean",)),
@@ -28,8 +33,9 @@ def _series(rows: list[dict], keys: tuple) -> tuple[list, list, str]:
     return [], [], keys[0]
 
 
-def plot_png(rows: list[dict], title: str, keys: tuple) -> str | None:
-    """One curve as a base64 PNG, or None when the metric is absent."""
+def plot_png(rows: list[dict], title: str, keys: tuple, xlabel: str = "PPO iteration"
+             ) -> str | None:
+    """One curve over ``rows``' "step" as a base64 PNG, or None when the metric is absent."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -40,7 +46,7 @@ def plot_png(rows: list[dict], title: str, keys: tuple) -> str | None:
     fig, ax = plt.subplots(figsize=(4.6, 2.8), dpi=100)
     ax.plot(steps, values, marker="o", markersize=3, color="#2b6cb0")
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("PPO iteration", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(key, fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -69,7 +75,7 @@ def token_view(rollout: dict, field: str) -> str:
     return f'<div class="tokens"><b>{html.escape(field)}</b> (max |v| {scale:.3g}): {spans}</div>'
 
 
-def _table(headers: list[str], rows: list[list]) -> str:
+def html_table(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -103,16 +109,20 @@ def build_report(title: str, summary: list[list], summary_headers: list[str],
     token_html = "".join(
         f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
         f'<div class="prompt">{html.escape(r.get("prompt", ""))}</div>'
-        + "".join(token_view(r, field) for field in ("kl", "values", "advantages"))
+        + "".join(token_view(r, field) for field in TOKEN_ROWS
+                  + tuple(f for f in OPTIONAL_TOKEN_ROWS if f in r))
         for r in rollouts)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="note">{html.escape(notes)}</p>
-<h2>Before and after</h2>{_table(summary_headers, summary)}
+<h2>Before and after</h2>{html_table(summary_headers, summary)}
 <h2>Training curves</h2><div class="plots">{plot_html}</div>
 <h2>Samples on held-out prompts</h2>
-{_table(["prompt", "before PPO", "score", "after PPO", "score"], sample_rows)}
+{html_table(["prompt", "before PPO", "score", "after PPO", "score"], sample_rows)}
 <h2>Inside a rollout</h2><p class="note">Response tokens coloured by the per-token KL
 penalty term (log π − log π_ref), the critic's value V_t and the GAE advantage A_t: red
-positive, blue negative; hover a token for its number.</p>{token_html}
+positive, blue negative; hover a token for its number. The fourth row, fidelity, is
+|log π_sampler − log π_trainer|: how far the log-prob the sampler drew the token with is from
+the trainer's forward on the same token and weights (0 = the ratio the update sees is exact).
+</p>{token_html}
 </body></html>"""

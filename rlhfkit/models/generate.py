@@ -7,23 +7,31 @@ machinery (logits processors, stopping criteria, growing masks and id tensors, c
   then + 1 per new token; the attention mask is one preallocated (B, P + R) tensor sliced per step.
 - Logits at the last position only (``logits_to_keep=1``): (B, V), never (B, T, V).
 - Sampling: ``ops.sampling.sample_next_tokens`` (temperature, top-k, top-p; greedy at T = 0).
+- Per step, the log-prob and the entropy of the distribution the trainer scores: softmax of
+  logits / T over the whole vocabulary (``ops.selective_logprobs``, ``ops.entropy_from_logits``,
+  as ``forward.response_logprobs`` computes them), *not* the top-k / top-p renormalised one the
+  token was drawn from, so sampler and trainer compare like with like (rollout fidelity; the
+  log-probs stand in for the trainer's old log-probs where equal: docs/ppo.md 2.1).
 - A finished row (its EOS sampled) gets ``pad_id`` from then on, as HF writes; the loop stops
   when every row has finished or after max_new_tokens.
 - CPU: ``row_major_linears`` computes the decode steps' linears (a few rows: B tokens) as
   W·xᵀ. Same product; MKL runs ``x·Wᵀ`` with 16 rows at ~50 GFLOP/s and ``W·xᵀ`` at ~80 on
   SmolLM2's shapes (2 threads, AVX2), the lm-head 21.9 → 13.4 ms (bench/README.md).
 Tests: tests/models/test_generate.py (greedy equals HF ``generate`` token for token with left
-padding; EOS stops a row; the output width).
+padding; EOS stops a row; the output width; the sampler's log-probs and entropy equal the
+trainer's forward on the same tokens).
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
 import types
+from typing import NamedTuple
 
 import torch
 
 from rlhfkit.models.forward import position_ids_from
+from rlhfkit.ops.logprobs import entropy_from_logits, selective_logprobs
 from rlhfkit.ops.sampling import sample_next_tokens
 
 FEW_ROWS = 64  # linears with at most this many rows take W·xᵀ; the prefill keeps x·Wᵀ
@@ -69,11 +77,41 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def is_sharded(model) -> bool:
+    """FSDP2 shards ``model``: each forward all-gathers weights from every process."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def all_finished(finished: torch.Tensor, synced: bool) -> bool:
+    """Every row has finished (B,) — on every process when ``synced``: a sharded model's
+    processes must run the same number of forward passes (each gathers weights from all of
+    them), so one whose rows are done keeps stepping, writing pad, until all are (HF
+    ``generate``'s ``synced_gpus``; tests/e2e/test_fsdp2.py)."""
+    done = finished.all()
+    if synced:
+        import torch.distributed as dist
+
+        done = done.to(torch.int32)
+        dist.all_reduce(done, op=dist.ReduceOp.MIN)
+    return bool(done)
+
+
+class Decoded(NamedTuple):
+    ids: torch.Tensor       # (B, P + R) prompt then sampled ids (pad_id after a row's EOS)
+    logprobs: torch.Tensor  # (B, R) float32 log-prob of each sampled token under
+    #                         softmax(logits / T) over the whole vocabulary (T = 1 when greedy);
+    #                         0 after a row's EOS
+    entropy: torch.Tensor   # (B, R) float32 entropy of that distribution at each step; 0 after EOS
+
+
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-           temperature: float, top_k: int, top_p: float, pad_id: int, eos_id: int) -> torch.Tensor:
-    """(B, P + R) prompt then sampled ids, R ≤ max_new_tokens, for left-padded ``ids`` (B, P)
-    and ``prompt_mask`` (B, P) on the model's device. The caller sets eval mode."""
+           temperature: float, top_k: int, top_p: float, pad_id: int, eos_id: int) -> Decoded:
+    """Sampled ids (B, P + R), R ≤ max_new_tokens, with each sampled token's log-prob and the
+    entropy at each step, for left-padded ``ids`` (B, P) and ``prompt_mask`` (B, P) on the
+    model's device. The caller sets eval mode."""
     with row_major_linears(model):
         return _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p,
                        pad_id, eos_id)
@@ -86,6 +124,8 @@ def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, 
     attention[:, :width] = prompt_mask
     out = torch.full((batch, total), pad_id, dtype=ids.dtype, device=ids.device)  # (B, P + R)
     out[:, :width] = ids
+    logprobs = torch.zeros(batch, max_new_tokens, device=ids.device)  # (B, R)
+    entropy = torch.zeros(batch, max_new_tokens, device=ids.device)  # (B, R)
     cache = {cache_kwarg(model): make_cache(model, total)}
     positions = position_ids_from(prompt_mask)  # (B, P)
     logits = model(input_ids=ids, attention_mask=attention[:, :width], position_ids=positions,
@@ -93,14 +133,19 @@ def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, 
     next_position = positions[:, -1:] + 1  # (B, 1): the last prompt column is real in every row
     finished = torch.zeros(batch, dtype=torch.bool, device=ids.device)
     steps = 0
+    synced = is_sharded(model)
     while True:
         tokens = sample_next_tokens(logits, temperature, top_k, top_p)  # (B,)
+        # The trainer's view of this step (forward.response_logprobs): logits / T, as its dtype.
+        scaled = logits / temperature if temperature > 0 and temperature != 1.0 else logits
+        logprobs[:, steps] = torch.where(finished, 0.0, selective_logprobs(scaled, tokens))
+        entropy[:, steps] = torch.where(finished, 0.0, entropy_from_logits(scaled))
         tokens = torch.where(finished, pad_id, tokens)
         out[:, width + steps] = tokens
         finished |= tokens == eos_id
         steps += 1
-        if steps == max_new_tokens or bool(finished.all()):
-            return out[:, :width + steps]
+        if steps == max_new_tokens or all_finished(finished, synced):
+            return Decoded(out[:, :width + steps], logprobs[:, :steps], entropy[:, :steps])
         logits = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention[:, :width + steps],
                        position_ids=next_position, **cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]

@@ -5,7 +5,8 @@ One iteration (``grpo_iteration``):
   1. Rollout: train.batch_size prompts, each sampled ``grpo.num_generations`` (G) times: the
      G responses of a prompt are one group, in consecutive rows.
   2. Scoring, no gradients: reference log-probs (when beta > 0), the old policy log-probs
-     (only when the rollout is used for more than one update), the score of each response.
+     (only when the rollout is used for more than one update; the sampler's own where they
+     equal the trainer's, rollout.old_logprobs), the score of each response.
   3. Advantages: the score shaped as PPO's (reward.missing_eos_penalty, then reward.reward_clip:
      ``shaped_scores``), then by ``grpo.advantage`` (ops/grpo.py::ADVANTAGES): grpo = against
      its group, A = (r − group mean) / (group std + 1e-4) (``grpo.scale_rewards``), the same for
@@ -18,7 +19,8 @@ One iteration (``grpo_iteration``):
 Logs, evaluation on held-out prompts, checkpoints, ``resume=true`` and the update's epochs
 are PPO's (rlhfkit/online/loop.py: ``train_online``, ``update_epochs``); per-iteration metrics:
 score_mean/std, kl_mean (k1 per response, nats), kl_token_mean (k3 per token, the loss term),
-advantage spread, zero-std groups, times.
+advantage spread, zero-std groups, times, and rollout fidelity (the sampler's log-probs against
+the trainer's: ``fidelity_*``; truncated importance sampling with rollout.tis_cap).
 """
 from __future__ import annotations
 
@@ -38,13 +40,17 @@ from rlhfkit.models.packing import (
 )
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.loop import (
+    FirstStepLogprobs,
     OnlineConfig,
     Prompts,
+    fidelity_for,
     gather_rows,
     generate_for,
     require_reward_and_reference,
     resolve_reference,
+    sampler_stands_for_trainer,
     seed_sampling,
+    tis_weights,
     train_online,
     update_epochs,
 )
@@ -194,20 +200,30 @@ def policy_logprobs(run, roles: Roles, config: GRPOConfig, rollout, rows, refere
     return roles.actor(*args)[0].logprobs[:, P - 1:]
 
 
+def old_logprobs_forward(run, config: GRPOConfig) -> bool:
+    """The old log-probs are needed (``needs_old_logprobs``) and come from a trainer forward,
+    not from the sampling pass (``rollout.old_logprobs``, ``loop.sampler_stands_for_trainer``)."""
+    return config.needs_old_logprobs and not sampler_stands_for_trainer(run, config)
+
+
 @torch.no_grad()
 def score_group_rollout(run, roles: Roles, config: GRPOConfig, rollout):
-    """2. (ref_logprobs, old logprobs or None), each (B, R), in chunks of micro_batch_size."""
+    """2. (ref_logprobs, old logprobs or None), each (B, R), in chunks of micro_batch_size. The
+    old log-probs are the sampler's where they stand for the trainer's (no forward for them)."""
     n_rows = rollout.input_ids.shape[0]
     size = config.train.micro_batch_size or n_rows
+    forward = old_logprobs_forward(run, config)
     ref, old = [], []
     roles.actor.eval()
     for start in range(0, n_rows, size):
         rows = torch.arange(start, min(start + size, n_rows), device=rollout.input_ids.device)
         with run.accelerator.autocast():
             ref.append(policy_logprobs(run, roles, config, rollout, rows, reference=True).float())
-            if config.needs_old_logprobs:
+            if forward:
                 old.append(policy_logprobs(run, roles, config, rollout, rows).float())
     roles.actor.train()
+    if config.needs_old_logprobs and not forward:
+        return torch.cat(ref), rollout.sampler_logprobs.float()
     return torch.cat(ref), (torch.cat(old) if old else None)
 
 
@@ -263,9 +279,9 @@ class GRPOBatch(NamedTuple):
 
 
 def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
-                   rows: torch.Tensor, seen: torch.Tensor) -> dict:
+                   rows: torch.Tensor, first_step: FirstStepLogprobs) -> dict:
     """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
-    are written into ``seen`` (the old ones when the rollout is used once)."""
+    go to ``first_step`` while it records (the old ones when the rollout is used once)."""
     n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     n_rows = common.global_count(run.accelerator, len(rows))
     denominator = {"token": n_tokens, "sequence": n_rows,  # each shared by every process
@@ -277,8 +293,8 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
         old = mb.logprobs if mb.logprobs is not None else logprobs.detach()
         loss = grpo_loss(logprobs, old, mb.ref_logprobs, mb.advantages, mb.rollout.response_mask,
                          config.grpo.clip_eps, config.grpo.beta, config.loss_aggregation,
-                         denominator, config.grpo.ratio)
-        seen[chunk] = logprobs.detach()
+                         denominator, config.grpo.ratio, tis_weights(config, old, mb.rollout))
+        first_step.record(chunk, logprobs)
         share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
         return [loss.loss], {"loss": loss.loss, "kl_token_mean": loss.kl * share,
                              "clipfrac": loss.clipfrac * share}
@@ -293,15 +309,15 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
 
 
 def grpo_update(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
-                iteration: int) -> tuple[dict, torch.Tensor]:
-    """4. epochs × minibatches steps over shuffled rows → (mean stats, the log-probs the last
-    update saw for each row: the rollout policy's when the rollout is used once)."""
-    seen = torch.zeros(batch.rollout.response_mask.shape, device=run.device)
+                iteration: int) -> tuple[dict, FirstStepLogprobs]:
+    """4. epochs × minibatches steps over shuffled rows → (mean stats, the log-probs the first
+    update saw, at the rollout's weights: every row's when the rollout is used once)."""
+    first_step = FirstStepLogprobs(batch.rollout.response_mask)
     stats = update_epochs(run, config.grpo.epochs, config.grpo.minibatches,
                           batch.rollout.input_ids.shape[0], iteration,
-                          lambda rows: minibatch_step(run, roles, config, batch, rows, seen),
-                          roles.schedulers)
-    return stats, seen
+                          lambda rows: minibatch_step(run, roles, config, batch, rows, first_step),
+                          roles.schedulers, first_step)
+    return stats, first_step
 
 
 def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
@@ -331,12 +347,16 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
     # 4. Update.
     with timer.phase("update"):
         batch = GRPOBatch(rollout, ref_logprobs, old_logprobs, advantages)
-        update, seen = grpo_update(run, roles, config, batch, iteration)
-    rollout_logprobs = old_logprobs if old_logprobs is not None else seen
+        update, first_step = grpo_update(run, roles, config, batch, iteration)
+    rollout_logprobs = old_logprobs if old_logprobs is not None else first_step.logprobs
+    # Rollout fidelity: the sampler's log-probs against the trainer's (the old log-prob forward,
+    # or without one the first update's, before it changes the weights).
+    fidelity, gap = (fidelity_for(run, rollout, old_logprobs) if old_logprobs_forward(run, config)
+                     else fidelity_for(run, rollout, first_step.logprobs, first_step.rows))
     kl = masked_sum(rollout_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
     advantages = per_response(advantages, mask)  # (B,) for the logs
     metrics = {**group_metrics(run, config, scores, rewards, advantages, kl, mask, ended),
-               **update}
+               **update, **fidelity}
     for name, part in parts.items():
         if len(parts) > 1:
             metrics[f"score_{name}_mean"] = float(gather_rows(run, part.to(run.device)).mean())
@@ -344,7 +364,8 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
     n_tokens = float(common.global_count(run.accelerator, mask.sum()))
     metrics.update(times, tokens_per_second=n_tokens / max(sum(times.values()), 1e-9))
     samples, token_rows = views(tokenizer, config.num_samples, prompts, rollout, responses,
-                                scores, advantages, rollout_logprobs - ref_logprobs, iteration)
+                                scores, advantages, rollout_logprobs - ref_logprobs, iteration,
+                                gap)
     return metrics, samples, token_rows
 
 
@@ -365,9 +386,9 @@ def group_metrics(run, config: GRPOConfig, scores, rewards, advantages, kl, mask
 
 
 def views(tokenizer, num_samples, prompts, rollout, responses, scores, advantages, log_ratio,
-          iteration) -> tuple[list[dict], list[dict]]:
+          iteration, gap=None) -> tuple[list[dict], list[dict]]:
     """samples.jsonl and rollouts.jsonl rows of the first ``num_samples`` rollouts (the per-token
-    view holds each token's k1 KL; the advantage is the response's)."""
+    view holds each token's k1 KL and sampler–trainer gap; the advantage is the response's)."""
     samples, tokens = [], []
     for row in range(min(num_samples, len(prompts))):
         mask = rollout.response_mask[row]
@@ -376,6 +397,7 @@ def views(tokenizer, num_samples, prompts, rollout, responses, scores, advantage
                         "advantage": float(advantages[row])})
         tokens.append({**base, "tokens": rollouts.token_strings(tokenizer, rollout, row),
                        "kl": [round(v, 5) for v in log_ratio[row][mask].tolist()],
+                       **rollouts.fidelity_view(gap, row, mask),
                        "advantage": float(advantages[row]), "score": float(scores[row])})
     return samples, tokens
 

@@ -19,6 +19,7 @@ from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.rewards import Prompt
 from rlhfkit.online.roles import Roles, build_roles
 from rlhfkit.ops import masked_sum
+from rlhfkit.ops.fidelity import logprob_gap, truncated_importance_weights
 from rlhfkit.trainers import checkpoints, common
 from rlhfkit.trainers.loop import train_loop
 
@@ -31,6 +32,15 @@ class RolloutPart(Validated):
                                 min=0)
     top_p: float = option(1.0, "Nucleus sampling (1 = off).", min=0, max=1)
     top_k: int = option(0, "Top-k sampling (0 = off).", min=0)
+    old_logprobs: str = option("auto", "Where the old log-probs of PPO (and of GRPO when a rollout "
+                               "feeds several updates) come from: auto = the sampling pass's "
+                               "own, without a scoring forward, where they equal the trainer's "
+                               "(float32 weights, no bf16 autocast, rollout.tis_cap 0), else a "
+                               "no-grad trainer forward; forward = always that forward.",
+                               choices=("auto", "forward"))
+    tis_cap: float = option(0.0, "Truncated importance sampling: each token's policy-gradient "
+                            "term weighted by min(π_trainer/π_sampler, tis_cap), the old "
+                            "log-probs then from a trainer forward (0 = off).", min=0)
 
     def __post_init__(self):
         super().__post_init__()
@@ -132,20 +142,36 @@ def generate_for(run, roles: Roles, config, tokenizer, prompt_ids):
 
 # ----------------------------------------------------------------------------- scoring
 class Scored(NamedTuple):
-    logprobs: torch.Tensor      # (B, R) old policy log-probs of the sampled tokens
+    logprobs: torch.Tensor      # (B, R) old policy log-probs of the sampled tokens (the trainer's,
+    #                             or the sampler's where ``from_sampler``)
     ref_logprobs: torch.Tensor  # (B, R) reference log-probs
     values: torch.Tensor        # (B, R) V_t before each response token
     entropy: torch.Tensor       # (B, R) policy entropy at each response position
     scores: torch.Tensor        # (B,) summed score (before the missing-EOS penalty and clipping)
     parts: dict                 # {source name: (B,)}
     responses: list             # response texts
+    from_sampler: bool = False  # logprobs and entropy are the sampling pass's (no policy forward)
+
+
+def sampler_stands_for_trainer(run, config) -> bool:
+    """``rollout.old_logprobs: auto``: the sampling pass's log-probs replace the trainer's
+    no-grad forward where the two are equal to the tested tolerance, 5e-5 nats
+    (tests/models/test_generate.py::test_sampler_logprobs_equal_the_trainers_forward): the same
+    weights in float32 without bf16 autocast (dropout is always off: roles.build_roles). Not with
+    rollout.tis_cap, whose weight compares the two."""
+    return (config.rollout.old_logprobs == "auto" and config.rollout.tis_cap == 0
+            and run.dtype == torch.float32 and config.train.mixed_precision != "bf16")
 
 
 @torch.no_grad()
-def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts) -> Scored:
-    """2. Scoring on prompt + response, no gradients, in chunks of train.micro_batch_size."""
+def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts,
+                  use_sampler: bool = False) -> Scored:
+    """2. Scoring on prompt + response, no gradients, in chunks of train.micro_batch_size.
+    ``use_sampler``: the old log-probs and entropy are the rollout's own (the sampler's) and the
+    policy forward is skipped, unless a shared value head needs that forward for the values."""
     temperature, P = config.rollout.temperature, rollout.prompt_width
     size = config.train.micro_batch_size or rollout.input_ids.shape[0]
+    skip_policy = use_sampler and roles.critic is not None  # separate critic: values elsewhere
     pieces = []
     models = [m for m in (roles.actor, roles.critic) if m is not None]
     for model in models:
@@ -154,7 +180,11 @@ def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts) -> Sco
         mb = rollout.select(slice(start, start + size))
         ids, attn, seq_mask = mb.input_ids, mb.attention_mask, mb.sequence_response_mask
         with run.accelerator.autocast():
-            out, shared_values = roles.actor(ids, attn, seq_mask, True, temperature)
+            if skip_policy:
+                logprobs, entropy, shared_values = mb.sampler_logprobs, mb.sampler_entropy, None
+            else:
+                out, shared_values = roles.actor(ids, attn, seq_mask, True, temperature)
+                logprobs, entropy = out.logprobs[:, P - 1:], out.entropy[:, P - 1:]
             with roles.reference(run.accelerator) as ref_policy:
                 ref_out = response_logprobs(ref_policy, ids, attn, seq_mask, False, temperature)
             if roles.critic is not None:
@@ -163,14 +193,62 @@ def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts) -> Sco
                 values = shared_values
             else:  # no critic (GRPO)
                 values = torch.zeros(ids.shape, device=ids.device)
-        pieces.append((out.logprobs[:, P - 1:], ref_out.logprobs[:, P - 1:],
-                       values[:, P - 1:-1], out.entropy[:, P - 1:]))
+        pieces.append((logprobs, ref_out.logprobs[:, P - 1:], values[:, P - 1:-1], entropy))
     for model in models:
         model.train()
     logprobs, ref_logprobs, values, entropy = (torch.cat(p).float() for p in zip(*pieces))
     responses = rollouts.decode_responses(tokenizer, rollout)
     scores, parts = roles.reward.score(prompts, responses)
-    return Scored(logprobs, ref_logprobs, values, entropy, scores.to(run.device), parts, responses)
+    return Scored(logprobs, ref_logprobs, values, entropy, scores.to(run.device), parts, responses,
+                  skip_policy)
+
+
+# ----------------------------------------------------------------------------- rollout fidelity
+class FirstStepLogprobs:
+    """The trainer's log-probs of the rollout's tokens at the rollout's weights, as the update's
+    first optimiser step computes them (before it changes the weights): every row with one
+    minibatch, the first minibatch's rows otherwise. ``update_epochs`` closes it after that step.
+    """
+
+    def __init__(self, response_mask: torch.Tensor):
+        self.logprobs = torch.zeros(response_mask.shape, device=response_mask.device)  # (B, R)
+        self.rows = torch.zeros(response_mask.shape[0], dtype=torch.bool,
+                                device=response_mask.device)  # (B,) rows recorded
+        self.open = True
+
+    def record(self, rows: torch.Tensor, logprobs: torch.Tensor) -> None:
+        if self.open:
+            self.logprobs[rows] = logprobs.detach().float()
+            self.rows[rows] = True
+
+
+def fidelity_for(run, rollout, trainer_logprobs: torch.Tensor,
+                 compared: torch.Tensor | None = None) -> tuple[dict, tuple]:
+    """The sampler's log-probs against the trainer's on the rows ``compared`` (B,) (default all):
+    metrics over every process's tokens (``fidelity_abs_mean``, ``fidelity_abs_max``,
+    ``fidelity_share_over_0.1``, ``fidelity_tokens``) and this process's per-token view
+    (|Δ| (B, R), compared (B,)) for rollouts.jsonl."""
+    if compared is None:
+        compared = torch.ones(rollout.response_mask.shape[0], dtype=torch.bool,
+                              device=rollout.response_mask.device)
+    mask = rollout.response_mask & compared[:, None]  # (B, R)
+    every = logprob_gap(gather_rows(run, trainer_logprobs),
+                        gather_rows(run, rollout.sampler_logprobs), gather_rows(run, mask))
+    B, R = mask.shape
+    mine = every.abs_gap[run.rank * B:(run.rank + 1) * B, :R]  # this process's rows
+    metrics = {"fidelity_abs_mean": every.abs_mean, "fidelity_abs_max": every.abs_max,
+               "fidelity_share_over_0.1": every.share_over,
+               "fidelity_tokens": common.global_count(run.accelerator, mask.sum())}
+    return {k: float(v) for k, v in metrics.items()}, (mine, compared)
+
+
+def tis_weights(config, old_logprobs: torch.Tensor, rollout) -> torch.Tensor | None:
+    """Truncated importance sampling (``rollout.tis_cap``; None when 0 = off): min(π_trainer /
+    π_sampler, cap) per token, π_trainer the old log-probs of the trainer's forward. (B, R)"""
+    if config.rollout.tis_cap == 0:
+        return None
+    return truncated_importance_weights(old_logprobs, rollout.sampler_logprobs,
+                                        rollout.response_mask, config.rollout.tis_cap)
 
 
 def gather_rows(run, tensor: torch.Tensor) -> torch.Tensor:
@@ -214,11 +292,13 @@ def evaluate(run, roles: Roles, config, tokenizer, pool: Prompts,
 
 
 def update_epochs(run: common.Run, epochs: int, minibatches: int, n_rows: int, iteration: int,
-                  minibatch_step: Callable[[torch.Tensor], dict], schedulers: list) -> dict:
+                  minibatch_step: Callable[[torch.Tensor], dict], schedulers: list,
+                  first_step: FirstStepLogprobs | None = None) -> dict:
     """The update of PPO (step 5) and GRPO (step 4): ``epochs`` passes over the rollout's
     ``n_rows`` rows, each shuffled (a generator seeded per iteration) and cut into
     ``minibatches``; ``minibatch_step(rows)`` makes one optimiser step and returns its stats.
-    Returns the stats averaged over the epochs × minibatches updates, and the current lr."""
+    Returns the stats averaged over the epochs × minibatches updates, and the current lr.
+    ``first_step`` records only during the first step (the rollout's weights)."""
     size = n_rows // minibatches
     shuffle = torch.Generator().manual_seed(run.config.train.seed * 7919 + iteration)
     totals: dict = {}
@@ -227,6 +307,8 @@ def update_epochs(run: common.Run, epochs: int, minibatches: int, n_rows: int, i
         order = torch.randperm(n_rows, generator=shuffle).to(run.device)
         for k in range(minibatches):
             stats = minibatch_step(order[k * size:(k + 1) * size])
+            if first_step is not None:
+                first_step.open = False
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value / n_updates
     totals["lr"] = schedulers[0].get_last_lr()[0]

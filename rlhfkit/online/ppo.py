@@ -4,6 +4,8 @@ One iteration = the six steps of the algorithm, numbered where they happen (``pp
   1. Rollout: sample prompts; the policy generates responses (rlhfkit/online/rollout.py).
   2. Scoring, no gradients: old ``logprobs``, ``ref_logprobs``, critic values V_t, and the score
      of each whole response (reward model and/or Python function: rlhfkit/online/rewards.py).
+     The old log-probs are the sampler's own where they equal the trainer's (2.4), and the
+     sampler's are compared with the trainer's every iteration (2.5, ``fidelity_*`` metrics).
   3. Rewards: r_t = −kl_coef·KL_t, clipped score added at the last real token (ops.compute_rewards).
   4. Advantages: GAE, returns = A + V, advantages whitened over the global batch (ops.gae).
   5. Update: ppo_epochs over shuffled minibatches of the clipped actor and critic losses
@@ -31,15 +33,19 @@ import torch
 from rlhfkit.config import Validated, option, require
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.loop import (
+    FirstStepLogprobs,
     OnlineConfig,
     Prompts,
     Scored,
+    fidelity_for,
     gather_rows,
     generate_for,
     require_reward_and_reference,
     resolve_reference,
+    sampler_stands_for_trainer,
     score_rollout,
     seed_sampling,
+    tis_weights,
     train_online,
     update_epochs,
 )
@@ -175,15 +181,19 @@ def rewards_and_advantages(run, config: PPOConfig, rollout, scored: Scored, kl_c
 
 
 # ----------------------------------------------------------------------------- step 5: update
-def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens: torch.Tensor
-                     ) -> tuple[PolicyLossOutput, ValueLossOutput, torch.Tensor]:
-    """Actor and critic losses of one micro-batch, each a share of the minibatch's global mean."""
+def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens: torch.Tensor,
+                     record=None) -> tuple[PolicyLossOutput, ValueLossOutput, torch.Tensor]:
+    """Actor and critic losses of one micro-batch, each a share of the minibatch's global mean.
+    ``record(logprobs (B, R))`` sees the actor's response log-probs (rollout fidelity)."""
     P, mask = mb.rollout.prompt_width, mb.rollout.response_mask
     ids, attn = mb.rollout.input_ids, mb.rollout.attention_mask
     out, shared_values = roles.actor(ids, attn, mb.rollout.sequence_response_mask,
                                      config.ppo.entropy_coef > 0, config.rollout.temperature)
+    if record is not None:
+        record(out.logprobs[:, P - 1:])
+    # 5.6 TIS (rollout.tis_cap): each token's surrogate × min(π_old/π_sampler, cap).
     actor = policy_loss(out.logprobs[:, P - 1:], mb.logprobs, mb.advantages, mask,
-                        config.ppo.clip_eps, n_tokens)
+                        config.ppo.clip_eps, n_tokens, tis_weights(config, mb.logprobs, mb.rollout))
     entropy = torch.zeros((), device=ids.device)
     if config.ppo.entropy_coef > 0:
         entropy = masked_sum(out.entropy[:, P - 1:], mask) / n_tokens
@@ -194,14 +204,16 @@ def minibatch_losses(roles: Roles, config: PPOConfig, mb: PPOBatch, n_tokens: to
 
 
 def minibatch_step(run: common.Run, roles: Roles, config: PPOConfig, batch: PPOBatch,
-                   rows: torch.Tensor) -> dict:
-    """One optimiser step per model on minibatch ``rows`` (micro-batches accumulate)."""
+                   rows: torch.Tensor, first_step: FirstStepLogprobs | None = None) -> dict:
+    """One optimiser step per model on minibatch ``rows`` (micro-batches accumulate); the
+    actor's log-probs go to ``first_step`` while it records."""
     n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     models = [m for m in (roles.actor, roles.critic) if m is not None]
 
     def losses(chunk):
         mb = batch.select(chunk)
-        actor, critic, entropy = minibatch_losses(roles, config, mb, n_tokens)
+        record = None if first_step is None else (lambda lp: first_step.record(chunk, lp))
+        actor, critic, entropy = minibatch_losses(roles, config, mb, n_tokens, record)
         actor_total = actor.loss - config.ppo.entropy_coef * entropy
         share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
         sums = {"actor_loss": actor.loss, "critic_loss": critic.loss, "entropy_bonus": entropy,
@@ -225,12 +237,12 @@ def minibatch_step(run: common.Run, roles: Roles, config: PPOConfig, batch: PPOB
 
 
 def ppo_update(run: common.Run, roles: Roles, config: PPOConfig, batch: PPOBatch,
-               iteration: int) -> dict:
+               iteration: int, first_step: FirstStepLogprobs | None = None) -> dict:
     """5. ppo_epochs passes over shuffled minibatches; metrics averaged over the updates."""
     return update_epochs(run, config.ppo.ppo_epochs, config.ppo.minibatches,
                          batch.rollout.input_ids.shape[0], iteration,
-                         lambda rows: minibatch_step(run, roles, config, batch, rows),
-                         roles.schedulers)
+                         lambda rows: minibatch_step(run, roles, config, batch, rows, first_step),
+                         roles.schedulers, first_step)
 
 
 # ----------------------------------------------------------------------------- metrics and views
@@ -271,22 +283,29 @@ def ppo_iteration(run: common.Run, roles: Roles, config: PPOConfig, tokenizer, p
                                  config.train.seed)[run.rank::run.world_size]
         prompts = [pool.texts[i] for i in rows]
         rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in rows])
-    # 2. Scoring: logprobs, ref_logprobs, values, scores (no gradients).
+    # 2. Scoring: logprobs, ref_logprobs, values, scores (no gradients). 2.4 The old log-probs
+    # are the sampler's where they equal the trainer's (rollout.old_logprobs: auto).
     with timer.phase("score"):
-        scored = score_rollout(run, roles, config, tokenizer, rollout, prompts)
+        scored = score_rollout(run, roles, config, tokenizer, rollout, prompts,
+                               sampler_stands_for_trainer(run, config))
         ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
         # 3. Rewards and 4. Advantages.
         batch, rewards, raw = rewards_and_advantages(run, config, rollout, scored, kl_coef, ended)
     # 5. Update: ppo_epochs × minibatches clipped actor/critic steps.
+    first_step = FirstStepLogprobs(rollout.response_mask) if scored.from_sampler else None
     with timer.phase("update"):
-        update = ppo_update(run, roles, config, batch, iteration)
+        update = ppo_update(run, roles, config, batch, iteration, first_step)
+    # 2.5 Rollout fidelity: the sampler's log-probs against the trainer's (the scoring forward's,
+    # or without one the first update's, before it changes the weights).
+    fidelity, gap = (fidelity_for(run, rollout, first_step.logprobs, first_step.rows)
+                     if first_step is not None else fidelity_for(run, rollout, scored.logprobs))
     metrics = {**rollout_metrics(run, rollout, scored, rewards, raw, ended), **update,
-               "kl_coef": kl_coef}
+               **fidelity, "kl_coef": kl_coef}
     times = {f"time_{k}": v for k, v in timer.totals.items()}
     n_tokens = float(common.global_count(run.accelerator, rollout.response_mask.sum()))
     metrics.update(times, tokens_per_second=n_tokens / max(sum(times.values()), 1e-9))
     samples, token_rows = rollouts.rollout_views(tokenizer, config.num_samples, prompts, rollout,
-                                                 scored, rewards, raw, iteration)
+                                                 scored, rewards, raw, iteration, gap)
     return metrics, samples, token_rows
 
 

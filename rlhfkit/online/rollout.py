@@ -11,9 +11,13 @@ prompts are left-padded to one width P, so response token j sits at column P + j
 - Response views are column slices: log-probs of the response tokens are
   ``response_logprobs(...).logprobs[:, P - 1:]`` (position t predicts token t + 1) and the
   critic's V_j, the value of the state *before* token j, is ``token_scores(...)[:, P - 1:-1]``.
+- ``sampler_logprobs`` (B, R) are the decode loop's own log-probs of the sampled tokens, under
+  the distribution the trainer scores (softmax of logits / rollout.temperature over the whole
+  vocabulary; models/generate.py): the rollout-fidelity gap is their distance to the trainer's.
 
 Also the logs of rollouts a run writes: samples.jsonl (prompt / response / score), rollouts.jsonl
-(the per-token view: token strings with their KL, value, advantage and reward) and eval.jsonl.
+(the per-token view: token strings with their KL, value, advantage, reward and the sampler–trainer
+log-prob gap ``fidelity``) and eval.jsonl.
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ class Rollout(NamedTuple):
     attention_mask: torch.Tensor  # (B, P + R) bool: real prompt tokens and real response tokens
     response_mask: torch.Tensor   # (B, R) bool: response tokens up to and including the first EOS
     prompt_width: int             # P
+    sampler_logprobs: torch.Tensor | None = None  # (B, R) the sampler's log-probs (0 after EOS)
+    sampler_entropy: torch.Tensor | None = None   # (B, R) the sampler's entropy at each step
 
     @property
     def response_ids(self) -> torch.Tensor:  # (B, R)
@@ -45,7 +51,9 @@ class Rollout(NamedTuple):
 
     def select(self, rows) -> "Rollout":
         return Rollout(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
-                       self.prompt_width)
+                       self.prompt_width,
+                       *(None if t is None else t[rows]
+                         for t in (self.sampler_logprobs, self.sampler_entropy)))
 
 
 def response_mask_from(response_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -67,10 +75,10 @@ def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperatur
     temperature 0 = greedy. top_k 0 and top_p 1 switch those filters off.
 
     The distribution is HF ``generate``'s (temperature, then top-k, then top-p); the loop is
-    rlhfkit's own (``decoding.decode``: static KV cache, no per-step logits processors).
+    rlhfkit's own (``models/generate.py::decode``: static KV cache, no per-step logits processors).
     Sampling draws from torch's global generator on the model's device: the trainer seeds it
     per iteration, so the rollouts of an iteration depend only on (seed, iteration, process)
-    and the weights.
+    and the weights. The rollout carries the sampler's log-probs and entropy (``Decoded``).
     """
     ids, prompt_mask = left_pad(prompt_ids, pad_id)  # (B, P)
     device = next(model.parameters()).device
@@ -78,13 +86,14 @@ def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperatur
     was_training = model.training
     model.eval()
     try:
-        out = decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p,
-                     pad_id, eos_id)  # (B, P + R)
+        decoded = decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p,
+                         pad_id, eos_id)
     finally:
         model.train(was_training)
-    width = ids.shape[1]
+    width, out = ids.shape[1], decoded.ids  # (B, P + R)
     response_mask = response_mask_from(out[:, width:], eos_id)  # (B, R)
-    return Rollout(out, torch.cat([prompt_mask, response_mask], dim=1), response_mask, width)
+    return Rollout(out, torch.cat([prompt_mask, response_mask], dim=1), response_mask, width,
+                   decoded.logprobs, decoded.entropy)
 
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
@@ -135,11 +144,20 @@ def sample_table(rows: list[dict], width: int = 60) -> str:
     return "\n".join(lines)
 
 
+def fidelity_view(gap, row: int, mask: torch.Tensor) -> dict:
+    """``{"fidelity": [|Δ| per real token]}`` of one row, or {} where the trainer's log-probs of
+    the row were not compared. ``gap``: (abs_gap (B, R), compared (B,) bool) or None."""
+    if gap is None or not bool(gap[1][row]):
+        return {}
+    return {"fidelity": [round(v, 6) for v in gap[0][row][mask].tolist()]}
+
+
 def rollout_views(tokenizer, num_samples: int, prompts: list[str], rollout: Rollout, scored,
-                  rewards, raw, iteration: int) -> tuple[list[dict], list[dict]]:
-    """Rows for samples.jsonl and rollouts.jsonl (the per-token view: KL, value, advantage and
-    reward of every response token) of the first ``num_samples`` rollouts. ``scored`` holds
-    (B, R) values and (B,) scores, ``rewards`` (B, R) kl/rewards, ``raw`` (B, R) advantages."""
+                  rewards, raw, iteration: int, gap=None) -> tuple[list[dict], list[dict]]:
+    """Rows for samples.jsonl and rollouts.jsonl (the per-token view: KL, value, advantage,
+    reward and sampler–trainer gap |Δ log π| of every response token) of the first
+    ``num_samples`` rollouts. ``scored`` holds (B, R) values and (B,) scores, ``rewards`` (B, R)
+    kl/rewards, ``raw`` (B, R) advantages, ``gap`` (|Δ| (B, R), compared rows (B,))."""
     samples, tokens = [], []
     for row in range(min(num_samples, len(prompts))):
         mask = rollout.response_mask[row]
@@ -151,7 +169,7 @@ def rollout_views(tokenizer, num_samples: int, prompts: list[str], rollout: Roll
                        **{name: [round(v, 5) for v in t[row][mask].tolist()] for name, t in (
                            ("kl", rewards.kl), ("values", scored.values),
                            ("advantages", raw.advantages), ("rewards", rewards.rewards))},
-                       "score": score})
+                       **fidelity_view(gap, row, mask), "score": score})
     return samples, tokens
 
 

@@ -20,3 +20,19 @@ def test_report_has_plots_table_and_no_external_resources():
     assert page.count("data:image/png;base64,") == 4
     assert "was great" in page and "positive share" in page and "Iteration 3" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_token_view_has_a_fourth_row_for_the_sampler_trainer_gap():
+    """Rollout fidelity in the token-level view: a rollout of rollouts.jsonl with ``fidelity``
+    (|log π_sampler − log π_trainer| per token) gets a fourth row after kl, values and
+    advantages; one without it (rows the trainer did not compare) gets the three."""
+    rollout = {"iteration": 2, "prompt": "p", "tokens": ["a", "b"], "kl": [0.1, 0.2],
+               "values": [0.2, 0.1], "advantages": [-0.3, 0.3], "fidelity": [2e-6, 0.25],
+               "score": 1.0}
+    without = {k: v for k, v in rollout.items() if k != "fidelity"}
+    page = build_report("Demo", [], ["metric"], [], [], [rollout, without])
+    rows = page.split('<div class="tokens">')[1:]
+    assert [r.split("</b>")[0] for r in rows] == \
+        ["<b>kl", "<b>values", "<b>advantages", "<b>fidelity", "<b>kl", "<b>values",
+         "<b>advantages"]
+    assert 'title="fidelity = 0.2500"' in rows[3] and "max |v| 0.25" in rows[3]

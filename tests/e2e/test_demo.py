@@ -20,4 +20,5 @@ def test_demo_quick_writes_report_and_the_score_rises(repo_root, tmp_path):
     assert 0.0 < after["kl_mean"] < float("inf")
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Inside a rollout" in page
+    assert "<b>fidelity</b>" in page  # the fourth token row: sampler vs trainer log-probs
     assert (out / "ppo" / "final" / "config.json").exists()

@@ -53,6 +53,10 @@ def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path, on_d
                 "time_score", "time_update", "tokens_per_second", "lr"):
         assert all(isinstance(r[key], float) for r in rows), key
     assert rows[0]["kl_mean"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
+    # Rollout fidelity, on-policy: the update's own forward against the sampler's log-probs
+    # (at temperature 0.1, so ×10 the float32 noise of test_generate.py's 1e-5).
+    assert all(r["fidelity_tokens"] > 0 and r["fidelity_abs_max"] < 1e-3
+               and r["fidelity_share_over_0.1"] == 0.0 for r in rows)
     assert rows[-1]["kl_mean"] > 0.01 and all(r["clipfrac"] == 0.0 for r in rows)  # on-policy
     AutoModelForCausalLM.from_pretrained(out / "final")
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
@@ -146,9 +150,10 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
                                      False, cfg.rollout.temperature).logprobs[:, P - 1:]
     before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
     batch = grpo.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8, device=run.device))
-    stats, seen = grpo.grpo_update(run, roles, cfg, batch, 1)
+    stats, first_step = grpo.grpo_update(run, roles, cfg, batch, 1)
     mask = rollout.response_mask
-    torch.testing.assert_close(seen[mask], separate[mask], atol=1e-5, rtol=0)
+    assert first_step.rows.all()  # one update: every row seen at the rollout's weights
+    torch.testing.assert_close(first_step.logprobs[mask], separate[mask], atol=1e-5, rtol=0)
     torch.testing.assert_close(ref[mask], separate[mask], atol=1e-5, rtol=0)  # no update yet
     after = list(roles.policy(run.accelerator).parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
@@ -284,7 +289,7 @@ def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_r
 
     def capture(run_, roles_, config_, batch, iteration):
         seen["batch"] = batch
-        return {}, torch.zeros(batch.rollout.response_mask.shape, device=run_.device)
+        return {}, loop.FirstStepLogprobs(batch.rollout.response_mask)
 
     monkeypatch.setitem(grpo.ADVANTAGES, "reinforce++", record)
     monkeypatch.setattr(grpo, "grpo_update", capture)
@@ -352,3 +357,37 @@ def test_advantages_of_two_processes_equal_one(repo_root, tmp_path, advantage):
         results.append(torch.load(out / "advantages.pt"))
     torch.testing.assert_close(results[1], results[0], atol=1e-6, rtol=0)
     assert results[0].abs().sum() > 0
+
+
+def test_old_logprobs_from_the_sampler_and_tis_wiring(repo_root, tmp_path, monkeypatch,
+                                                      on_device):
+    """A reused rollout (2 minibatches) takes its old log-probs from the sampling pass under
+    rollout.old_logprobs: auto (equal to a forward's to 1e-4 at temperature 0.1); forward, or
+    rollout.tis_cap > 0, runs the forward. TIS reaches the loss: at cap 1e-6 every token's
+    surrogate weight is 1e-6, so the gradient (beta 0: the surrogate alone) shrinks ~1e6-fold."""
+    cfg = config(repo_root, tmp_path / "a", *on_device, "grpo.minibatches=2")
+    run, tokenizer, roles, pool = setup(cfg)
+    loop.seed_sampling(0, 1, 0)
+    rollout = loop.generate_for(run, roles, cfg, tokenizer, [pool.ids[i] for i in range(8)])
+    _, from_sampler = grpo.score_group_rollout(run, roles, cfg, rollout)
+    assert torch.equal(from_sampler, rollout.sampler_logprobs)
+    forced = config(repo_root, tmp_path / "b", *on_device, "grpo.minibatches=2",
+                    "rollout.old_logprobs=forward")
+    calls = []
+    original = grpo.policy_logprobs
+    monkeypatch.setattr(grpo, "policy_logprobs",
+                        lambda *a, **kw: calls.append(kw) or original(*a, **kw))
+    _, forward = grpo.score_group_rollout(run, roles, forced, rollout)
+    assert calls == [{"reference": True}, {}]  # the reference, then the old-log-prob forward
+    mask = rollout.response_mask
+    torch.testing.assert_close(forward[mask], from_sampler[mask], atol=1e-4, rtol=0)
+    assert grpo.old_logprobs_forward(run, forced) and not grpo.old_logprobs_forward(run, cfg)
+    norms = {}
+    for cap in (0, 1e-6):
+        c = config(repo_root, tmp_path / str(cap), *on_device, "grpo.beta=0",
+                   f"rollout.tis_cap={cap}", "train.batch_size=2")
+        run, tokenizer, roles, pool = setup(c)
+        assert grpo.old_logprobs_forward(run, c) == (cap > 0 and c.needs_old_logprobs)
+        metrics, _, _ = grpo.grpo_iteration(run, roles, c, tokenizer, pool, 1)
+        norms[cap] = metrics["grad_norm"]
+    assert norms[0] > 1e-3 and norms[1e-6] < 1e-5 * norms[0], norms

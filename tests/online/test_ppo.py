@@ -64,12 +64,16 @@ def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path, on_d
                 "time_generate", "time_score", "time_update", "tokens_per_second", "kl_coef"):
         assert all(isinstance(r[key], float) for r in rows), key
     assert all(abs(r["kl_mean"]) < 50 for r in rows)  # finite, not exploding
+    # Rollout fidelity: old log-probs from the sampler (rollout.old_logprobs: auto), compared
+    # with the first update's forward (its minibatch: 8 of 16 rows); temperature 0.1.
+    assert all(r["fidelity_tokens"] > 0 and r["fidelity_abs_mean"] <= r["fidelity_abs_max"] < 1e-3
+               and r["fidelity_share_over_0.1"] == 0.0 for r in rows)
     AutoModelForCausalLM.from_pretrained(out / "final")
     token_rows = [json.loads(x) for x in (out / "rollouts.jsonl").read_text().splitlines()]
     assert token_rows and {"iteration", "prompt", "tokens", "kl", "values", "advantages",
                            "score"} <= set(token_rows[0])
     assert all(len(r["tokens"]) == len(r["kl"]) == len(r["values"]) == len(r["advantages"])
-               for r in token_rows)
+               == len(r.get("fidelity", r["kl"])) for r in token_rows)
     samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert {"iteration", "prompt", "response", "score"} <= set(samples[0])
 
@@ -278,3 +282,58 @@ def test_reward_sources_sum_with_weights():
         RewardSources([])
     varied, repeated = compressibility(["", ""], ["a quick brown fox", "ab" * 20])
     assert varied < 0.1 < 0.5 < repeated
+
+
+# ----------------------------------------------------------------------------- rollout fidelity
+def test_old_logprobs_come_from_the_sampler_where_they_equal_the_trainers(repo_root, tmp_path,
+                                                                          on_device):
+    """rollout.old_logprobs: auto on float32 with a separate critic: no policy forward in
+    scoring, the old log-probs and entropy are the sampler's, equal to the forward's to 1e-4
+    (temperature 0.1: ×10 the float32 noise of test_generate.py's 1e-5). The shared layout still
+    runs the forward (its values come from it). forward, a TIS cap, bf16 weights or bf16
+    autocast keep the forward."""
+    cfg = config(repo_root, tmp_path, *on_device)
+    run, tokenizer, roles = setup(cfg)
+    assert loop.sampler_stands_for_trainer(run, cfg)
+    _, rollout = tiny_rollout(run, tokenizer, roles, cfg)
+    sampled = loop.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS, use_sampler=True)
+    forward = loop.score_rollout(run, roles, cfg, tokenizer, rollout, PROMPTS)
+    assert sampled.from_sampler and not forward.from_sampler
+    assert torch.equal(sampled.logprobs, rollout.sampler_logprobs)
+    mask = rollout.response_mask
+    for name in ("logprobs", "entropy"):
+        torch.testing.assert_close(getattr(sampled, name)[mask], getattr(forward, name)[mask],
+                                   atol=1e-4, rtol=0)
+    for name in ("ref_logprobs", "values", "scores"):
+        assert torch.equal(getattr(sampled, name), getattr(forward, name)), name
+    shared = config(repo_root, tmp_path / "shared", *on_device, "critic.layout=shared")
+    run_s, _, roles_s = setup(shared)
+    assert not loop.score_rollout(run_s, roles_s, shared, tokenizer, rollout, PROMPTS,
+                                  use_sampler=True).from_sampler
+    for override in ("rollout.old_logprobs=forward", "rollout.tis_cap=2",
+                     "train.mixed_precision=bf16"):
+        assert not loop.sampler_stands_for_trainer(run, config(repo_root, tmp_path, override))
+    bf16_run = type("Run", (), {"dtype": torch.bfloat16})()
+    assert not loop.sampler_stands_for_trainer(bf16_run, cfg)
+
+
+def test_truncated_importance_sampling_weights_the_policy_gradient(repo_root, tmp_path,
+                                                                   on_device):
+    """rollout.tis_cap reaches the actor loss: at cap 1e-6 each token's surrogate is weighted
+    min(π_old/π_sampler, 1e-6) = 1e-6, so the actor's gradient shrinks ~1e6-fold; at cap 1e6
+    the weight is the ratio itself, ≈ 1 (the two agree to ~1e-5), and the gradient is the
+    unweighted one. The critic is untouched. The forward runs for the old log-probs."""
+    results = {}
+    for cap in (0, 1e-6, 1e6):
+        cfg = config(repo_root, tmp_path / str(cap), *on_device, "ppo.ppo_epochs=1",
+                     "ppo.minibatches=1", "train.batch_size=4", f"rollout.tis_cap={cap}")
+        run, tokenizer, roles = setup(cfg, iterations=1)
+        assert loop.sampler_stands_for_trainer(run, cfg) == (cap == 0)
+        pool = loop.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+                                  cfg.data)
+        results[cap], _, _ = ppo.ppo_iteration(run, roles, cfg, tokenizer, pool, 1, 0.05)
+    plain, tiny, huge = results[0], results[1e-6], results[1e6]
+    assert plain["actor_grad_norm"] > 1e-3
+    assert tiny["actor_grad_norm"] < 1e-5 * plain["actor_grad_norm"]
+    assert huge["actor_grad_norm"] == pytest.approx(plain["actor_grad_norm"], rel=1e-3)
+    assert tiny["critic_grad_norm"] == pytest.approx(plain["critic_grad_norm"], rel=1e-3)
