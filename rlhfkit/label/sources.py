@@ -54,8 +54,10 @@ def read_candidates(path: str) -> list[tuple]:
     return out
 
 
-def import_candidates(store: Store, path: str, seed: int = 0) -> tuple[int, int]:
-    """Add a task per row → (tasks added, rows skipped for < 2 distinct responses)."""
+def import_candidates(store: Store, path: str, seed: int = 0,
+                      tag: str | None = None) -> tuple[int, int]:
+    """Add a task per row → (tasks added, rows skipped for < 2 distinct responses); ``tag``
+    names the batch (``tasks.tag``)."""
     rows = read_candidates(path)
     rng = random.Random(seed)
     added = skipped = 0
@@ -65,7 +67,7 @@ def import_candidates(store: Store, path: str, seed: int = 0) -> tuple[int, int]
             if len(texts) < 2:
                 skipped += 1
                 continue
-            add_task(conn, messages, texts, kept_models, settings, rng)
+            add_task(conn, messages, texts, kept_models, settings, rng, tag)
             added += 1
     return added, skipped
 
@@ -82,33 +84,15 @@ class Sampling:
 
 def generate_candidates(store: Store, policy: str, prompts_path: str, k: int,
                         sampling: Sampling, batch_size: int = 8, template: str = "auto",
-                        max_prompt_length: int = 256, device: str = "auto") -> tuple[int, int]:
+                        max_prompt_length: int = 256, device: str = "auto",
+                        tag: str | None = None) -> tuple[int, int]:
     """Sample ``k`` responses per prompt from ``policy`` and add one task per prompt →
-    (tasks added, prompts skipped for < 2 distinct responses)."""
-    from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device
-    from rlhfkit.online.rollout import decode_responses, generate
-
+    (tasks added, prompts skipped for < 2 distinct responses); ``tag`` names the batch."""
     examples = [parse_prompt(record) for record in read_records(prompts_path)]
     if not examples:
         raise DataError(f"{prompts_path}: no prompts")
-    target = resolve_device(device)
-    tokenizer = load_tokenizer(policy)
-    model = load_causal_lm(policy, tokenizer).to(target).eval()
-    torch.manual_seed(sampling.seed)
-    ids = [encode(tokenizer, render_prompt(e.messages, tokenizer, template), None,
-                  max_prompt_length, max_prompt_length + sampling.max_new_tokens).prompt_ids
-           for e in examples]
-    samples: list[list[str]] = [[] for _ in examples]
-    jobs = [i for i in range(len(examples)) for _ in range(k)]  # prompt i, k times
-    with tqdm(total=len(jobs), desc="label generate", unit="response") as bar:
-        for start in range(0, len(jobs), batch_size):
-            rows = jobs[start:start + batch_size]
-            rollout = generate(model, [ids[i] for i in rows], sampling.max_new_tokens,
-                               sampling.temperature, sampling.top_p, sampling.top_k,
-                               tokenizer.pad_token_id, tokenizer.eos_token_id)
-            for i, text in zip(rows, decode_responses(tokenizer, rollout)):
-                samples[i].append(text.strip())
-            bar.update(len(rows))
+    samples = sample_responses(policy, [e.messages for e in examples], k, sampling, batch_size,
+                               template, max_prompt_length, device)
     settings = asdict(sampling)
     rng = random.Random(sampling.seed)
     added = skipped = 0
@@ -118,9 +102,38 @@ def generate_candidates(store: Store, policy: str, prompts_path: str, k: int,
             if len(texts) < 2:
                 skipped += 1
                 continue
-            add_task(conn, example.messages, texts, models, kept, rng)
+            add_task(conn, example.messages, texts, models, kept, rng, tag)
             added += 1
     return added, skipped
+
+
+def sample_responses(policy: str, prompts_messages: list, k: int, sampling: Sampling,
+                     batch_size: int = 8, template: str = "auto", max_prompt_length: int = 256,
+                     device: str = "auto") -> list[list[str]]:
+    """``k`` sampled responses (stripped) for each prompt's messages, from ``policy`` with the
+    project's decode loop; the sampling RNG is seeded with ``sampling.seed``."""
+    from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device
+    from rlhfkit.online.rollout import decode_responses, generate
+
+    target = resolve_device(device)
+    tokenizer = load_tokenizer(policy)
+    model = load_causal_lm(policy, tokenizer).to(target).eval()
+    torch.manual_seed(sampling.seed)
+    ids = [encode(tokenizer, render_prompt(messages, tokenizer, template), None,
+                  max_prompt_length, max_prompt_length + sampling.max_new_tokens).prompt_ids
+           for messages in prompts_messages]
+    samples: list[list[str]] = [[] for _ in prompts_messages]
+    jobs = [i for i in range(len(prompts_messages)) for _ in range(k)]  # prompt i, k times
+    with tqdm(total=len(jobs), desc="label generate", unit="response") as bar:
+        for start in range(0, len(jobs), batch_size):
+            rows = jobs[start:start + batch_size]
+            rollout = generate(model, [ids[i] for i in rows], sampling.max_new_tokens,
+                               sampling.temperature, sampling.top_p, sampling.top_k,
+                               tokenizer.pad_token_id, tokenizer.eos_token_id)
+            for i, text in zip(rows, decode_responses(tokenizer, rollout)):
+                samples[i].append(text.strip())
+            bar.update(len(rows))
+    return samples
 
 
 def smallest_gap(scores: list[float]) -> float:

@@ -52,7 +52,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: tasks.tag (issue #14)
 DEFAULT_LEASE_SECONDS = 600.0
 ORDERS = ("fifo", "random", "uncertainty")
 FLAGS = ("all_bad",)
@@ -76,7 +76,10 @@ tasks = Table("tasks", metadata,
               Column("score_gap", Float),  # order=uncertainty: smallest RM score gap (null: unscored)
               # judgments so far: kept with each submit, so picking a task never counts them
               Column("judged", Integer, nullable=False, default=0),
-              Column("created_at", Float, nullable=False))
+              Column("created_at", Float, nullable=False),
+              # the batch a task belongs to, e.g. "round-0/sample", "round-1/compare" (the
+              # iterated loop, rlhfkit/loop/); null for tasks added without one
+              Column("tag", String(100), index=True))
 
 candidates = Table("candidates", metadata,
                    Column("id", Integer, primary_key=True),
@@ -312,8 +315,9 @@ def update_settings(store: Store, **changes) -> Settings:
 
 # ----------------------------------------------------------------------------- content
 def add_task(conn, messages, responses: list[str], models: list[str], settings: list[dict],
-             rng) -> int:
-    """One prompt and its K candidates → a task id (inside the caller's transaction)."""
+             rng, tag: str | None = None) -> int:
+    """One prompt and its K candidates → a task id (inside the caller's transaction); ``tag``
+    names the batch it belongs to (``tasks.tag``)."""
     now = time.time()
     text = messages[0][1] if len(messages) == 1 else "".join(
         f"{role}: {content}\n\n" for role, content in messages).strip()
@@ -321,7 +325,7 @@ def add_task(conn, messages, responses: list[str], models: list[str], settings: 
         text=text, messages=[list(m) for m in messages], created_at=now)).inserted_primary_key[0]
     task_id = conn.execute(insert(tasks).values(
         prompt_id=prompt_id, random_key=rng.random(), judged=0,
-        created_at=now)).inserted_primary_key[0]
+        created_at=now, tag=tag)).inserted_primary_key[0]
     conn.execute(insert(candidates), [
         {"task_id": task_id, "slot": slot, "text": text_, "model": model, "settings": setting}
         for slot, (text_, model, setting) in enumerate(zip(responses, models, settings))])

@@ -7,6 +7,7 @@ from sqlalchemy import func, select, update
 
 from rlhfkit.label import queue
 from rlhfkit.label.store import (
+    SCHEMA_VERSION,
     Store,
     StoreError,
     add_annotator,
@@ -44,7 +45,8 @@ def test_init_refuses_an_existing_store_and_open_checks_the_version(store_and_ad
         init_store(db)
     with store.transaction() as conn:
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="99"))
-    with pytest.raises(StoreError, match="schema version 99, this rlhfkit reads version 1"):
+    with pytest.raises(StoreError, match="schema version 99, this rlhfkit reads version "
+                                         f"{SCHEMA_VERSION}"):
         open_store(db)
 
 
