@@ -1,8 +1,9 @@
 """rlhfkit: SFT, reward models from rankings, DPO, PPO, GRPO and the human-feedback loop.
 
 Packages, lowest layer first: ``ops`` and ``data`` → ``models`` → ``trainers`` (SFT, reward
-models, DPO) → ``online`` (PPO, GRPO) → ``label`` (human feedback) → ``demo``; the root holds
-the entry points (tests/test_layers.py).
+models, DPO) → ``online`` (PPO, GRPO) → ``label`` (human feedback) → ``demo`` and ``loop``
+(iterated online RLHF: sample, rank, retrain the reward model, optimise, repeat); the root
+holds the entry points (tests/test_layers.py).
 
 From Python (docs/python_api.md) — the same code path as ``rlhfkit <stage> --config``::
 
@@ -30,8 +31,8 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-__all__ = ["sft", "rm", "dpo", "ppo", "grpo", "Result", "ConfigError", "DataError",
-           "ModelLoadError", "RewardError", "__version__"]
+__all__ = ["sft", "rm", "dpo", "ppo", "grpo", "run_loop", "Result", "ConfigError",
+           "DataError", "ModelLoadError", "RewardError", "__version__"]
 
 # The errors a user can cause, importable from here without loading a stage.
 # stage → (module, config class), each module with ``run(config, **objects)``: the one table
@@ -43,6 +44,7 @@ STAGES = {
     "ppo": ("rlhfkit.online.ppo", "PPOConfig"),
     "grpo": ("rlhfkit.online.grpo", "GRPOConfig"),
     "demo": ("rlhfkit.demo.pipeline", "DemoConfig"),
+    "loop": ("rlhfkit.loop.pipeline", "LoopConfig"),
 }
 
 _ERRORS = {"ConfigError": "rlhfkit.config", "DataError": "rlhfkit.data.readers",
@@ -148,3 +150,11 @@ def grpo(config, reward_fn=None, train_dataset=None, eval_dataset=None, model=No
     return _run(*STAGES["grpo"], config, reward_fn=reward_fn,
                 train_dataset=train_dataset, eval_dataset=eval_dataset, model=model,
                 tokenizer=tokenizer)
+
+
+def run_loop(config) -> Result:
+    """Iterated online RLHF (``rlhfkit loop``): rounds of sample, rank (simulated judge or
+    people), reward model, policy, compare. ``metrics`` is the last round's row, ``history``
+    every round's; ``summary`` {"rounds", "report"}. Not called ``loop``: importing the
+    package rlhfkit/loop/ sets ``rlhfkit.loop`` to it, which would shadow a function."""
+    return _run(*STAGES["loop"], config)

@@ -1,8 +1,8 @@
 """The tree is the architecture: no import runs from a lower layer to a higher one.
 
 Layers, lowest first: ops and data (pure math, files) → models → trainers (offline stages)
-→ online (PPO, GRPO and their machinery) → label (human feedback) → demo. The package root
-holds entry points: ``config`` (imported by any layer, imports none), ``allocator``, and
+→ online (PPO, GRPO and their machinery) → label (human feedback) → demo and loop (side by
+side). The package root holds entry points: ``config`` (imported by any layer, imports none), ``allocator``, and
 ``cli``/``__main__`` (may import everything, imported by nothing). Imports inside functions
 count too: a lazy import is still an arrow.
 """
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhfkit"
-LAYERS = {"ops": 0, "data": 0, "models": 1, "trainers": 2, "online": 3, "label": 4, "demo": 5}
+LAYERS = {"ops": 0, "data": 0, "models": 1, "trainers": 2, "online": 3, "label": 4, "demo": 5,
+          "loop": 5}
 ENTRY_POINTS = {"cli", "__main__"}
 ROOT_MODULES = {"config", "allocator", "cli", "__main__", "__init__"}
 

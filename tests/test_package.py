@@ -7,7 +7,7 @@ import rlhfkit.trainers
 from rlhfkit.cli import STAGES
 
 NAMES = {"sft": "SFT", "rm": "reward model", "dpo": "DPO", "ppo": "PPO", "grpo": "GRPO",
-         "demo": None}
+         "demo": None, "loop": None}
 
 
 def test_root_docstring_names_every_training_stage_and_package():

@@ -87,6 +87,11 @@ Sampling filters: temperature, top-k, then top-p (keep while the mass before < t
     test_sampling.py::test_filters_keep_the_same_tokens_as_hf_warpers
 Inverse-CDF draw: column j where (1 − u)·W ∈ (C_j−1, C_j], C = cumsum(exp(s − max s))
     ops/sampling.py::inverse_cdf_sample · test_sampling.py::test_inverse_cdf_hand_values
+Simulated annotator (issue #14): rank by s/T + Gumbel (Plackett–Luce; K = 2: σ(Δ/T)), then
+the ranking reversed with probability p: P(a ≻ b) = (1 − p)·σ(Δ/T) + p·(1 − σ(Δ/T))
+    ops/noise.py::noisy_ranks, competition_ranks, preference_probability
+    test_noise.py::test_pair_frequency_matches_bradley_terry_with_flips
+    test_noise.py::test_first_place_frequency_is_the_softmax, test_preference_probability_by_hand
 Variant tables: one function per variant, picked by name (ValueError listing the allowed ones)
     ops/tables.py::pick
     test_tables.py::test_pick_names_what_was_asked_and_the_sorted_allowed_names

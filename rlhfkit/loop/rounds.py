@@ -1,0 +1,371 @@
+"""The five steps of a round of ``rlhfkit loop`` (Anthropic's iterated online RLHF, Bai et al.
+2022, arXiv 2204.05862 §4.5), each restartable on its own:
+
+  1. sample   — policy_r writes K candidates for each prompt of the round's fresh slice; the
+                ``selection`` keeps labels_per_round of them; one transaction adds them to the
+                store tagged ``round-<r>/sample`` (done = the tag has tasks).
+  2. rank     — the annotator ranks them (rlhfkit/loop/annotate.py; done = every task judged).
+  3. rm       — the rm stage on every ranking so far (label/export.py's merge), held-out share
+                per round; warm start from RM_{r−1} or scratch (done = round-<r>/rm.json).
+  4. policy   — ppo / grpo against RM_r, or dpo on the round's pairs, from policy_r →
+                policy_{r+1} (done = round-<r>/policy.json; the stage resumes its checkpoints).
+  5. compare  — policy_{r+1}, policy_r and policy_0 answer the held-out prompts, one ranking
+                task each, tagged ``round-<r>/compare``, ranked by the annotator; scores by RM_r
+                and by the judge, KL to round 0 (done = round-<r>/compare.json).
+A step's done-marker is written after its work is durable; the store's own state (tags,
+judgments) decides steps 1, 2 and 5's ranking, so a ``kill -9`` anywhere followed by a rerun
+does each thing once. Tests: tests/loop/.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sqlalchemy import bindparam, select, update
+
+from rlhfkit.data import collate_sequences, encode, read_records, render_prompt
+from rlhfkit.data.formats import parse_prompt
+from rlhfkit.label.export import merged_tasks, pair_rows, ranked_rows
+from rlhfkit.label.sources import Sampling, distinct, sample_responses, smallest_gap
+from rlhfkit.label.store import Store, add_task, candidates, prompts, tasks
+from rlhfkit.loop.config import LoopConfig, stage_config
+from rlhfkit.ops.ranking import ranking_loss
+
+SAMPLE, COMPARE = "sample", "compare"
+
+
+def tag(r: int, step: str) -> str:
+    return f"round-{r}/{step}"
+
+
+def policy_name(r: int) -> str:
+    """The name policy_r's candidates carry in the store (candidates.model)."""
+    return f"policy_{r}"
+
+
+# ----------------------------------------------------------------------------- where things are
+@dataclass(frozen=True)
+class Layout:
+    config: LoopConfig
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.output_dir)
+
+    def round_dir(self, r: int) -> Path:
+        return self.root / f"round-{r}"
+
+    def policy(self, r: int) -> str:
+        """policy_r: the configured start, then each round's trained final/."""
+        return self.config.model.name if r == 0 else str(self.round_dir(r - 1) / "policy" / "final")
+
+    def reward_model(self, r: int) -> Path:
+        return self.round_dir(r) / "rm" / "final"
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """The pool split once: round slices (never overlapping) and the held-out compare prompts."""
+    pool: list        # records' rows, in file order (written to pool.jsonl for the policy step)
+    pool_messages: list
+    compare_messages: list
+
+
+def load_prompts(config: LoopConfig) -> Prompts:
+    from rlhfkit.config import ConfigError
+
+    records = read_records(config.data.train_path, config.data.split, config.data.subset)
+    examples = [parse_prompt(r) for r in records]
+    if config.data.eval_path:
+        held = [parse_prompt(r) for r in read_records(
+            config.data.eval_path, config.data.eval_split, config.data.subset)]
+        compare = [e.messages for e in held[:config.compare_prompts]]
+    else:  # the last rows of the pool, never sampled nor trained on
+        compare = [e.messages for e in examples[-config.compare_prompts:]]
+        records, examples = (records[:-config.compare_prompts],
+                             examples[:-config.compare_prompts])
+    needed = config.rounds * config.prompts_per_round
+    if needed > len(examples):
+        raise ConfigError(f"prompts_per_round={config.prompts_per_round} × rounds="
+                          f"{config.rounds} = {needed} fresh prompts, but the pool "
+                          f"({config.data.train_path}) has {len(examples)}"
+                          + ("" if config.data.eval_path else
+                             f" after the {config.compare_prompts} compare_prompts"))
+    return Prompts([r.row for r in records], [e.messages for e in examples], compare)
+
+
+def sampling(config: LoopConfig, seed: int) -> Sampling:
+    rollout = config.rollout
+    return Sampling(rollout.max_new_tokens, rollout.temperature, rollout.top_p, rollout.top_k,
+                    seed)
+
+
+def sample_texts(config: LoopConfig, policy: str, messages: list, k: int, seed: int):
+    return sample_responses(policy, messages, k, sampling(config, seed), 16,
+                            config.data.template, config.data.max_prompt_length,
+                            config.model.device)
+
+
+def tagged_task_ids(store: Store, tag_: str) -> list[int]:
+    with store.engine.connect() as conn:
+        return [row[0] for row in conn.execute(
+            select(tasks.c.id).where(tasks.c.tag == tag_).order_by(tasks.c.id))]
+
+
+# ----------------------------------------------------------------------------- 1. sample
+def select_tasks(config: LoopConfig, layout: Layout, r: int, messages: list,
+                 samples: list[list[str]]) -> tuple[list[int], dict]:
+    """Indices of the prompts to rank, and {index: RM_{r−1} scores} when scored.
+    uncertainty: smallest score gap first (rlhfkit/label/sources.py::smallest_gap, what the
+    store's order=uncertainty sorts by); random (and round 0): a seeded sample."""
+    usable = [i for i, s in enumerate(samples) if len({t for t in s if t.strip()}) >= 2]
+    n = min(config.labels_per_round, len(usable))
+    if config.selection == "random" or r == 0:
+        return sorted(random.Random(config.seed * 7919 + r).sample(usable, n)), {}
+    from rlhfkit.models.scoring import RewardScorer
+
+    scorer = RewardScorer.from_pretrained(layout.reward_model(r - 1), config.model.device)
+    flat = scorer.score_messages([messages[i] for i in usable for _ in samples[i]],
+                                 [t for i in usable for t in samples[i]])
+    scores, start = {}, 0
+    for i in usable:
+        scores[i] = flat[start:start + len(samples[i])]
+        start += len(samples[i])
+    gaps = {i: smallest_gap(distinct_scores(samples[i], scores[i])) for i in usable}
+    return sorted(sorted(usable, key=lambda i: (gaps[i], i))[:n]), scores
+
+
+def distinct_scores(texts: list[str], scores: list[float]) -> list[float]:
+    """The scores of a prompt's candidates as the store keeps them (identical texts once)."""
+    seen, out = set(), []
+    for text, score in zip(texts, scores):
+        if text.strip() and text not in seen:
+            seen.add(text)
+            out.append(score)
+    return out
+
+
+def sample_step(config: LoopConfig, layout: Layout, store: Store, pool: Prompts, r: int) -> int:
+    """1. policy_r's K candidates for the round's slice; the selected tasks in one transaction."""
+    existing = tagged_task_ids(store, tag(r, SAMPLE))
+    if existing:
+        return len(existing)
+    P = config.prompts_per_round
+    messages = pool.pool_messages[r * P:(r + 1) * P]
+    policy = layout.policy(r)
+    samples = sample_texts(config, policy, messages, config.k, config.seed * 1000 + r)
+    chosen, scores = select_tasks(config, layout, r, messages, samples)
+    settings = {**sampling(config, config.seed * 1000 + r).__dict__, "checkpoint": policy}
+    rng = random.Random(config.seed * 31 + r)
+    with store.transaction() as conn:  # all the round's tasks or none
+        for i in chosen:
+            texts, models, kept = distinct(samples[i], [policy_name(r)] * config.k,
+                                           [settings] * config.k)
+            task_id = add_task(conn, messages[i], texts, models, kept, rng, tag(r, SAMPLE))
+            if i in scores:  # the uncertainty order of a human queue, and the record
+                store_scores(conn, task_id, distinct_scores(samples[i], scores[i]))
+    return len(chosen)
+
+
+def store_scores(conn, task_id: int, scores: list[float]) -> None:
+    ids = [row[0] for row in conn.execute(select(candidates.c.id).where(
+        candidates.c.task_id == task_id).order_by(candidates.c.slot))]
+    conn.execute(update(candidates).where(candidates.c.id == bindparam("cid"))
+                 .values(rm_score=bindparam("score")),
+                 [{"cid": cid, "score": s} for cid, s in zip(ids, scores)])
+    conn.execute(update(tasks).where(tasks.c.id == task_id)
+                 .values(score_gap=smallest_gap(scores)))
+
+
+# ----------------------------------------------------------------------------- 3. reward model
+def rankings_by_round(store: Store, rounds: int) -> dict[int, list[dict]]:
+    """Round → its merged rankings (label/export.py: Copeland over annotators, all-bad and
+    all-tied tasks dropped) as ranked rows, from the sample tasks only."""
+    with store.engine.connect() as conn:
+        round_of = {tid: int(t.split("/")[0].removeprefix("round-")) for tid, t in conn.execute(
+            select(tasks.c.id, tasks.c.tag).where(tasks.c.tag.like("round-%/" + SAMPLE)))}
+    out: dict[int, list[dict]] = {r: [] for r in range(rounds)}
+    for row in ranked_rows(merged_tasks(store)):
+        r = round_of.get(row["task_id"])
+        if r is not None and r < rounds:
+            out[r].append(row)
+    return out
+
+
+def split_heldout(rows: list[dict], share: float, seed: int) -> tuple[list, list]:
+    """(train, held-out): a seeded ``share`` of a round's rankings (at least one when there
+    are two or more), the same on every rerun."""
+    ids = sorted(row["task_id"] for row in rows)
+    n = min(max(round(share * len(ids)), 1 if len(ids) >= 2 else 0), len(ids))
+    held = set(random.Random(seed).sample(ids, n))
+    return ([row for row in rows if row["task_id"] not in held],
+            [row for row in rows if row["task_id"] in held])
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def pair_accuracy(model_dir, rows: list[dict], device: str) -> tuple[float | None, int]:
+    """(share of strictly ordered pairs the reward model orders right, pairs) on ranked rows."""
+    if not rows:
+        return None, 0
+    from rlhfkit.models.scoring import RewardScorer
+
+    scorer = RewardScorer.from_pretrained(model_dir, device)
+    flat = scorer([row["prompt"] for row in rows for _ in row["responses"]],
+                  [text for row in rows for text in row["responses"]])
+    k = max(len(row["responses"]) for row in rows)
+    rewards = torch.zeros(len(rows), k, dtype=torch.float64)
+    mask = torch.zeros(len(rows), k, dtype=torch.bool)
+    ranks = torch.full((len(rows), k), k + 1, dtype=torch.long)
+    start = 0
+    for b, row in enumerate(rows):
+        n = len(row["responses"])
+        rewards[b, :n] = torch.tensor(flat[start:start + n], dtype=torch.float64)
+        mask[b, :n] = True
+        ranks[b, :n] = torch.tensor(row["ranks"])
+        start += n
+    out = ranking_loss(rewards, mask, ranks=ranks)
+    return float(out.pair_accuracy), int(out.num_pairs)
+
+
+def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int) -> dict:
+    """3. RM_r on every ranking so far; held-out accuracy on each round's held-out share."""
+    done = layout.round_dir(r) / "rm.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    by_round = rankings_by_round(store, r + 1)
+    splits = {j: split_heldout(by_round[j], config.heldout_share, config.seed * 7 + j)
+              for j in range(r + 1)}
+    data_dir = layout.round_dir(r) / "rm_data"
+    train_rows = [row for j in range(r + 1) for row in splits[j][0]]
+    write_jsonl(data_dir / "train.jsonl", train_rows)
+    for j in range(r + 1):
+        write_jsonl(data_dir / f"heldout-{j}.jsonl", splits[j][1])
+    heldout = data_dir / f"heldout-{r}.jsonl"
+    warm = config.rm_init == "warm" and r > 0
+    rm_config = stage_config(config, "rm", str(layout.round_dir(r) / "rm"),
+                             str(layout.reward_model(r - 1)) if warm else "",
+                             str(data_dir / "train.jsonl"), str(heldout) if splits[r][1] else "")
+    run_stage("rm", rm_config)
+    accuracy = {}
+    for j in range(r + 1):
+        acc, pairs = pair_accuracy(layout.reward_model(r), splits[j][1], config.model.device)
+        accuracy[j] = {"accuracy": acc, "pairs": pairs}
+    # the point of iterating: is RM_0 still as good on the newest policy's samples?
+    rm0_on_new = (pair_accuracy(layout.reward_model(0), splits[r][1], config.model.device)[0]
+                  if r > 0 else accuracy[0]["accuracy"])
+    result = {"train_rankings": len(train_rows), "heldout_accuracy": accuracy,
+              "rm0_accuracy_on_this_round": rm0_on_new}
+    done.write_text(json.dumps(result, indent=2))
+    return json.loads(done.read_text())  # as a rerun reads it (round keys as strings)
+
+
+def run_stage(stage: str, stage_config_) -> dict:
+    """A stage's own ``run`` (the loop never trains by itself)."""
+    from rlhfkit.loop.config import STAGE_CLASSES
+
+    return importlib.import_module(STAGE_CLASSES[stage][0]).run(stage_config_)
+
+
+# ----------------------------------------------------------------------------- 4. policy
+def policy_step(config: LoopConfig, layout: Layout, store: Store, r: int) -> dict:
+    """4. policy_r → policy_{r+1} with the configured algorithm and its own section."""
+    done = layout.round_dir(r) / "policy.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    output_dir = str(layout.round_dir(r) / "policy")
+    if config.algorithm == "dpo":  # online DPO: the round's own pairs
+        ids = set(tagged_task_ids(store, tag(r, SAMPLE)))
+        pairs = [row for row in pair_rows([t for t in merged_tasks(store) if t["task_id"] in ids])]
+        path = layout.round_dir(r) / "pairs.jsonl"
+        write_jsonl(path, pairs)
+        stage = stage_config(config, "dpo", output_dir, layout.policy(r), str(path), "")
+    else:
+        stage = stage_config(config, config.algorithm, output_dir, layout.policy(r),
+                             str(layout.root / "pool.jsonl"), str(layout.reward_model(r)))
+    summary = run_stage(config.algorithm, stage)
+    result = {"algorithm": config.algorithm,
+              "summary": summary if isinstance(summary, dict) else {}}
+    done.write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+# ----------------------------------------------------------------------------- 5. compare
+def compare_models(r: int) -> list[int]:
+    """The policies compared after round r: the new one, the previous one, round 0's."""
+    return sorted({r + 1, r, 0}, reverse=True)
+
+
+def compare_tasks_step(config: LoopConfig, layout: Layout, store: Store, pool: Prompts,
+                       r: int) -> None:
+    """5a. One task per held-out prompt: a response of each compared policy (not deduplicated:
+    two equal answers are a tie for the annotator)."""
+    if tagged_task_ids(store, tag(r, COMPARE)):
+        return
+    seed = config.seed * 1000 + 500 + r  # the same sampling noise for every policy
+    answers = {i: sample_texts(config, layout.policy(i), pool.compare_messages, 1, seed)
+               for i in compare_models(r)}
+    settings = {i: {**sampling(config, seed).__dict__, "checkpoint": layout.policy(i)}
+                for i in answers}
+    rng = random.Random(config.seed * 31 + 17 + r)
+    models = list(answers)
+    with store.transaction() as conn:
+        for p, messages in enumerate(pool.compare_messages):
+            add_task(conn, messages, [answers[i][p][0] for i in models],
+                     [policy_name(i) for i in models], [settings[i] for i in models], rng,
+                     tag(r, COMPARE))
+
+
+def compare_texts(store: Store, r: int) -> dict[str, tuple[list, list[str]]]:
+    """Model name → (prompts' messages, its responses) of round r's compare tasks."""
+    out: dict[str, tuple[list, list[str]]] = {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(prompts.c.messages, candidates.c.model, candidates.c.text)
+                            .join(tasks, tasks.c.prompt_id == prompts.c.id)
+                            .join(candidates, candidates.c.task_id == tasks.c.id)
+                            .where(tasks.c.tag == tag(r, COMPARE))
+                            .order_by(tasks.c.id, candidates.c.slot))
+        for messages, model, text in rows:
+            out.setdefault(model, ([], []))
+            out[model][0].append(tuple(tuple(m) for m in messages))
+            out[model][1].append(text)
+    return out
+
+
+@torch.no_grad()
+def kl_to(policy: str, reference: str, messages: list, responses: list[str],
+          config: LoopConfig) -> float:
+    """Mean over responses of Σ_t log π(y_t) − log π_0(y_t) (the k1 estimate of KL(π‖π_0) in
+    nats per response, at the sampling temperature) on the responses re-tokenised from text."""
+    from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device
+    from rlhfkit.models.forward import response_logprobs
+
+    device = resolve_device(config.model.device)
+    tokenizer = load_tokenizer(policy)
+    encoded = [encode(tokenizer, render_prompt(m, tokenizer, config.data.template,
+                                               config.data.system_prompt),
+                      text, config.data.max_prompt_length, config.data.max_length, add_eos=False)
+               for m, text in zip(messages, responses)]
+    encoded = [e for e in encoded if e.response_ids]
+    if not encoded:
+        return 0.0
+    batch = collate_sequences(encoded, tokenizer.pad_token_id).to(device)
+    totals = []
+    for name in (policy, reference):
+        model = load_causal_lm(name, tokenizer).to(device).eval()
+        out = response_logprobs(model, batch.input_ids, batch.attention_mask,
+                                batch.response_mask, False, config.rollout.temperature)
+        totals.append(out.logprobs.double().sum(1))  # (B,) zeros off the response
+    return float((totals[0] - totals[1]).mean())
+
+
+def mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
