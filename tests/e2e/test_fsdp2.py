@@ -149,14 +149,15 @@ def test_reward_model_runs_sharded(repo_root, tmp_path):
     assert (tmp_path / "final" / "reward_stats.json").exists()
 
 
-@pytest.mark.parametrize("stage", ["ppo", "grpo"])
-def test_online_stage_runs_sharded(repo_root, tmp_path, stage):
+@pytest.mark.parametrize("stage, lora", [("ppo", False), ("grpo", False), ("grpo", True)])
+def test_online_stage_runs_sharded(repo_root, tmp_path, stage, lora):
     """PPO shards its policy and its critic (two FSDP2 models); GRPO its policy. The reference
-    (a frozen copy) and the reward function stay replicated (docs/scale-out.md)."""
+    (a frozen copy) and the reward function stay replicated (docs/scale-out.md); with LoRA the
+    reference is the sharded policy with its adapter off."""
     from transformers import AutoModelForCausalLM
 
     rows = launch(repo_root, stage, tmp_path, ("train.max_steps=2", "train.save_every=2",
-                                               "sample_every=2"))
+                                               "sample_every=2", f"model.lora.enabled={lora}"))
     assert [row["step"] for row in rows] == [1, 2]
     assert all(row["kl_mean"] == row["kl_mean"] for row in rows)  # finite, not NaN
     models = 2 if stage == "ppo" else 1
