@@ -112,8 +112,9 @@ class LiveServer:
     """``python -m rlhfkit label serve`` in a child process on 127.0.0.1."""
 
     def __init__(self, db: str, admin_token: str = "", port: int | None = None, log=None,
-                 workers: int = 1):
+                 workers: int = 1, store_threads: int = 0):
         self.db, self.admin_token, self.workers = db, admin_token, workers
+        self.store_threads = store_threads
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -121,7 +122,8 @@ class LiveServer:
 
     def start(self, timeout: float = 60.0) -> "LiveServer":
         argv = [sys.executable, "-m", "rlhfkit", "label", "serve", "--db", self.db,
-                "--port", str(self.port), "--workers", str(self.workers)]
+                "--port", str(self.port), "--workers", str(self.workers),
+                "--store-threads", str(self.store_threads)]
         if self.admin_token:
             argv += ["--admin-token", self.admin_token]
         self.process = subprocess.Popen(argv, stdout=self.log or subprocess.DEVNULL,
@@ -288,13 +290,50 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------------------- bench
-def bench_one(db: str, clients: int, per_client: int, workers: int = 1) -> dict:
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (uvicorn's workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for children in glob.glob(f"/proc/{p}/task/*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in Path(children).read_text().split()]
+    return found
+
+
+def _process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_one(db: str, clients: int, per_client: int, workers: int = 1,
+              store_threads: int = 0) -> dict:
+    """One store: warm up, then time ``clients × (per_client − 1)`` judgments → figures, with
+    the CPU time per judgment of the server (its processes), of this client and of the whole
+    machine (the rest is mostly PostgreSQL's backends, or other jobs)."""
     admin_token, tokens = prepare(db, clients * per_client, clients)
-    server = LiveServer(db, admin_token, workers=workers).start()
+    server = LiveServer(db, admin_token, workers=workers, store_threads=store_threads).start()
     try:
         # warm-up: one judgment per client (connections, caches), not timed
-        asyncio.run(run_clients(server.url, tokens, 1))
-        result = asyncio.run(run_clients(server.url, tokens, per_client - 1))
+        _run(run_clients(server.url, tokens, 1))
+        pids = _descendants(server.process.pid)
+        cpu = _process_cpu(pids), time.process_time(), _machine_busy()
+        result = _run(run_clients(server.url, tokens, per_client - 1))
+        cpu = [after - before for before, after in zip(cpu, (
+            _process_cpu(pids), time.process_time(), _machine_busy()))]
     finally:
         server.stop()
     n = len(result.acked)
@@ -302,7 +341,19 @@ def bench_one(db: str, clients: int, per_client: int, workers: int = 1) -> dict:
             "judgments_per_s": round(n / result.seconds, 1),
             "p50_ms": round(1000 * percentile(result.latencies, 50), 1),
             "p99_ms": round(1000 * percentile(result.latencies, 99), 1),
+            "cpu_ms_per_judgment": {name: round(1000 * seconds / n, 3) for name, seconds in
+                                    zip(("server", "client", "machine"), cpu)},
             "statuses": result.statuses}
+
+
+def _run(coroutine):
+    """The clients on uvloop when it is there (uvicorn[standard] brings it): the client shares
+    the cores with the server it measures, so it should cost as little as it can."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def cpu_model() -> str:
@@ -321,17 +372,21 @@ def main() -> None:
     parser.add_argument("--pg-url", default="", help="an empty PostgreSQL database to use")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
     parser.add_argument("--workers", type=int, default=1, help="server processes")
+    parser.add_argument("--store-threads", type=int, default=0,
+                        help="store threads per server process (0: the server's default)")
     args = parser.parse_args()
     print(f"cpu: {cpu_model()}, {os.cpu_count()} cores visible; {args.clients} clients × "
-          f"{args.per_client} judgments; {args.workers} server process(es)", flush=True)
+          f"{args.per_client} judgments; {args.workers} server process(es), store threads "
+          f"{args.store_threads or 'default'}", flush=True)
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         if args.only != "postgresql":
             print("sqlite    ", bench_one(str(Path(tmp) / "bench.sqlite"), args.clients,
-                                          args.per_client, args.workers), flush=True)
+                                          args.per_client, args.workers, args.store_threads),
+                  flush=True)
         if args.only != "sqlite":
             url = args.pg_url or new_postgres_db(stack.enter_context(throwaway_postgres()))
-            print("postgresql", bench_one(url, args.clients, args.per_client, args.workers),
-                  flush=True)
+            print("postgresql", bench_one(url, args.clients, args.per_client, args.workers,
+                                          args.store_threads), flush=True)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ import os
 import time
 from pathlib import Path
 
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import DBAPIError
 
 from rlhfkit.label import queue
 from rlhfkit.label.export import FORMATS, export_lines, summary
@@ -43,6 +45,9 @@ from rlhfkit.label.store import (
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024
 TOKEN_TTL = 2.0
+# store threads per server process by default (docs/label.md, "Bench"): SQLite writes one at a
+# time anyway, and one thread spares the GIL hand-offs; PostgreSQL overlaps its round trips
+STORE_THREADS = {"sqlite": 1, "postgresql": 4}
 
 
 class JudgmentIn(BaseModel):
@@ -99,11 +104,13 @@ def app_from_env() -> FastAPI:
     name): settings come from RLHFKIT_LABEL_* variables set by `serve`."""
     env = os.environ
     return create_app(env["RLHFKIT_LABEL_DB"], env.get("RLHFKIT_LABEL_ADMIN_TOKEN") or None,
-                      max_body_bytes=int(env.get("RLHFKIT_LABEL_MAX_BODY", MAX_BODY_BYTES)))
+                      max_body_bytes=int(env.get("RLHFKIT_LABEL_MAX_BODY", MAX_BODY_BYTES)),
+                      store_threads=int(env.get("RLHFKIT_LABEL_STORE_THREADS") or 0) or None)
 
 
 def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, store_threads: int | None = None
+               ) -> FastAPI:
     """The app over the store at ``db_url``. ``admin_token`` None: the admin token is the one
     `rlhfkit label init` printed (its hash is in the store). ``base_url`` prefixes the login
     links the admin API hands out (default: the address the request came to)."""
@@ -120,6 +127,7 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
     app = FastAPI(title="rlhfkit label", version="1", lifespan=lifespan,
                   description="Rank model responses; the judgments train `rlhfkit rm`/`dpo`.")
     app.state.store = store
+    app.state.store_threads = store_threads or STORE_THREADS[store.engine.dialect.name]
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     annotator, admin, forget = _auth(store, admin_hash)
@@ -198,36 +206,62 @@ def _add_pages(app: FastAPI) -> None:
 
 
 def _add_annotator_routes(app: FastAPI, store, annotator) -> None:
-    """/api/me, /api/tasks/next, /api/judgments, /api/tasks/{task_id}/skip."""
+    """/api/me, /api/tasks/next, /api/judgments, /api/tasks/{task_id}/skip.
 
-    @app.get("/api/me")
-    def me(token: str = Depends(bearer)):
+    The hot routes are ``async``: FastAPI parses and checks the request on the event loop and
+    the store call (token look-up included) runs in a worker thread, at most ``store_threads``
+    at a time (``_store_call``)."""
+    limiter = anyio.CapacityLimiter(app.state.store_threads)
+
+    async def _store_call(fn, *args):
+        """``fn(*args)`` in a store thread. A pooled connection the database dropped (a
+        restart) fails its first statement and SQLAlchemy renews the pool: the call runs once
+        more (repeating a store call changes nothing twice: a retried submit finds its judgment)."""
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        except DBAPIError as err:
+            if not err.connection_invalidated:
+                raise
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    def progress(token: str) -> dict:
         who = annotator(token)
         with store.engine.connect() as conn:
             overlap = store.settings(conn).overlap
             return {"name": who.name, "done": queue.done_count(conn, who.id),
                     "queue": queue.queue_size(conn, who.id, overlap)}
 
+    @app.get("/api/me")
+    async def me(token: str = Depends(bearer)):
+        return JSONResponse(await _store_call(progress, token))
+
+    def lease(token: str):
+        return queue.next_task(store, annotator(token))
+
     @app.get("/api/tasks/next", responses={204: {"description": "queue empty"}})
-    def next_task(token: str = Depends(bearer)):
-        task = queue.next_task(store, annotator(token))
+    async def next_task(token: str = Depends(bearer)):
+        task = await _store_call(lease, token)
         return Response(status_code=204) if task is None else JSONResponse(task)
 
+    def judge(token: str, body: JudgmentIn):
+        return queue.submit(store, annotator(token), body.task_id, body.ranks, body.flags,
+                            body.comment, body.seconds)
+
     @app.post("/api/judgments", status_code=201)
-    def post_judgment(body: JudgmentIn, token: str = Depends(bearer)):
-        who = annotator(token)
+    async def post_judgment(body: JudgmentIn, token: str = Depends(bearer)):
         try:
-            judgment_id, created = queue.submit(store, who, body.task_id, body.ranks, body.flags,
-                                                body.comment, body.seconds)
+            judgment_id, created = await _store_call(judge, token, body)
         except queue.QueueError as err:
             return _refused(err)
         return JSONResponse({"judgment_id": judgment_id}, 201 if created else 200)
 
+    def release(token: str, task_id: int):
+        queue.skip(store, annotator(token), task_id)
+
     @app.post("/api/tasks/{task_id}/skip")
-    def skip(task_id: int, token: str = Depends(bearer)):
-        who = annotator(token)
+    async def skip(task_id: int, token: str = Depends(bearer)):
         try:
-            queue.skip(store, who, task_id)
+            await _store_call(release, token, task_id)
         except queue.QueueError as err:
             return _refused(err)
         return {"skipped": task_id}

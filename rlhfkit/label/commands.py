@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="requests with a larger body get 413")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes (uvicorn workers); SQLite writes stay one at a time")
+    p.add_argument("--store-threads", type=int, default=0,
+                   help="threads per process that run store calls (0: 1 on SQLite, 4 on "
+                        "PostgreSQL)")
     p = command("stats", "Progress, agreement and the per-annotator table.")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     p = command("export", "Write the judgments as training data.")
@@ -185,12 +188,16 @@ def serve(args) -> None:
 
     from rlhfkit.label.app import create_app
 
-    app = create_app(args.db, args.admin_token or None, max_body_bytes=args.max_body_bytes)
+    if args.store_threads < 0:
+        raise StoreError(f"--store-threads {args.store_threads}: expected a count ≥ 0")
+    app = create_app(args.db, args.admin_token or None, max_body_bytes=args.max_body_bytes,
+                     store_threads=args.store_threads or None)
     print(f"rlhfkit label: serving http://{args.host}:{args.port} (Ctrl-C stops); annotators "
           "log in with the link `label add-annotator` printed", flush=True)
     if args.workers > 1:  # each worker process builds its own app from the environment
         os.environ.update(RLHFKIT_LABEL_DB=args.db, RLHFKIT_LABEL_ADMIN_TOKEN=args.admin_token,
-                          RLHFKIT_LABEL_MAX_BODY=str(args.max_body_bytes))
+                          RLHFKIT_LABEL_MAX_BODY=str(args.max_body_bytes),
+                          RLHFKIT_LABEL_STORE_THREADS=str(args.store_threads))
         uvicorn.run("rlhfkit.label.app:app_from_env", factory=True, workers=args.workers,
                     host=args.host, port=args.port, log_level="warning", access_log=False)
         return

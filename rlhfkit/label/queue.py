@@ -11,6 +11,10 @@
 - Submit is one transaction: the judgment row and the assignment's state together; a second
   identical POST finds the judgment and returns it (idempotent), the unique constraint
   settles a race between two such POSTs.
+- Cost (the bench, docs/label.md): a judgment is two transactions of two and three
+  statements. Opening a task is one query (their own lease or the pick, the task's text and
+  the progress counts) and the lease's INSERT; submit closes the lease with UPDATE …
+  RETURNING, inserts the judgment and counts it on the task.
 Tests: tests/label/test_queue.py.
 """
 from __future__ import annotations
@@ -19,7 +23,17 @@ import random
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Integer,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.label.store import (
@@ -51,39 +65,83 @@ class Annotator:
     active: bool
 
 
-# Statements are built once (SQLAlchemy then reuses their compiled form): a pick is hot.
+# Statements are built once (SQLAlchemy then reuses their compiled form).
 _ME, _NOW, _OVERLAP, _TASK = (bindparam(n) for n in ("me", "now", "overlap", "task"))
-# slots a task has taken: judgments and leases not yet expired
-_TAKEN = (select(func.count()).where(
-    assignments.c.task_id == tasks.c.id,
-    or_(assignments.c.state == "done",
-        and_(assignments.c.state == "leased", assignments.c.expires_at > _NOW)))
+_OPEN = tasks.c.judged < _OVERLAP  # not complete
+# A task's slots as this annotator sees them, in one probe of its assignments: each judgment
+# and each lease not yet expired takes one; any assignment of their own (done, leased,
+# skipped) counts ``overlap``, which bars the task (never twice to one annotator).
+_SLOTS = (select(func.coalesce(func.sum(case(
+    (assignments.c.annotator_id == _ME, type_coerce(_OVERLAP, Integer)),
+    (assignments.c.state == "done", 1),
+    (and_(assignments.c.state == "leased", assignments.c.expires_at > _NOW), 1),
+    else_=0)), 0)).where(assignments.c.task_id == tasks.c.id)
     .correlate(tasks).scalar_subquery())
-_MINE = exists().where(assignments.c.task_id == tasks.c.id, assignments.c.annotator_id == _ME)
 _ORDER_KEYS = {"fifo": [tasks.c.id],
                "random": [tasks.c.random_key, tasks.c.id],
                "uncertainty": [tasks.c.score_gap.is_(None), tasks.c.score_gap, tasks.c.id]}
 # the next task: not complete, never assigned to this annotator, a slot free
-PICK = {order: select(tasks.c.id).where(tasks.c.judged < _OVERLAP, ~_MINE, _TAKEN < _OVERLAP)
+PICK = {order: select(tasks.c.id).where(_OPEN, _SLOTS < _OVERLAP)
         .order_by(*keys).limit(1) for order, keys in _ORDER_KEYS.items()}
 # PostgreSQL: concurrent pickers skip a task row another transaction is taking
 PICK_LOCKED = {order: query.with_for_update(of=tasks, skip_locked=True)
                for order, query in PICK.items()}
-# the queue an annotator sees: tasks not complete that were never assigned to them
-QUEUE_SIZE = select(func.count()).select_from(tasks).where(tasks.c.judged < _OVERLAP, ~_MINE)
+# The queue an annotator sees: tasks not complete that were never assigned to them = open
+# tasks − open tasks assigned to them (assignments hold one row per task and annotator), an
+# index range each (ix_tasks_judged, ix_assignments_annotator) instead of a probe per task.
+_OPEN_TASKS = select(func.count()).select_from(tasks).where(_OPEN).correlate(None)
+_OPEN_MINE = (select(func.count()).select_from(
+    assignments.join(tasks, tasks.c.id == assignments.c.task_id))
+    .where(assignments.c.annotator_id == _ME, _OPEN).correlate(None))
+QUEUE_SIZE = select(_OPEN_TASKS.scalar_subquery() - _OPEN_MINE.scalar_subquery())
 DONE = select(func.count()).select_from(judgments).where(judgments.c.annotator_id == _ME)
-PROGRESS = select(DONE.scalar_subquery(), QUEUE_SIZE.scalar_subquery())
-OWN_LEASE = (select(assignments.c.id, assignments.c.task_id, assignments.c.shown_order)
+# their own open lease (even expired), if any: its task comes back before any other
+_OWN_TASK = (select(assignments.c.task_id)
              .where(assignments.c.annotator_id == _ME, assignments.c.state == "leased")
              .order_by(assignments.c.id).limit(1))
-# a task's prompt and candidates in one query
-VIEW = (select(candidates.c.id, candidates.c.text, prompts.c.text)
-        .join(tasks, tasks.c.id == candidates.c.task_id)
-        .join(prompts, prompts.c.id == tasks.c.prompt_id)
-        .where(candidates.c.task_id == _TASK).order_by(candidates.c.slot))
-LEASE = select(assignments.c.id, assignments.c.state, assignments.c.shown_order,
-               assignments.c.leased_at).where(assignments.c.task_id == _TASK,
-                                              assignments.c.annotator_id == _ME)
+_OWN = assignments.alias("own")
+
+
+def _view(task_id):
+    """A task's candidates (slot order) with its prompt, the annotator's progress (done, queue)
+    and their lease of it if it is open (id, shown order) in one query; ``task_id`` a value or
+    the pick as a subquery."""
+    return (select(tasks.c.id, candidates.c.id, candidates.c.text, prompts.c.text,
+                   DONE.correlate(None).scalar_subquery(), QUEUE_SIZE.scalar_subquery(),
+                   _OWN.c.id, _OWN.c.shown_order)
+            .select_from(candidates.join(tasks, tasks.c.id == candidates.c.task_id)
+                         .join(prompts, prompts.c.id == tasks.c.prompt_id)
+                         .outerjoin(_OWN, and_(_OWN.c.task_id == tasks.c.id,
+                                               _OWN.c.annotator_id == _ME,
+                                               _OWN.c.state == "leased")))
+            .where(candidates.c.task_id == task_id).order_by(candidates.c.slot))
+
+
+def _own_or_pick(pick):
+    """The task of their own open lease, else the pick (an uncorrelated subquery each: both
+    run at most once)."""
+    return func.coalesce(_OWN_TASK.correlate(None).scalar_subquery(),
+                         pick.correlate(None).scalar_subquery())
+
+
+# the next task (their own open lease, else the pick), its view and the progress: one query
+NEXT = {order: _view(_own_or_pick(query)) for order, query in PICK.items()}
+NEXT_LOCKED = {order: _view(_own_or_pick(query)) for order, query in PICK_LOCKED.items()}
+LEASE_TASK = insert(assignments)
+RENEW = (update(assignments).where(assignments.c.id == bindparam("lease"))
+         .values(expires_at=bindparam("expires")))
+# submit: the lease closes and hands back what the judgment needs, or changes nothing (then
+# LEASE says why: done already, skipped, never leased)
+CLOSE_LEASE = (update(assignments)
+               .where(assignments.c.task_id == _TASK, assignments.c.annotator_id == _ME,
+                      assignments.c.state == "leased")
+               .values(state="done")
+               .returning(assignments.c.shown_order, assignments.c.leased_at))
+LEASE = select(assignments.c.state).where(assignments.c.task_id == _TASK,
+                                          assignments.c.annotator_id == _ME)
+ADD_JUDGMENT = insert(judgments)
+COUNT_JUDGMENT = (update(tasks).where(tasks.c.id == _TASK)
+                  .values(judged=tasks.c.judged + 1))
 EXISTING = select(judgments.c.id).where(judgments.c.task_id == _TASK,
                                         judgments.c.annotator_id == _ME)
 BY_TOKEN = select(annotators.c.id, annotators.c.name, annotators.c.active).where(
@@ -104,12 +162,6 @@ def done_count(conn, annotator_id: int) -> int:
     return conn.execute(DONE, {"me": annotator_id}).scalar()
 
 
-def _view(conn, task_id: int) -> tuple[str, dict]:
-    """(prompt, {candidate id: text}) of a task, in slot order."""
-    rows = conn.execute(VIEW, {"task": task_id}).all()
-    return rows[0][2], {cid: text for cid, text, _ in rows}
-
-
 def next_task(store: Store, annotator: Annotator, rng: random.Random | None = None,
               now: float | None = None) -> dict | None:
     """Lease the next task to ``annotator`` → the task as shown to them, or None (queue empty)."""
@@ -118,26 +170,21 @@ def next_task(store: Store, annotator: Annotator, rng: random.Random | None = No
     with store.transaction() as conn:
         settings = store.settings(conn)
         expires = now + settings.lease_seconds
-        own = conn.execute(OWN_LEASE, {"me": annotator.id}).first()
+        rows = conn.execute((NEXT if store.is_sqlite else NEXT_LOCKED)[settings.order],
+                            {"me": annotator.id, "now": now, "overlap": settings.overlap}).all()
+        if not rows:
+            return None
+        task_id, _, _, prompt, done, size, own, ids = rows[0]
         if own is not None:  # their own open lease (even expired): renew it, same order
-            conn.execute(update(assignments).where(assignments.c.id == own.id)
-                         .values(expires_at=expires))
-            task_id, ids = own.task_id, own.shown_order
-            prompt, texts = _view(conn, task_id)
+            conn.execute(RENEW, {"lease": own, "expires": expires})
         else:
-            pick = (PICK if store.is_sqlite else PICK_LOCKED)[settings.order]
-            task_id = conn.execute(pick, {"me": annotator.id, "now": now,
-                                          "overlap": settings.overlap}).scalar()
-            if task_id is None:
-                return None
-            prompt, texts = _view(conn, task_id)
-            ids = list(texts)
+            ids = [row[1] for row in rows]
             rng.shuffle(ids)  # the order shown to this annotator, stored with the lease
-            conn.execute(insert(assignments).values(
-                task_id=task_id, annotator_id=annotator.id, state="leased", shown_order=ids,
-                leased_at=now, expires_at=expires))
-        done, size = conn.execute(PROGRESS, {"me": annotator.id,
-                                             "overlap": settings.overlap}).one()
+            conn.execute(LEASE_TASK, {"task_id": task_id, "annotator_id": annotator.id,
+                                      "state": "leased", "shown_order": ids, "leased_at": now,
+                                      "expires_at": expires})
+            size -= 1  # counted before this lease: the task was in the queue
+    texts = {row[1]: row[2] for row in rows}
     return {"task_id": task_id, "prompt": prompt,
             "candidates": [{"id": cid, "text": texts[cid]} for cid in ids],
             "done": done, "queue": size}
@@ -162,30 +209,31 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
            now: float | None = None) -> tuple[int, bool]:
     """Store one judgment → (judgment id, created). ``created`` False: it was already there."""
     now = time.time() if now is None else now
+    key = {"task": task_id, "me": annotator.id}
     try:
         with store.transaction() as conn:
-            lease = conn.execute(LEASE, {"task": task_id, "me": annotator.id}).first()
+            lease = conn.execute(CLOSE_LEASE, key).first()
             if lease is None:
+                state = conn.execute(LEASE, key).scalar()
+                if state == "done":
+                    return _existing(conn, task_id, annotator.id), False
+                if state == "skipped":
+                    raise QueueError(409, f"task {task_id} was skipped")
                 raise QueueError(409, f"task {task_id} is not leased to you: open it with "
                                       "GET /api/tasks/next first")
-            if lease.state == "done":
-                return _existing(conn, task_id, annotator.id), False
-            if lease.state == "skipped":
-                raise QueueError(409, f"task {task_id} was skipped")
+            # a refused judgment raises here: the transaction rolls back, the lease stays open
             check_judgment(ranks, flags, comment, len(lease.shown_order))
             # ranks in slot order: add_task inserts a task's candidates in slot order, so
             # their ids ascend with the slot
             rank_of = dict(zip(lease.shown_order, ranks))
             canonical = [int(rank_of[cid]) for cid in sorted(lease.shown_order)]
-            judgment_id = conn.execute(insert(judgments).values(
-                task_id=task_id, annotator_id=annotator.id, ranks=canonical,
-                shown_order=lease.shown_order, flags=sorted(set(flags)), comment=comment,
-                leased_at=lease.leased_at, submitted_at=now, seconds=seconds,
-                server_seconds=max(now - lease.leased_at, 0.0))).inserted_primary_key[0]
-            conn.execute(update(assignments).where(assignments.c.id == lease.id)
-                         .values(state="done"))
-            conn.execute(update(tasks).where(tasks.c.id == task_id)
-                         .values(judged=tasks.c.judged + 1))
+            judgment_id = conn.execute(ADD_JUDGMENT, {
+                "task_id": task_id, "annotator_id": annotator.id, "ranks": canonical,
+                "shown_order": lease.shown_order, "flags": sorted(set(flags)),
+                "comment": comment, "leased_at": lease.leased_at, "submitted_at": now,
+                "seconds": seconds, "server_seconds": max(now - lease.leased_at, 0.0),
+            }).inserted_primary_key[0]
+            conn.execute(COUNT_JUDGMENT, key)
         return judgment_id, True
     except IntegrityError:  # a concurrent identical POST committed first
         with store.engine.connect() as conn:

@@ -160,3 +160,33 @@ def test_openapi_and_pages(api):
     for path in ("/", "/admin"):  # the pages, served from the package with no CDN
         page = client.get(path)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+def test_a_connection_the_database_dropped_costs_no_request(postgres_server):
+    """No pre-ping per checkout (a round trip per transaction): a pooled connection PostgreSQL
+    dropped fails its first statement, SQLAlchemy renews the pool and the app retries the call
+    once (app.py: _store_call) — the annotator sees nothing."""
+    import psycopg
+
+    import bench_label as live  # bench/label.py, registered by tests/label/conftest.py
+    from rlhfkit.label.store import init_store
+
+    db = live.new_postgres_db(postgres_server)
+    store, _ = init_store(db)
+    with store.transaction() as conn:
+        add_task(conn, (("user", "p"),), ["a", "b"], ["m"] * 2, [{}] * 2, random.Random(0))
+    alice = auth(add_annotator(store, "alice"))
+    store.close()
+    with TestClient(create_app(db)) as client:
+        task = client.get("/api/tasks/next", headers=alice).json()
+        sock, port = postgres_server
+        name = db.split("@/", 1)[1].split("?", 1)[0]
+        with psycopg.connect(host=sock, port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            dropped = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM "
+                                   "pg_stat_activity WHERE datname = %s", (name,)).fetchone()[0]
+        assert dropped >= 1  # the app's pooled connection(s)
+        again = client.get("/api/tasks/next", headers=alice)
+        assert again.status_code == 200 and again.json() == task  # their lease, same order
+        body = {"task_id": task["task_id"], "ranks": [1, 2]}
+        assert client.post("/api/judgments", json=body, headers=alice).status_code == 201
