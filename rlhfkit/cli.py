@@ -78,6 +78,10 @@ def serve_rm_main(argv: list[str]) -> int:
     except USER_ERRORS as err:
         print(f"rlhfkit serve-rm: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the port is taken, the host unknown
+        print(f"rlhfkit serve-rm: cannot listen on {args.host}:{args.port}: {err}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -189,9 +190,13 @@ def create_app(scorer: RewardScorer, model_dir: str, batch_size: int = 16,
 def serve(model_dir: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           batch_size: int = 16, device: str = "auto", dtype: str = "auto",
           max_wait: float = 0.005, max_body_bytes: int = MAX_BODY_BYTES) -> None:
-    """Load the reward model, then serve it until interrupted (what `rlhfkit serve-rm` runs)."""
+    """Load the reward model, then serve it until interrupted (what `rlhfkit serve-rm` runs).
+    OSError before the model loads when ``host:port`` cannot be bound (in use, unknown host)."""
     import uvicorn
 
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    with socket.create_server((host, port), family=family):  # OSError now, not after the load
+        pass
     scorer = RewardScorer.from_pretrained(model_dir, device, dtype)
     scorer.model.requires_grad_(False)
     app = create_app(scorer, str(model_dir), batch_size, max_wait, max_body_bytes)

@@ -251,8 +251,20 @@ def test_unreachable_url_stops_the_run_with_one_line(repo_root, tmp_path, capsys
     lines = [line for line in err.splitlines() if line.startswith("rlhfkit ppo:")]
     assert len(lines) == 1 and lines[0].startswith(
         f"rlhfkit ppo: reward.url={url}: GET /health failed (1 attempt): cannot connect: "), err
+
+
+def test_serve_rm_user_errors_are_one_line(tiny_rm, tmp_path, capsys):
     assert main(["serve-rm", "--model", str(tmp_path / "missing")]) == 2
-    assert "reward_stats.json not found" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"rlhfkit serve-rm: {tmp_path / 'missing'}/" \
+        "reward_stats.json not found: expected a final/ folder written by `rlhfkit rm`\n"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main(["serve-rm", "--model", tiny_rm, "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rlhfkit serve-rm: cannot listen on 127.0.0.1:{port}: [Errno ") and \
+        err.count("\n") == 1, err
 
 
 def test_url_config_checks(repo_root, tmp_path):
