@@ -1,12 +1,15 @@
 """Bench of the labelling server: judgments/s and submit latency (p50/p99) at 50 concurrent
 annotators, on SQLite and on PostgreSQL, loopback only.
 
-    python bench/label.py [--clients 50] [--per-client 40] [--pg-url postgresql://...]
+    python bench/label.py [--clients 50] [--per-client 40] [--workers 1] [--store-threads 0]
+                          [--only sqlite|postgresql] [--pg-url postgresql://...]
 
 Each client is one annotator looping GET /api/tasks/next → POST /api/judgments against a real
 ``rlhfkit label serve`` process (uvicorn); the latency is the POST's, the rate counts judgments
-acknowledged (2xx) per second of wall time. Without --pg-url a throwaway PostgreSQL cluster is
-started (initdb + pg_ctl, unix socket, as the ``postgres`` user when run as root).
+acknowledged (2xx) per second of wall time. The clients share the machine with the server, so
+each result also gives the CPU milliseconds per judgment of the server's processes, of the
+client and of the whole machine (``bench_one``). Without --pg-url a throwaway PostgreSQL
+cluster is started (initdb + pg_ctl, unix socket, as the ``postgres`` user when run as root).
 
 The same pieces drive tests/label/test_load.py (loaded from this file): ``throwaway_postgres``,
 ``LiveServer``, ``prepare`` and ``run_clients``.
