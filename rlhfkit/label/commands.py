@@ -1,7 +1,7 @@
 """``rlhfkit label <command>``: parse and dispatch (the commands are in docs/label.md).
 
     init | config | generate | import | score | add-annotator | disable-annotator |
-    enable-annotator | admin-token | serve | stats | export
+    enable-annotator | admin-token | serve | stats | export | leaderboard
 
 A user error (bad --db, malformed file, unknown annotator) is one line on stderr, exit 2.
 Tests: tests/label/test_commands.py.
@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL file")
     p.add_argument("--keep-all-bad", action="store_true",
                    help="keep tasks most annotators flagged 'all bad'")
+    p = command("leaderboard", "Bradley–Terry (Elo-scale) ratings of the models whose "
+                "candidates were ranked, with bootstrap intervals over the judgments.")
+    p.add_argument("--tag", default=None, metavar="PREFIX",
+                   help="only tasks whose tag starts with PREFIX (e.g. round-1/)")
+    p.add_argument("--json", action="store_true", help="the rows as JSON")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of the judgments for the intervals (0: none)")
     return parser
 
 
@@ -121,6 +128,19 @@ def stats_table(summary: dict) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
     return "\n".join(lines)
+
+
+def leaderboard_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no judgment compares candidates of two different models"
+    table = [["rank", "model", "Elo", "95% interval", "comparisons"]] + [
+        [str(rank), row["model"], f"{row['elo']:.1f}",
+         "-" if row["lo"] is None else f"{row['lo']:.1f} – {row['hi']:.1f}",
+         str(row["comparisons"])] for rank, row in enumerate(rows, 1)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.rjust(w) if i in (0, 2, 4) else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+                     for row in table)
 
 
 def run_command(args) -> None:
@@ -177,6 +197,13 @@ def run_command(args) -> None:
             with open(args.out, "w", encoding="utf-8") as handle:
                 handle.writelines(lines)
             print(f"wrote {len(lines)} {args.format} rows to {args.out}")
+        elif args.command == "leaderboard":
+            from rlhfkit.label.leaderboard import leaderboard
+
+            if args.bootstrap < 0:
+                raise StoreError(f"--bootstrap {args.bootstrap}: expected a count ≥ 0")
+            rows = leaderboard(store, args.tag, n=args.bootstrap)
+            print(json.dumps(rows, indent=2) if args.json else leaderboard_table(rows))
         elif args.command == "serve":
             serve(args)
     finally:
