@@ -46,16 +46,27 @@ class DemoConfig(Validated):
     rm_batch_size: int = option(16, "Pairs per reward-model step.", min=1)
     rm_freeze_layers: int = option(0, "Frozen lower layers of the RM backbone.", min=0)
     rm_learning_rate: float = option(5e-5, "Reward-model learning rate.", min=0)
-    iterations: int = option(30, "PPO iterations.", min=1)
-    batch_size: int = option(16, "Prompts per PPO iteration.", min=1)
+    rm_max_length: int = option(128, "Tokens of each review the reward model reads.", min=8)
+    algorithm: str = option("ppo", "Stage 3: ppo (actor, critic, reference, reward model) or "
+                            "grpo (critic-free; the estimator is `advantage`).",
+                            choices=("ppo", "grpo"))
+    advantage: str = option("grpo", "algorithm=grpo: the advantage estimator (grpo.advantage).",
+                            choices=("grpo", "dr_grpo", "rloo"))
+    num_generations: int = option(4, "algorithm=grpo: continuations per opening (G).", min=2)
+    iterations: int = option(30, "Policy-optimisation iterations.", min=1)
+    batch_size: int = option(16, "Openings per iteration (algorithm=grpo: each continued "
+                             "num_generations times).", min=1)
     max_new_tokens: int = option(24, "Tokens generated per continuation.", min=1)
     top_k: int = option(0, "Sample among the k likeliest tokens (0 = off).", min=0)
     learning_rate: float = option(5e-4, "Policy (LoRA) learning rate.", min=0)
-    kl_coef: float = option(0.08, "β of the per-token KL penalty. Measured: 0.05 (4 PPO epochs) "
-                            "let the KL reach ~9 nats per continuation within 20 iterations; "
-                            "0.15 (2 epochs) held it at 1.7 but only 78% turned positive.",
-                            min=0)
+    kl_coef: float = option(0.08, "β of the KL to the reference (ppo.kl_coef per token; "
+                            "algorithm=grpo: grpo.beta, the k3 term of the loss). Measured "
+                            "(PPO): 0.05 (4 epochs) let the KL reach ~9 nats per continuation "
+                            "within 20 iterations; 0.15 (2 epochs) held it at 1.7 but only 78% "
+                            "turned positive.", min=0)
     ppo_epochs: int = option(2, "PPO passes over each batch of rollouts.", min=1)
+    minibatches: int = option(1, "Updates per pass over a batch of rollouts (ppo.minibatches / "
+                              "grpo.minibatches).", min=1)
     eval_prompts: int = option(64, "Held-out IMDB test openings evaluated before and after.",
                                min=1)
     seed: int = option(0, "Seed for everything.")
@@ -87,7 +98,8 @@ def reward_model_settings(config: DemoConfig) -> dict:
         "data": {"train_path": str(DATA / "imdb/pairs_train.jsonl.gz"),
                  "eval_path": str(DATA / "imdb/pairs_test.jsonl.gz"),
                  "max_eval_rows": 256 if not config.quick else 64,
-                 "template": "plain", "max_prompt_length": 8, "max_length": 128},
+                 "template": "plain", "max_prompt_length": 8,
+                 "max_length": config.rm_max_length},
         "rm": {"freeze_layers": config.rm_freeze_layers, "eval_batch_size": 64},
         "train": {"learning_rate": config.rm_learning_rate, "batch_size": config.rm_batch_size,
                   "max_steps": config.rm_steps, "warmup_steps": 10, "lr_scheduler": "linear",
@@ -112,10 +124,10 @@ def train_reward_model(config: DemoConfig) -> Path:
     return cached / "final"
 
 
-def ppo_settings(config: DemoConfig, reward_model: Path) -> dict:
-    """Stage 3 settings, as the nested dict a PPOConfig is built from."""
-    return {
-        "output_dir": str(Path(config.output_dir) / "ppo"),
+def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
+    """Stage 3 settings (PPO or GRPO), as the nested dict the stage's config is built from."""
+    settings = {
+        "output_dir": str(Path(config.output_dir) / config.algorithm),
         "model": {"name": config.policy, "lora": {"enabled": config.lora}},
         "data": {"train_path": str(DATA / "imdb/openings_train.jsonl"),
                  "eval_path": str(DATA / "imdb/openings_test.jsonl"),
@@ -124,16 +136,22 @@ def ppo_settings(config: DemoConfig, reward_model: Path) -> dict:
         # The RM was trained prompt-free on whole reviews: it judges the continuation alone.
         "reward": {"model_path": str(reward_model), "normalize": True,
                    "model_input": "response"},
-        # The critic reads policy tokens: from the RM when it shares the policy's backbone.
-        "critic": {"model_name": "" if config.reward_backbone == config.policy
-                   else config.policy},
         "rollout": {"max_new_tokens": config.max_new_tokens, "top_k": config.top_k},
-        "ppo": {"kl_coef": config.kl_coef, "ppo_epochs": config.ppo_epochs},
         "train": {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
                   "max_steps": config.iterations, "lr_scheduler": "constant",
                   "seed": config.seed},
         "sample_every": max(1, config.iterations // 4),
     }
+    if config.algorithm == "grpo":
+        settings["grpo"] = {"num_generations": config.num_generations, "beta": config.kl_coef,
+                            "advantage": config.advantage, "minibatches": config.minibatches}
+        return settings
+    # The critic reads policy tokens: from the RM when it shares the policy's backbone.
+    settings["critic"] = {"model_name": "" if config.reward_backbone == config.policy
+                          else config.policy}
+    settings["ppo"] = {"kl_coef": config.kl_coef, "ppo_epochs": config.ppo_epochs,
+                       "minibatches": config.minibatches}
+    return settings
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -154,8 +172,8 @@ def read_jsonl(path: Path) -> list[dict]:
         if path.exists() else []
 
 
-def before_after(ppo_dir: Path) -> tuple[list[dict], list[dict]]:
-    rows = read_jsonl(ppo_dir / "eval.jsonl")
+def before_after(stage_dir: Path) -> tuple[list[dict], list[dict]]:
+    rows = read_jsonl(stage_dir / "eval.jsonl")
     last = max((r["iteration"] for r in rows), default=0)
     return ([r for r in rows if r["iteration"] == 0], [r for r in rows if r["iteration"] == last])
 
@@ -168,8 +186,8 @@ def print_table(before: dict, after: dict) -> list[list]:
     return table
 
 
-def write_report(config: DemoConfig, ppo_dir: Path, table: list[list], before_rows, after_rows,
-                 seconds: float) -> Path:
+def write_report(config: DemoConfig, stage_dir: Path, table: list[list], before_rows,
+                 after_rows, seconds: float) -> Path:
     from rlhfkit.demo.report import build_report
 
     after_by_prompt = {r["prompt"]: r for r in after_rows}
@@ -177,39 +195,63 @@ def write_report(config: DemoConfig, ppo_dir: Path, table: list[list], before_ro
                 "after": after_by_prompt[b["prompt"]]["response"],
                 "after_score": after_by_prompt[b["prompt"]]["score"]}
                for b in before_rows[:8] if b["prompt"] in after_by_prompt]
-    metrics = [r for r in read_jsonl(ppo_dir / "metrics.jsonl") if r.get("step", 0) > 0]
-    rollouts = read_jsonl(ppo_dir / "rollouts.jsonl")[-3:]
+    metrics = [r for r in read_jsonl(stage_dir / "metrics.jsonl") if r.get("step", 0) > 0]
+    rollouts = read_jsonl(stage_dir / "rollouts.jsonl")[-3:]
+    name = stage_name(config)
+    per_prompt = (f" × {config.num_generations} continuations" if config.algorithm == "grpo"
+                  else "")
     page = build_report(
-        "rlhfkit demo: PPO towards positive movie-review continuations", table,
-        ["metric", "before PPO", "after PPO"], metrics, samples, rollouts,
-        notes=f"policy {config.policy} ({'LoRA' if config.lora else 'full'}), reward model on {config.reward_backbone}, "
-              f"{config.iterations} PPO iterations × {config.batch_size} prompts, "
-              f"{config.eval_prompts} held-out IMDB test openings; total {seconds / 60:.1f} min.")
+        f"rlhfkit demo: {name} towards positive movie-review continuations", table,
+        ["metric", f"before {name}", f"after {name}"], metrics, samples, rollouts,
+        notes=f"policy {config.policy} ({'LoRA' if config.lora else 'full'}), reward model on "
+              f"{config.reward_backbone}, {config.iterations} {name} iterations × "
+              f"{config.batch_size} prompts{per_prompt}, {config.eval_prompts} held-out IMDB "
+              f"test openings; total {seconds / 60:.1f} min.", stage=name)
     path = Path(config.output_dir) / "report.html"
     path.write_text(page)
     return path
 
 
-def run(config: DemoConfig) -> dict:
-    from rlhfkit.online import ppo
+def stage_name(config: DemoConfig) -> str:
+    """How the report names stage 3: PPO, GRPO, RLOO or Dr. GRPO."""
+    if config.algorithm == "ppo":
+        return "PPO"
+    return {"grpo": "GRPO", "rloo": "RLOO", "dr_grpo": "Dr. GRPO"}[config.advantage]
 
+
+def optimise_policy(config: DemoConfig, reward_model: Path) -> Path:
+    """Stage 3 with the configured algorithm; returns its output folder."""
+    from rlhfkit.online import grpo, ppo
+
+    settings = policy_settings(config, reward_model)
+    reference = "adapter disabled" if config.lora else "frozen copy"
+    actor = f"{'LoRA ' if config.lora else ''}policy"
+    if config.algorithm == "grpo":
+        print(f"[demo] stage 3: {stage_name(config)} (policy = {actor}, reference = {reference}, "
+              f"reward model frozen, no critic: each opening is continued "
+              f"{config.num_generations} times and judged against its group)")
+        grpo.run(build(grpo.GRPOConfig, settings))
+    else:
+        critic = ("the reward model" if config.reward_backbone == config.policy
+                  else f"{config.policy} with a zero value head")
+        print(f"[demo] stage 3: PPO (actor = {actor}, reference = {reference}, reward model "
+              f"frozen, critic initialised from {critic})")
+        ppo.run(build(ppo.PPOConfig, settings))
+    return Path(settings["output_dir"])
+
+
+def run(config: DemoConfig) -> dict:
     config = resolve(config)
     start = time.perf_counter()
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
     reward_model = train_reward_model(config)
     rm_seconds = time.perf_counter() - start
-    critic = ("the reward model" if config.reward_backbone == config.policy
-              else f"{config.policy} with a zero value head")
-    print(f"[demo] stage 3: PPO (actor = {'LoRA ' if config.lora else ''}policy, reference = "
-          f"{'adapter disabled' if config.lora else 'frozen copy'}, reward model frozen, "
-          f"critic initialised from {critic})")
-    ppo.run(build(ppo.PPOConfig, ppo_settings(config, reward_model)))
-    ppo_dir = Path(config.output_dir) / "ppo"
-    before_rows, after_rows = before_after(ppo_dir)
+    stage_dir = optimise_policy(config, reward_model)
+    before_rows, after_rows = before_after(stage_dir)
     before, after = summarize(before_rows), summarize(after_rows)
     table = print_table(before, after)
     seconds = time.perf_counter() - start
-    report = write_report(config, ppo_dir, table, before_rows, after_rows, seconds)
+    report = write_report(config, stage_dir, table, before_rows, after_rows, seconds)
     summary = {"before": before, "after": after, "seconds_total": seconds,
                "seconds_reward_model": rm_seconds, "report": str(report)}
     (Path(config.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))

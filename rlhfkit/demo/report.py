@@ -10,10 +10,11 @@ import html
 import io
 import math
 
-# The per-token rows of a rollout (rollouts.jsonl fields); ``fidelity`` (the sampler's log-prob
-# against the trainer's, |Δ| per token) shows where the rollout has it.
-TOKEN_ROWS = ("kl", "values", "advantages")
-OPTIONAL_TOKEN_ROWS = ("fidelity",)
+# The per-token rows of a rollout (rollouts.jsonl fields), in this order, each shown where the
+# rollout has it: PPO logs all four; the critic-free stage has no values and one advantage per
+# response (not per token), so its view is kl and fidelity (the sampler's log-prob against the
+# trainer's, |Δ| per token).
+TOKEN_ROWS = ("kl", "values", "advantages", "fidelity")
 
 # (title, metric keys tried in order) for the curves over PPO iterations.
 CURVES = (
@@ -100,8 +101,9 @@ th{background:#f0f4f8}.plots img{margin:.3em}.tok{white-space:pre-wrap;border-ra
 
 def build_report(title: str, summary: list[list], summary_headers: list[str],
                  metrics_rows: list[dict], samples: list[dict], rollouts: list[dict],
-                 notes: str = "") -> str:
-    """The whole page. ``samples``: {prompt, before, before_score, after, after_score}."""
+                 notes: str = "", stage: str = "PPO") -> str:
+    """The whole page. ``samples``: {prompt, before, before_score, after, after_score};
+    ``stage`` names the policy optimiser in the headers ("before PPO")."""
     plots = [plot_png(metrics_rows, name, keys) for name, keys in CURVES]
     plot_html = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots if p)
     sample_rows = [[s["prompt"], s["before"], s.get("before_score", ""), s["after"],
@@ -110,7 +112,7 @@ def build_report(title: str, summary: list[list], summary_headers: list[str],
         f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
         f'<div class="prompt">{html.escape(r.get("prompt", ""))}</div>'
         + "".join(token_view(r, field) for field in TOKEN_ROWS
-                  + tuple(f for f in OPTIONAL_TOKEN_ROWS if f in r))
+                  if isinstance(r.get(field), list))
         for r in rollouts)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
@@ -118,10 +120,11 @@ def build_report(title: str, summary: list[list], summary_headers: list[str],
 <h2>Before and after</h2>{html_table(summary_headers, summary)}
 <h2>Training curves</h2><div class="plots">{plot_html}</div>
 <h2>Samples on held-out prompts</h2>
-{html_table(["prompt", "before PPO", "score", "after PPO", "score"], sample_rows)}
+{html_table(["prompt", f"before {stage}", "score", f"after {stage}", "score"], sample_rows)}
 <h2>Inside a rollout</h2><p class="note">Response tokens coloured by the per-token KL
-penalty term (log π − log π_ref), the critic's value V_t and the GAE advantage A_t: red
-positive, blue negative; hover a token for its number. The fourth row, fidelity, is
+penalty term (log π − log π_ref), the critic's value V_t and the GAE advantage A_t (PPO; the
+critic-free stage has neither): red positive, blue negative; hover a token for its number. The
+last row, fidelity, is
 |log π_sampler − log π_trainer|: how far the log-prob the sampler drew the token with is from
 the trainer's forward on the same token and weights (0 = the ratio the update sees is exact).
 </p>{token_html}

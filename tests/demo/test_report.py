@@ -36,3 +36,16 @@ def test_token_view_has_a_fourth_row_for_the_sampler_trainer_gap():
         ["<b>kl", "<b>values", "<b>advantages", "<b>fidelity", "<b>kl", "<b>values",
          "<b>advantages"]
     assert 'title="fidelity = 0.2500"' in rows[3] and "max |v| 0.25" in rows[3]
+
+
+def test_critic_free_rollouts_show_only_their_per_token_rows_and_the_stage_name():
+    """GRPO's rollouts.jsonl has per-token kl and fidelity but no values and one advantage per
+    response (a number, not a row): the view shows kl and fidelity; the headers name the stage."""
+    rollout = {"iteration": 4, "prompt": "p", "tokens": ["a", "b"], "kl": [0.1, 0.2],
+               "advantage": 0.4, "fidelity": [1e-6, 3e-6], "score": 0.5}
+    page = build_report("Demo", [], ["metric"], [], [{"prompt": "p", "before": "x",
+                                                       "after": "y"}], [rollout], stage="GRPO")
+    rows = page.split('<div class="tokens">')[1:]
+    assert [r.split("</b>")[0] for r in rows] == ["<b>kl", "<b>fidelity"]
+    assert "<th>before GRPO</th>" in page and "<th>after GRPO</th>" in page
+    assert "before PPO" not in page

@@ -1,0 +1,40 @@
+"""The demo's wiring: its knobs become valid stage configs (no model is loaded here)."""
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.config import ConfigError, build
+from rlhfkit.demo.pipeline import DemoConfig, policy_settings, reward_model_settings, stage_name
+from rlhfkit.online import grpo, ppo
+from rlhfkit.trainers import reward
+
+
+def test_ppo_settings_build_a_ppo_config_with_a_critic():
+    config = DemoConfig(algorithm="ppo", iterations=7, kl_coef=0.1, minibatches=2)
+    built = build(ppo.PPOConfig, policy_settings(config, Path("rm")))
+    assert built.train.max_steps == 7 and built.ppo.kl_coef == 0.1 and built.ppo.minibatches == 2
+    assert built.critic.model_name == config.policy  # a SmolLM2 critic: the RM is MiniLM
+    assert built.output_dir.endswith("ppo") and stage_name(config) == "PPO"
+
+
+@pytest.mark.parametrize("advantage, name", [("grpo", "GRPO"), ("rloo", "RLOO"),
+                                             ("dr_grpo", "Dr. GRPO")])
+def test_grpo_settings_build_a_critic_free_config(advantage, name):
+    config = DemoConfig(algorithm="grpo", advantage=advantage, num_generations=4, batch_size=8,
+                        kl_coef=0.1, minibatches=2)
+    built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
+    assert (built.grpo.advantage, built.grpo.num_generations, built.grpo.beta,
+            built.grpo.minibatches) == (advantage, 4, 0.1, 2)
+    assert built.train.batch_size == 8 and built.output_dir.endswith("grpo")
+    assert not hasattr(built, "critic") and stage_name(config) == name
+
+
+def test_reward_model_reads_rm_max_length_tokens():
+    built = build(reward.RMConfig, {"output_dir": "x",
+                                    **reward_model_settings(DemoConfig(rm_max_length=64))})
+    assert built.data.max_length == 64
+
+
+def test_unknown_algorithm_is_a_config_error():
+    with pytest.raises(ConfigError, match="algorithm"):
+        DemoConfig(algorithm="dpo")
