@@ -75,12 +75,8 @@ def serve_rm_main(argv: list[str]) -> int:
     try:
         reward_server.serve(args.model, args.host, args.port, args.batch_size, args.device,
                             args.dtype, args.max_wait_ms / 1000, args.max_body_bytes)
-    except USER_ERRORS as err:
+    except (*USER_ERRORS, reward_server.AddressError) as err:
         print(f"rlhfkit serve-rm: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # the port is taken, the host unknown
-        print(f"rlhfkit serve-rm: cannot listen on {args.host}:{args.port}: {err}",
-              file=sys.stderr)
         return 2
     return 0
 

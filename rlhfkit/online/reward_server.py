@@ -38,6 +38,10 @@ MAX_TEXT_CHARS = 200_000  # per prompt turn or response: far beyond any max_leng
 MAX_TURNS = 256
 
 
+class AddressError(RuntimeError):
+    """The server cannot listen on the address it was given."""
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant"]
@@ -191,12 +195,16 @@ def serve(model_dir: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           batch_size: int = 16, device: str = "auto", dtype: str = "auto",
           max_wait: float = 0.005, max_body_bytes: int = MAX_BODY_BYTES) -> None:
     """Load the reward model, then serve it until interrupted (what `rlhfkit serve-rm` runs).
-    OSError before the model loads when ``host:port`` cannot be bound (in use, unknown host)."""
+    AddressError before the model loads when ``host:port`` cannot be bound (in use, unknown
+    host)."""
     import uvicorn
 
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    with socket.create_server((host, port), family=family):  # OSError now, not after the load
-        pass
+    try:  # a taken port fails now, not after the model has loaded
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.create_server((host, port), family=family):
+            pass
+    except OSError as err:
+        raise AddressError(f"cannot listen on {host}:{port}: {err}") from None
     scorer = RewardScorer.from_pretrained(model_dir, device, dtype)
     scorer.model.requires_grad_(False)
     app = create_app(scorer, str(model_dir), batch_size, max_wait, max_body_bytes)
