@@ -6,7 +6,7 @@ Each round fills in what the loop decides (output_dir, resume, model.name, data 
 reward.model_path) and builds the stage's config with the stage's own checks
 (``stage_config``); ``__post_init__`` builds them once with placeholders, so a bad key in a
 stage section fails at load time naming its dotted key (``ppo.train.max_steps=…``).
-Tests: tests/loop/test_config.py.
+Tests: tests/loop/test_loop_config.py.
 """
 from __future__ import annotations
 
