@@ -92,6 +92,12 @@ the ranking reversed with probability p: P(a ≻ b) = (1 − p)·σ(Δ/T) + p·(
     ops/noise.py::noisy_ranks, competition_ranks, preference_probability
     test_noise.py::test_pair_frequency_matches_bradley_terry_with_flips
     test_noise.py::test_first_place_frequency_is_the_softmax, test_preference_probability_by_hand
+Leaderboard (Chatbot Arena): Bradley–Terry P(a ≻ b) = σ(θ_a − θ_b), logistic MLE + λ/2·Σθ², ties
+half; Elo R = 1000 + 400·log10(e)·θ; intervals from a bootstrap over judgments
+    ops/leaderboard.py::bradley_terry, ranking_pairs, bootstrap_intervals, win_rate
+    test_leaderboard_ops.py::test_three_wins_to_one_is_400_log10_3_apart
+    test_leaderboard_ops.py::test_three_models_in_order, test_a_tie_counts_half
+    test_leaderboard_ops.py::test_interval_holds_the_estimate_and_narrows_with_more_data
 Variant tables: one function per variant, picked by name (ValueError listing the allowed ones)
     ops/tables.py::pick
     test_tables.py::test_pick_names_what_was_asked_and_the_sorted_allowed_names
