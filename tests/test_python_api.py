@@ -132,7 +132,7 @@ def test_errors_are_the_clis_messages_raised(repo_root, tmp_path):
     ppo = tiny(repo_root, "ppo", tmp_path / "p", reward={"function": ""},
                train={"max_steps": 1, "report_to": []})
     with pytest.raises(rlhfkit.ConfigError, match="expected a reward model folder, or set "
-                                                  "reward.function"):
+                                                  "reward.url or reward.function"):
         rlhfkit.ppo(ppo)  # no reward_fn either
     with pytest.raises(rlhfkit.RewardError, match=r"returned 1 values for 16 responses"):
         rlhfkit.ppo(ppo, reward_fn=lambda prompts, responses: [0.0])
