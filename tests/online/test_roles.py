@@ -35,7 +35,10 @@ def test_first_ppo_ratio_is_one_with_dropout_in_the_model(repo_root, tmp_path, l
         f"output_dir={tmp_path}", f"data.train_path={repo_root}/data/tiny/prompts.jsonl",
         "model.lora.enabled=true", f"model.lora.dropout={DROPOUT}", f"critic.layout={layout}",
         "ppo.ppo_epochs=1", "ppo.minibatches=1", "train.batch_size=4", "train.max_steps=1",
-        "rollout.temperature=1.0", *on_device])
+        "rollout.temperature=1.0",
+        # the scoring forward (eval mode) against the update's (train mode), as this test means;
+        # the sampler's log-probs differ from both by float rounding (test_generate.py)
+        "rollout.old_logprobs=forward", *on_device])
     ppo.run(cfg)
     (metrics,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
                   if json.loads(line).get("step") == 1]
