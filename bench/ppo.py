@@ -10,8 +10,9 @@ whitened advantages, AdamW lr 1e-5, clip-norm 1.0:
 - TRL trains policy and critic as one module with one optimiser: loss = pg + 0.1·vf, one norm
   clip over both; rlhfkit (critic.layout=separate) has two optimisers, the critic's loss
   unscaled, each model clipped on its own.
-- TRL takes the old log-probs from the sampling logits; rlhfkit recomputes them with a forward
-  pass (and the entropy); the reference, critic and reward-model forwards are on both sides.
+- TRL takes the old log-probs from the sampling logits, and so does rlhfkit by default
+  (rollout.old_logprobs: auto, with the entropy); the reference, critic and reward-model
+  forwards are on both sides.
 - rlhfkit's reward model re-tokenises the decoded text (as ``rlhfkit ppo`` does); TRL scores
   the sampled ids directly. Both stop at EOS (TRL stop_token="eos"); scores are not clipped
   (rlhfkit reward_clip set to 1e6).
