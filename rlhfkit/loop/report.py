@@ -10,7 +10,7 @@ import html
 import json
 from pathlib import Path
 
-from rlhfkit.demo.report import STYLE, html_table, plot_png, token_view
+from rlhfkit.demo.report import STYLE, TOKEN_ROWS, html_table, plot_png, token_view
 from rlhfkit.loop.config import LoopConfig
 from rlhfkit.loop.rounds import Layout, compare_texts, policy_name
 
@@ -22,7 +22,6 @@ CURVES = (
     ("KL to the round-0 policy (nats / response)", ("kl_to_round0",)),
     ("Win rate vs the previous policy", ("win_rate_previous",)),
 )
-TOKEN_FIELDS = ("kl", "values", "advantages")  # rollouts.jsonl of PPO (GRPO: kl, advantages)
 
 HEADERS = ["round", "labels", "RM held-out acc. (this round)", "RM acc. (earlier rounds)",
            "RM_0 acc. (this round)", "score by RM_r", "score by judge", "KL to round 0",
@@ -81,7 +80,8 @@ def write_report(config: LoopConfig, layout: Layout, rows: list[dict], store=Non
     token_html = "".join(
         f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
         f'<div class="prompt">{html.escape(str(r.get("prompt", "")))}</div>'
-        + "".join(token_view(r, field) for field in TOKEN_FIELDS if r.get(field))
+        + "".join(token_view(r, field) for field in TOKEN_ROWS
+                  if isinstance(r.get(field), list))
         for r in rollouts)
     judge = (config.judge.reward.function or config.judge.reward.model_path
              or config.judge.reward.url or "none")
