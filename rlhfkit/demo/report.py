@@ -76,6 +76,17 @@ def token_view(rollout: dict, field: str) -> str:
     return f'<div class="tokens"><b>{html.escape(field)}</b> (max |v| {scale:.3g}): {spans}</div>'
 
 
+def rollouts_html(rollouts: list[dict]) -> str:
+    """Rows of rollouts.jsonl as the token-level view: a heading per rollout (iteration, score),
+    its prompt, then one coloured row per TOKEN_ROWS field it has."""
+    return "".join(
+        f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
+        f'<div class="prompt">{html.escape(str(r.get("prompt", "")))}</div>'
+        + "".join(token_view(r, field) for field in TOKEN_ROWS
+                  if isinstance(r.get(field), list))
+        for r in rollouts)
+
+
 def html_table(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -108,12 +119,7 @@ def build_report(title: str, summary: list[list], summary_headers: list[str],
     plot_html = "".join(f'<img alt="plot" src="data:image/png;base64,{p}">' for p in plots if p)
     sample_rows = [[s["prompt"], s["before"], s.get("before_score", ""), s["after"],
                     s.get("after_score", "")] for s in samples]
-    token_html = "".join(
-        f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
-        f'<div class="prompt">{html.escape(r.get("prompt", ""))}</div>'
-        + "".join(token_view(r, field) for field in TOKEN_ROWS
-                  if isinstance(r.get(field), list))
-        for r in rollouts)
+    token_html = rollouts_html(rollouts)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1><p class="note">{html.escape(notes)}</p>

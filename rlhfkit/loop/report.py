@@ -1,7 +1,7 @@
 """``output_dir/report.html`` of ``rlhfkit loop``: one row per round, the curves over rounds,
 the leaderboard, the newest comparison's answers and the token-level view of the last policy
 step's rollouts. The page's pieces are the demo report's (rlhfkit/demo/report.py: html_table,
-plot_png, token_view, STYLE): one report style for the project, self-contained (plots inlined).
+plot_png, rollouts_html, STYLE): one report style for the project, self-contained (plots inlined).
 Tests: tests/loop/test_loop.py.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import html
 import json
 from pathlib import Path
 
-from rlhfkit.demo.report import STYLE, TOKEN_ROWS, html_table, plot_png, token_view
+from rlhfkit.demo.report import STYLE, html_table, plot_png, rollouts_html
 from rlhfkit.loop.config import LoopConfig
 from rlhfkit.loop.rounds import Layout, compare_texts, policy_name
 
@@ -77,12 +77,7 @@ def write_report(config: LoopConfig, layout: Layout, rows: list[dict], store=Non
         if rows else None
     rollouts = [json.loads(line) for line in rollouts_path.read_text().splitlines()
                 if line.strip()][-2:] if rollouts_path and rollouts_path.exists() else []
-    token_html = "".join(
-        f'<h3>Iteration {r.get("iteration", "?")}, score {r.get("score", float("nan")):.3f}</h3>'
-        f'<div class="prompt">{html.escape(str(r.get("prompt", "")))}</div>'
-        + "".join(token_view(r, field) for field in TOKEN_ROWS
-                  if isinstance(r.get(field), list))
-        for r in rollouts)
+    token_html = rollouts_html(rollouts)
     judge = (config.judge.reward.function or config.judge.reward.model_path
              or config.judge.reward.url or "none")
     notes = (f"{config.rounds} rounds; annotator {config.annotator}"
