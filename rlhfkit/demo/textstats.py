@@ -2,13 +2,18 @@
 
 A policy that learns to repeat one rewarded word ("great great great …") keeps a high score
 while distinct-2 collapses and the repetition rate climbs; the demo reports both before and
-after PPO. Tests: tests/demo/test_textstats.py.
+after PPO. Chinese is written without spaces, so each CJK character counts as a word
+(character-level distinct-n, as Chinese generation papers report it). Tests:
+tests/demo/test_textstats.py, tests/demo/test_textstats_zh.py.
 """
 from __future__ import annotations
 
 import re
 
-_WORD = re.compile(r"\w+|[^\w\s]")
+# One CJK ideograph (U+3400–U+9FFF, U+F900–U+FAFF), or a run of other word characters, or one
+# punctuation mark.
+_CJK = "\u3400-\u9fff\uf900-\ufaff"
+_WORD = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+|[^\w\s]")
 
 
 def words(text: str) -> list[str]:

