@@ -48,12 +48,21 @@ def judge_queue(store: Store, judge: Annotator, score: Callable, temperature: fl
     stored = 0
     while (task := next_task(store, judge)) is not None:
         texts = [c["text"] for c in task["candidates"]]  # as shown to the judge
-        scores = torch.as_tensor(score([task["prompt"]] * len(texts), texts), dtype=torch.float64)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + task["task_id"])
-        ranks = noisy_ranks(scores[None], temperature, flip_prob, generator)[0]
-        _, created = submit(store, judge, task["task_id"], [int(r) for r in ranks])
+        scores = score([task["prompt"]] * len(texts), texts)
+        ranks = simulated_ranks(scores, temperature, flip_prob, seed, task["task_id"])
+        _, created = submit(store, judge, task["task_id"], ranks)
         stored += created
     return stored
+
+
+def simulated_ranks(scores, temperature: float, flip_prob: float, seed: int,
+                    task_id: int) -> list[int]:
+    """The simulated annotator's ranking of one task (1 = best): the judge's noise-free
+    ``scores`` (K,) through ``ops.noise.noisy_ranks``, its noise seeded by (seed, task id), so a
+    rerun ranks the task the same way. bench/selection.py labels its pool with it too."""
+    scores = torch.as_tensor(scores, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + task_id)
+    return [int(r) for r in noisy_ranks(scores[None], temperature, flip_prob, generator)[0]]
 
 
 def progress(store: Store, tag: str) -> tuple[int, int]:

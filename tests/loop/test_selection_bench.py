@@ -1,0 +1,106 @@
+"""bench/selection.py (the label-efficiency measurement of ``selection``, docs/loop.md) kept
+from breaking silently: its pure pieces by hand, and ``main`` end to end on the tiny loop
+(tiny-llama policy and reward model, the compressibility judge) — pool cached, round 0 shared
+by both strategies, labels exactly the simulated annotator's, a rerun continues."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_bench():
+    path = ROOT / "bench" / "selection.py"
+    spec = importlib.util.spec_from_file_location("bench_selection", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_selection"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def test_simulated_ranks_is_the_noise_model_seeded_by_task():
+    """No noise → the judge's order (competition ranks, ties shared); flip 1 → reversed; the
+    same (seed, task id) → the same draw, another task id → its own."""
+    from rlhfkit.loop.annotate import simulated_ranks
+
+    assert simulated_ranks([0.3, 2.0, -1.0, 0.3], 0.0, 0.0, 0, 7) == [2, 1, 4, 2]
+    assert simulated_ranks([0.3, 2.0, -1.0], 0.0, 1.0, 0, 7) == [2, 3, 1]
+    scores = [0.1, 0.2, 0.3, 0.4]
+    draws = {tuple(simulated_ranks(scores, 5.0, 0.0, 3, task)) for task in range(40)}
+    assert simulated_ranks(scores, 5.0, 0.0, 3, 11) == simulated_ranks(scores, 5.0, 0.0, 3, 11)
+    assert len(draws) > 5  # T = 5 on gaps of 0.1: nearly uniform orders
+
+
+def test_schedule_and_labels_to_reach_by_hand():
+    assert bench.schedule(16, 16, 64) == [16, 32, 48, 64]
+    assert bench.schedule(10, 16, 40) == [10, 26, 40]  # the last batch is short
+    with pytest.raises(ValueError, match="--start"):
+        bench.schedule(0, 16, 64)
+    curve = [(16, 0.60), (32, 0.70), (48, 0.68), (64, 0.72)]
+    assert bench.labels_to_reach(curve, 0.70) == 32
+    assert bench.labels_to_reach(curve, 0.72) == 64
+    assert bench.labels_to_reach(curve, 0.73) is None
+    # mean over two seeds: (0.6+0.8)/2 = 0.7 at 16, (0.7+0.9)/2 = 0.8 at 32
+    assert bench.mean_curve([[(16, 0.6), (32, 0.7)], [(16, 0.8), (32, 0.9)]]) == \
+        [(16, pytest.approx(0.7)), (32, pytest.approx(0.8))]
+
+
+def test_summarize_target_is_randoms_full_budget_mean():
+    """target = random's mean at the budget (0.7 + 0.8)/2 = 0.75; uncertainty's mean curve
+    (0.7, 0.76) reaches it at 16 labels = 50% of 32; per seed, against that seed's random:
+    seed 0 (target 0.7) at 16, seed 1 (target 0.8) never."""
+    curves = {"random": {0: [(16, 0.6), (32, 0.7)], 1: [(16, 0.6), (32, 0.8)]},
+              "uncertainty": {0: [(16, 0.72), (32, 0.74)], 1: [(16, 0.68), (32, 0.78)]}}
+    summary = bench.summarize(curves, 32)
+    assert summary["target"] == pytest.approx(0.75)
+    assert summary["needed"]["uncertainty"] == {"labels": 32, "share": 1.0}
+    assert summary["needed"]["random"] == {"labels": 32, "share": 1.0}
+    assert summary["per_seed"]["uncertainty"] == {0: 16, 1: None}
+    curves["uncertainty"][1] = [(16, 0.80), (32, 0.78)]  # mean (0.76, 0.76) → 16 labels
+    assert bench.summarize(curves, 32)["needed"]["uncertainty"] == {"labels": 16, "share": 0.5}
+
+
+def test_main_on_the_tiny_loop(tmp_path):
+    from rlhfkit.config import load_config
+    from rlhfkit.loop.annotate import simulated_ranks
+    from rlhfkit.loop.config import LoopConfig
+
+    out = tmp_path / "selection"
+    argv = ["--config", str(ROOT / "examples/loop_tiny.yaml"), "--out", str(out),
+            "--pool", "10", "--heldout", "4", "--start", "3", "--batch", "2", "--budget", "5",
+            "--seeds", "0", "--figure", str(tmp_path / "curve.png"),
+            f"data.train_path={ROOT / 'data/tiny/prompts.jsonl'}", "rm.train.max_steps=2"]
+    result = bench.main(argv)
+    assert result["budgets"] == [3, 5] and result["heldout"] == 4
+    for strategy in ("random", "uncertainty"):
+        curve = result["curves"][strategy]["0"]
+        assert [labels for labels, _ in curve] == [3, 5]
+        assert all(0 <= accuracy <= 1 for _, accuracy in curve)
+    assert result["curves"]["random"]["0"][0] == result["curves"]["uncertainty"]["0"][0]
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    seed_dir = out / "seed-0"
+    assert (seed_dir / "uncertainty/round-0").resolve() == (seed_dir / "round-0").resolve()
+    pool = [json.loads(line) for line in (out / "pool.jsonl").read_text().splitlines()[1:]]
+    config = load_config(LoopConfig, str(ROOT / "examples/loop_tiny.yaml"))
+    for strategy in ("random", "uncertainty"):
+        picks = [json.loads((seed_dir / strategy / f"round-{r}/result.json").read_text())["picks"]
+                 for r in (0, 1)]
+        assert len(picks[0]) == 3 and len(picks[1]) == 2 and not set(picks[0]) & set(picks[1])
+        rows = [json.loads(line) for line in
+                (seed_dir / strategy / "round-1/train.jsonl").read_text().splitlines()]
+        for i, row in zip(picks[0] + picks[1], rows):  # the annotator's noisy ranking of task i+1
+            ranks = simulated_ranks(pool[i]["truth"], config.judge.temperature,
+                                    config.judge.flip_prob, 0, i + 1)
+            assert row["responses"] == [pool[i]["texts"][s] for s in
+                                        sorted(range(len(ranks)), key=lambda s: (ranks[s], s))]
+    mtime = (out / "pool.jsonl").stat().st_mtime_ns
+    again = bench.main(argv)  # every round done: read back, nothing rebuilt or retrained
+    assert again["curves"] == result["curves"]
+    assert (out / "pool.jsonl").stat().st_mtime_ns == mtime
