@@ -10,6 +10,7 @@ Routes (the contract with the page: notes in docs/label.md, "HTTP API"):
     POST /api/admin/annotators            201 {"name", "token", "link"}
     POST /api/admin/annotators/{name}/disable | /enable
     GET  /api/admin/export?format=ranked|pairs[&keep_all_bad=true]   JSONL download
+    GET  /api/admin/leaderboard[?tag=PREFIX&bootstrap=N]  rows as `label leaderboard --json`
 
 Security: ``Authorization: Bearer <token>``; no or an unknown token → 401, a disabled
 annotator → 403, an annotator token on an admin route (or the admin token on an annotator
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
@@ -268,7 +269,8 @@ def _add_annotator_routes(app: FastAPI, store, annotator) -> None:
 
 
 def _add_admin_routes(app: FastAPI, store, admin, forget, base_url: str) -> None:
-    """/api/admin/summary, /api/admin/annotators (add, disable, enable), /api/admin/export."""
+    """/api/admin/summary, /api/admin/annotators (add, disable, enable), /api/admin/export,
+    /api/admin/leaderboard."""
 
     @app.get("/api/admin/summary")
     def admin_summary(token: str = Depends(bearer)):
@@ -312,3 +314,16 @@ def _add_admin_routes(app: FastAPI, store, admin, forget, base_url: str) -> None
         return Response("".join(export_lines(store, format, keep_all_bad)),
                         media_type="application/x-ndjson", headers={
                             "Content-Disposition": f'attachment; filename="{format}.jsonl"'})
+
+    @app.get("/api/admin/leaderboard")
+    def admin_leaderboard(tag: str | None = Query(None, max_length=100),
+                          bootstrap: int = Query(1000, ge=0, le=10_000),
+                          token: str = Depends(bearer)):
+        """The rows of `rlhfkit label leaderboard --json` (best first): Bradley–Terry ratings
+        of the models whose candidates were ranked, ``tag``: only tasks whose tag starts with
+        it; ``bootstrap``: resamples for the 95% intervals (0: none)."""
+        admin(token)
+        # imported here: the fit needs torch, which the serving routes never load
+        from rlhfkit.label.leaderboard import leaderboard
+
+        return leaderboard(store, tag, n=bootstrap)

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.label.app import create_app
+from rlhfkit.label.leaderboard import leaderboard
 from rlhfkit.label.store import add_annotator, add_task
 
 
@@ -92,13 +93,14 @@ def test_someone_elses_task_is_409(api):
 
 def test_auth_401_and_403(api):
     client, admin_token, tokens = api
-    for path in ("/api/me", "/api/tasks/next", "/api/admin/summary"):
+    for path in ("/api/me", "/api/tasks/next", "/api/admin/summary", "/api/admin/leaderboard"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers=auth("not-a-token")).status_code == 401
         assert client.get(path, headers={"Authorization": "Basic abc"}).status_code == 401
     alice = auth(tokens["alice"])
     assert client.get("/api/admin/summary", headers=alice).status_code == 403
     assert client.get("/api/admin/export?format=ranked", headers=alice).status_code == 403
+    assert client.get("/api/admin/leaderboard", headers=alice).status_code == 403
     assert client.post("/api/admin/annotators", json={"name": "eve"}, headers=alice
                        ).status_code == 403
     assert client.get("/api/tasks/next", headers=auth(admin_token)).status_code == 403
@@ -135,6 +137,45 @@ def test_admin_api(api):
     assert client.get("/api/admin/export?format=csv", headers=admin).status_code == 422
 
 
+def test_admin_leaderboard_rows_with_the_tag_filter(store_and_admin):
+    """Two tasks tagged round-0/compare, one round-1/compare, each "new" vs an "old" whose name
+    is markup; alice prefers "new" in round 0 and "old" in round 1 through the API."""
+    db, store, admin_token = store_and_admin
+    rng = random.Random(0)
+    old = "<b>old</b>"
+    with store.transaction() as conn:
+        for i, tag in enumerate(("round-0/compare", "round-0/compare", "round-1/compare")):
+            add_task(conn, (("user", f"p{i}"),), [f"old {i}", f"new {i}"], [old, "new"],
+                     [{}] * 2, rng, tag=tag)
+    alice = auth(add_annotator(store, "alice"))
+    with TestClient(create_app(db)) as client:
+        for _ in range(3):
+            task = client.get("/api/tasks/next", headers=alice).json()
+            best = "new" if task["prompt"] != "p2" else "old"
+            ranks = [1 if c["text"].startswith(best) else 2 for c in task["candidates"]]
+            assert client.post("/api/judgments", headers=alice, json={
+                "task_id": task["task_id"], "ranks": ranks}).status_code == 201
+        admin = auth(admin_token)
+        response = client.get("/api/admin/leaderboard?bootstrap=50", headers=admin)
+        assert response.status_code == 200
+        rows = response.json()
+        assert rows == leaderboard(store, n=50)  # the rows of `label leaderboard --json`
+        assert [(r["model"], r["comparisons"]) for r in rows] == [("new", 3), (old, 3)]
+        assert rows[0]["lo"] < rows[0]["elo"] < rows[0]["hi"]
+        default = client.get("/api/admin/leaderboard", headers=admin).json()
+        assert default == leaderboard(store)  # 1,000 resamples unless told
+        round_1 = client.get("/api/admin/leaderboard?tag=round-1/&bootstrap=0", headers=admin)
+        assert [(r["model"], r["comparisons"], r["lo"], r["hi"]) for r in round_1.json()] == \
+            [(old, 1, None, None), ("new", 1, None, None)]  # round 1 only: old won
+        assert client.get("/api/admin/leaderboard?tag=round-0/", headers=admin).json() == \
+            leaderboard(store, "round-0/")
+        assert client.get("/api/admin/leaderboard?tag=round-9/", headers=admin).json() == []
+        for bad in ("bootstrap=-1", "bootstrap=many", "tag=" + "r" * 101):
+            response = client.get(f"/api/admin/leaderboard?{bad}", headers=admin)
+            assert response.status_code == 422
+            assert bad.split("=")[0] in json.dumps(response.json()["detail"])
+
+
 def test_request_size_limit(api):
     client, _, tokens = api
     task = client.get("/api/tasks/next", headers=auth(tokens["alice"])).json()
@@ -156,7 +197,8 @@ def test_request_size_limit(api):
 def test_openapi_and_pages(api):
     client, _, _ = api
     spec = client.get("/openapi.json").json()
-    assert {"/api/tasks/next", "/api/judgments", "/api/admin/summary"} <= set(spec["paths"])
+    assert {"/api/tasks/next", "/api/judgments", "/api/admin/summary",
+            "/api/admin/leaderboard"} <= set(spec["paths"])
     for path in ("/", "/admin"):  # the pages, served from the package with no CDN
         page = client.get(path)
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

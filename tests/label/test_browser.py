@@ -3,7 +3,8 @@ a real uvicorn server of ``create_app`` on 127.0.0.1, over a temp SQLite store s
 the store API. What a person does: log in by link, rank by keyboard and by drag-and-drop, tie,
 undo, skip, "all bad", submit and see the done count move, the K = 2 form, the phone width; a
 ``<script>`` probe in a prompt and a response shows as text and never runs; the admin page
-lists, creates and disables annotators and refuses an annotator's token.
+lists, creates and disables annotators, refuses an annotator's token, and shows the
+leaderboard of the models (a model named like a ``<script>`` probe shown as text), by tag.
 
 Without Playwright or /usr/bin/chromium these tests skip, except under CI=true, where they
 fail: scripts/install.sh installs both (never ``playwright install``: it downloads a browser).
@@ -20,7 +21,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from rlhfkit.label.store import add_annotator, add_task, candidates, init_store, judgments
+from rlhfkit.label import queue
+from rlhfkit.label.leaderboard import leaderboard
+from rlhfkit.label.store import (
+    add_annotator,
+    add_task,
+    candidates,
+    hash_token,
+    init_store,
+    judgments,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and quiet on a closed network: without the networking flags Chromium keeps
@@ -383,6 +393,57 @@ def test_admin_page_lists_creates_and_disables_annotators(browser, site):
             {headers: {Authorization: 'Bearer ' + t}}).then(r => r.status)""", s.tokens["bob"])
         assert status == 403
         assert page.errors == [] and carol.errors == []
+
+
+def test_admin_page_shows_the_leaderboard_by_tag(browser, site):
+    """Three "checkpoints" — round-0, round-1 and one named like the probe — in tasks tagged
+    round-0/compare (2) and round-1/compare (1); bob ranks round-1 ≻ probe ≻ round-0 in round 0
+    and the reverse in round 1. The table is the rows of /api/admin/leaderboard, the probe's
+    name is text, the tag filter refits."""
+    with site({"seed prompt": ["s1", "s2"]}, names=("bob",)) as s:
+        rng = random.Random(0)
+        models = ["round-0", "round-1", PROBE]
+        with s.store.transaction() as conn:
+            for i, tag in enumerate(("round-0/compare", "round-0/compare", "round-1/compare")):
+                add_task(conn, [["user", f"compare {i}"]], [f"{m} says {i}" for m in models],
+                         models, [{}] * 3, rng, tag=tag)
+        bob = queue.annotator_by_token_hash(s.store, hash_token(s.tokens["bob"]))
+        order = {"round-0/": ["round-1", PROBE, "round-0"],
+                 "round-1/": ["round-0", PROBE, "round-1"]}
+        while (task := queue.next_task(s.store, bob)) is not None:
+            if task["prompt"] == "seed prompt":
+                queue.submit(s.store, bob, task["task_id"], [1, 1])
+                continue
+            best = order["round-1/" if task["prompt"] == "compare 2" else "round-0/"]
+            queue.submit(s.store, bob, task["task_id"], [
+                best.index(c["text"].rsplit(" says ", 1)[0]) + 1 for c in task["candidates"]])
+
+        page = open_page(browser, f"{s.url}/admin?token={s.admin_token}")
+        page.wait_for_selector("#leaderboard tbody tr[data-model]")
+        rows = page.locator("#leaderboard tbody tr")
+        expected = leaderboard(s.store)  # what the page asked for: every task, 1,000 resamples
+        assert [r.get_attribute("data-model") for r in rows.all()] == \
+            [row["model"] for row in expected] == ["round-1", PROBE, "round-0"]
+        first = rows.first.locator("td").all_inner_texts()
+        assert first == ["1", "round-1", f"{expected[0]['elo']:.1f}",
+                         f"{expected[0]['lo']:.1f} – {expected[0]['hi']:.1f}", "6"]  # 2 pairs × 3 tasks
+        assert rows.nth(1).locator("td").nth(1).text_content() == PROBE
+        assert page.locator("#leaderboard script, #leaderboard img").count() == 0
+
+        page.fill("#lb-tag", "round-1/")
+        page.click("#lb-filter button[type=submit]")
+        page.wait_for_function("() => document.querySelector('#leaderboard tbody tr')"
+                               ".dataset.model === 'round-0'")
+        assert [r.get_attribute("data-model") for r in rows.all()] == \
+            ["round-0", PROBE, "round-1"]
+        assert rows.first.locator("td").last.inner_text() == "2"  # one task: 2 comparisons
+        page.fill("#lb-tag", "round-9/")
+        page.press("#lb-tag", "Enter")
+        page.wait_for_selector("#leaderboard tbody tr:not([data-model])")
+        assert "round-9/" in page.inner_text("#leaderboard tbody")
+        time.sleep(0.2)  # an onerror handler would have fired by now
+        assert page.evaluate("window.__pwned") is None
+        assert page.errors == []
 
 
 DEMO_PROMPT = "Explain to a ten-year-old why the sky is blue."

@@ -1,5 +1,6 @@
 // The admin page of `rlhfkit label serve`: progress, agreement, annotators (create, disable),
-// export. Annotator names and every other stored string are put into the page as text only.
+// the leaderboard of the models, export. Annotator and model names and every other stored
+// string are put into the page as text only.
 "use strict";
 
 (() => {
@@ -65,7 +66,9 @@
     $("login-error").textContent = text;
   }
 
-  async function load() {
+  // The summary reloads every 15 s; the leaderboard (a Bradley–Terry fit and a bootstrap: up
+  // to seconds on a big store) only when the page opens, on Refresh and on a new tag filter.
+  async function load({ leaderboard = false } = {}) {
     if (!token) return loggedOut("");
     let resp;
     try {
@@ -77,6 +80,7 @@
     if (resp.status === 403) return loggedOut("This token is an annotator's, not the admin token (403).");
     if (!resp.ok) return loggedOut(`The server answered ${resp.status}: ${await detail(resp)}`);
     render(await resp.json());
+    if (leaderboard) await loadLeaderboard();
   }
 
   function render(s) {
@@ -160,6 +164,52 @@
     if (!dl.children.length) dl.append(el("dt", "", "no overlapping judgments yet"), el("dd"));
   }
 
+  const fixed1 = (v) => (typeof v === "number" ? v.toFixed(1) : "–");
+  let leaderboardCall = 0;  // a slower, older answer never overwrites a newer one
+
+  async function loadLeaderboard() {
+    const call = ++leaderboardCall;
+    const tag = $("lb-tag").value;
+    let resp;
+    try {
+      resp = await api("GET", "/api/admin/leaderboard" + (tag ? `?tag=${encodeURIComponent(tag)}` : ""));
+    } catch (_) {
+      return renderLeaderboard([], "The server does not answer.");
+    }
+    if (call !== leaderboardCall) return;
+    if (!resp.ok) return renderLeaderboard([], `The server answered ${resp.status}: ${await detail(resp)}`);
+    const rows = await resp.json();
+    if (call !== leaderboardCall) return;
+    renderLeaderboard(rows, tag ? `No judgment of a task tagged ${tag}… compares candidates of two different models.`
+      : "No judgment compares candidates of two different models yet.");
+  }
+
+  // Rows {model, elo, lo, hi, comparisons}, best first, as `rlhfkit label leaderboard --json`.
+  function renderLeaderboard(rows, emptyText) {
+    const body = $("leaderboard").tBodies[0];
+    body.replaceChildren();
+    if (!rows.length) {
+      const tr = el("tr");
+      const td = el("td", "", emptyText);
+      td.colSpan = 5;
+      tr.append(td);
+      body.append(tr);
+    }
+    rows.forEach((row, i) => {
+      const tr = el("tr");
+      tr.dataset.model = row.model;
+      tr.append(el("td", "num", String(i + 1)), el("td", "", row.model), el("td", "num", fixed1(row.elo)),
+        el("td", "num", row.lo == null ? "–" : `${fixed1(row.lo)} – ${fixed1(row.hi)}`),
+        el("td", "num", String(row.comparisons)));
+      body.append(tr);
+    });
+  }
+
+  $("lb-filter").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    loadLeaderboard();
+  });
+
   // Disabling keeps the annotator's judgments; their link answers 403 until enabled again.
   async function setActive(name, active) {
     const verb = active ? "enable" : "disable";
@@ -214,7 +264,7 @@
     });
   }
 
-  $("refresh").addEventListener("click", load);
+  $("refresh").addEventListener("click", () => load({ leaderboard: true }));
   setInterval(() => { if (!document.hidden && !$("dash").hidden) load(); }, 15000);
-  load();
+  load({ leaderboard: true });
 })();
