@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return label_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
         print("usage: rlhfkit {" + ",".join(STAGES) + "} --config FILE.yaml [key=value ...]\n"
-              "       rlhfkit demo [--quick]   the whole pipeline on the embedded model\n"
+              "       rlhfkit demo [--quick] [--lang zh]   the whole pipeline (English, Chinese)\n"
               "       rlhfkit score --model DIR --data FILE [--output FILE]\n"
               "       rlhfkit serve-rm --model DIR [--host H] [--port P]   reward model over HTTP\n"
               "       rlhfkit label {init,generate,import,add-annotator,serve,stats,export,...}\n"
@@ -108,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides")
     if "quick" in getattr(config_cls, "__dataclass_fields__", {}):
         parser.add_argument("--quick", action="store_true", help="the same as quick=true")
+    if "lang" in getattr(config_cls, "__dataclass_fields__", {}):
+        parser.add_argument("--lang", default=None, help="the same as lang=LANG (demo: en, zh)")
     args = parser.parse_args(rest)
-    overrides = args.overrides + (["quick=true"] if getattr(args, "quick", False) else [])
+    overrides = args.overrides + (["quick=true"] if getattr(args, "quick", False) else []) + \
+        ([f"lang={args.lang}"] if getattr(args, "lang", None) else [])
     try:
         config = load_config(config_cls, args.config, overrides)
     except ConfigError as err:

@@ -26,6 +26,15 @@ if [ ! -x /usr/bin/chromium ]; then
     echo "note: /usr/bin/chromium missing (apt-get install chromium as root): the browser tests skip"
   fi
 fi
+# A font with CJK glyphs for the Chinese demo's report (plots and page; tests/demo/test_*_zh.py).
+# As root (CI) a failed install stops here: under CI=true those tests fail rather than skip.
+if ! ls /usr/share/fonts/truetype/wqy/wqy-microhei.ttc /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null
+  else
+    echo "note: no CJK font (apt-get install fonts-wqy-microhei as root): the Chinese report tests skip"
+  fi
+fi
 # Debian's PostgreSQL server for the label store's PostgreSQL tests: they start a throwaway
 # cluster themselves (initdb + pg_ctl as the postgres user, unix socket in a temp dir). As root
 # (CI) a failed install stops here: under CI=true those tests fail rather than skip.
@@ -36,4 +45,5 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     echo "note: PostgreSQL server missing (apt-get install postgresql as root): its tests skip"
   fi
 fi
-echo "rlhfkit installed: try 'rlhfkit demo'"
+# The Chinese demo (rlhfkit demo --lang zh) needs the optional extra: pip install -e ".[zh]"
+echo "rlhfkit installed: try 'rlhfkit demo' (Chinese: pip install -e '.[zh]' && rlhfkit demo --lang zh)"

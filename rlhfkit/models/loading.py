@@ -82,7 +82,7 @@ def smollm2_dir(cache_dir: str = "") -> Path:
 
 def gemma3_dir(cache_dir: str = "") -> Path:
     """Folder of the de-quantised Gemma 3 270M safetensors; on first use the optional package
-    assembles its GGUF (253 MB, SHA-256 checked) into a temporary folder, converted, then deleted."""
+    assembles its GGUF (253 MB, SHA-256 checked) in a temporary folder, converted, deleted."""
     target = cache_root(cache_dir) / GEMMA3
     if _complete(target):
         return target

@@ -1,0 +1,139 @@
+"""``rlhfkit demo --lang zh`` (issue 16): the English demo's code path on Chinese data, models and
+words. Wiring (no model), the SnowNLP judge by hand, the optional Gemma alias, and the quick run
+end to end through the CLI: Chinese prompts through the reward model, PPO and the report, whose
+CJK text a headless Chromium must draw as glyphs, not as empty boxes.
+
+Without snownlp, playwright, /usr/bin/chromium or a CJK font the tests that need them skip,
+except under CI=true, where they fail: scripts/install.sh installs all four. The Gemma model
+(the optional extra) is never needed here."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.config import build
+from rlhfkit.demo.judge import judge_fn
+from rlhfkit.demo.pipeline import (DATA, LANGUAGES, DemoConfig, policy_settings, resolve,
+                                   reward_model_settings, summarize)
+from rlhfkit.online import ppo
+from rlhfkit.trainers import reward
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def require(ok: bool, message: str) -> None:
+    if ok:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}: scripts/install.sh installs it (CI must run this test)")
+    pytest.skip(message)
+
+
+def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
+    config = resolve(DemoConfig(lang="zh"))
+    assert (config.policy, config.reward_backbone) == ("gemma3-270m", "gemma3-270m")
+    rm = build(reward.RMConfig, {"output_dir": "x", **reward_model_settings(config)})
+    assert rm.data.train_path == str(DATA / "sentiment_zh/pairs_train.jsonl.gz")
+    built = build(ppo.PPOConfig, policy_settings(config, Path("rm")))
+    assert built.data.eval_path == str(DATA / "sentiment_zh/openings_test.jsonl")
+    assert built.critic.model_name == ""  # policy and RM share Gemma's tokenizer: critic from RM
+    assert resolve(DemoConfig(lang="zh", policy="tiny-llama")).policy == "tiny-llama"
+    quick = resolve(DemoConfig(lang="zh", quick=True))
+    assert (quick.policy, quick.reward_backbone, quick.lang) == ("tiny-llama", "tiny-llama", "zh")
+    assert resolve(DemoConfig()) == DemoConfig()  # English: unchanged
+
+
+def test_the_example_config_is_the_chinese_demo(repo_root):
+    from rlhfkit.config import load_config
+
+    config = resolve(load_config(DemoConfig, str(repo_root / "examples/demo_zh.yaml"), []))
+    assert (config.lang, config.policy, config.output_dir) == ("zh", "gemma3-270m",
+                                                                "runs/demo_zh")
+
+
+def test_every_file_a_language_names_exists():
+    for language in LANGUAGES.values():
+        for key in ("rm_train", "rm_eval", "prompts_train", "prompts_eval"):
+            assert (DATA / language[key]).is_file()
+
+
+def test_summary_adds_the_judges_positive_share():
+    """Two continuations, one plainly positive, one plainly negative: SnowNLP finds one of two
+    positive (P > 0.5), the judge's share is 0.5; the RM's share counts scores > 0."""
+    require(judge_fn("snownlp") is not None, "snownlp is not installed")
+    rows = [{"response": "非常好，很满意，推荐购买", "score": 1.0, "kl": 0.5, "length": 6},
+            {"response": "太差了，很失望，不要买", "score": -1.0, "kl": 1.5, "length": 6}]
+    summary = summarize(rows, "snownlp")
+    assert summary["snownlp_positive_share"] == 0.5 and summary["positive_share"] == 0.5
+    assert summary["kl_mean"] == 1.0 and "snownlp_positive_share" not in summarize(rows)
+
+
+def test_gemma_alias_without_its_package_is_one_clear_line(monkeypatch, tmp_path):
+    import importlib.util
+
+    from rlhfkit.models import loading
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3") else real(name, *a))
+    with pytest.raises(loading.ModelLoadError, match=r"pip install 'rlhfkit\[zh\]'"):
+        loading.gemma3_dir(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("demo_zh") / "demo"
+    result = subprocess.run([sys.executable, "-m", "rlhfkit", "demo", "--lang", "zh", "--quick",
+                             f"output_dir={out}", "reuse_reward_model=false"], cwd=repo_root,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout
+
+
+def test_quick_zh_runs_chinese_text_through_the_whole_path(quick_run):
+    out, stdout = quick_run
+    assert "sentiment_zh/pairs_train.jsonl.gz" in stdout and "report:" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    if judge_fn("snownlp") is not None or os.environ.get("CI") == "true":
+        assert 0.0 <= summary["after"]["snownlp_positive_share"] <= 1.0
+    rm_config = (out / "reward_model" / "config.yaml").read_text(encoding="utf-8")
+    assert "sentiment_zh/pairs_train" in rm_config
+    page = (out / "report.html").read_text(encoding="utf-8")
+    held_out = [json.loads(line)["prompt"]
+                for line in (DATA / "sentiment_zh/openings_test.jsonl").open(encoding="utf-8")]
+    assert sum(prompt in page for prompt in held_out[:32]) >= 4  # Chinese samples in the table
+    assert '<html lang="zh-CN">' in page and "训练前后对比" in page and "一次采样的内部" in page
+    assert "正面占比（奖励模型）" in page and page.count("data:image/png;base64,") >= 3
+
+
+def test_quick_zh_report_draws_cjk_glyphs_in_headless_chromium(quick_run, tmp_path):
+    """A screenshot of the report's heading, and the proof that CJK characters are drawn: two
+    different characters give different pixels (missing glyphs are all the same empty box)."""
+    out, _ = quick_run
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    require(sync_playwright is not None, "PyPI playwright is not installed")
+    require(Path(CHROMIUM).exists(), f"{CHROMIUM} is missing (Debian package chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto((out / "report.html").as_uri())
+        heading = page.locator("h1")
+        assert "演示" in heading.inner_text()
+        shot = heading.screenshot(path=str(tmp_path / "report_zh_heading.png"))
+        page.evaluate("""() => { for (const [id, ch] of [["a", "好"], ["b", "差"]]) {
+            const s = document.createElement("span"); s.id = id; s.textContent = ch;
+            s.style.cssText = "font-size:48px;display:inline-block;padding:4px";
+            document.body.prepend(s); } }""")
+        good, bad = page.locator("#a").screenshot(), page.locator("#b").screenshot()
+        browser.close()
+    assert shot.startswith(b"\x89PNG") and len(shot) > 1000
+    assert good != bad, "好 and 差 render the same pixels: no CJK font (fonts-wqy-microhei)"
