@@ -33,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--db", required=True, help="SQLite file or postgresql:// URL")
         return p
 
+    def tag_option(p, prefix: bool):
+        if prefix:  # the same prefix match as `label leaderboard --tag`
+            p.add_argument("--tag", default=None, metavar="PREFIX",
+                           help="only tasks whose tag starts with PREFIX (e.g. round-1/)")
+        else:
+            p.add_argument("--tag", default=None, help="name the batch the new tasks belong "
+                           "to (tasks.tag, e.g. round-1/sample; up to 100 characters)")
+
     def queue_settings(p, defaults: bool):
         d = Settings() if defaults else Settings(None, None, None)
         p.add_argument("--overlap", type=int, default=d.overlap,
@@ -61,10 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--reward-model", default="", help="also score the new candidates with "
                    "this reward model (final/ of `rlhfkit rm`) for --order uncertainty")
+    tag_option(p, prefix=False)
     p = command("import", "Add a task per row of a candidates file.")
     p.add_argument("--data", required=True,
                    help='rows {"prompt", "responses": [...], "models": [...] (optional)}')
     p.add_argument("--reward-model", default="", help="score the candidates (see generate)")
+    tag_option(p, prefix=False)
     p = command("score", "Score candidates with a reward model (the uncertainty order).")
     p.add_argument("--reward-model", required=True, help="final/ folder of `rlhfkit rm`")
     p.add_argument("--only-missing", action="store_true", help="skip tasks already scored")
@@ -93,16 +103,17 @@ def _parser() -> argparse.ArgumentParser:
                         "PostgreSQL)")
     p = command("stats", "Progress, agreement and the per-annotator table.")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
+    tag_option(p, prefix=True)
     p = command("export", "Write the judgments as training data.")
     p.add_argument("--format", required=True, choices=("ranked", "pairs"),
                    help="ranked: for `rlhfkit rm` (ties as 'ranks'); pairs: for `rlhfkit dpo`")
     p.add_argument("--out", required=True, help="output JSONL file")
     p.add_argument("--keep-all-bad", action="store_true",
                    help="keep tasks most annotators flagged 'all bad'")
+    tag_option(p, prefix=True)
     p = command("leaderboard", "Bradley–Terry (Elo-scale) ratings of the models whose "
                 "candidates were ranked, with bootstrap intervals over the judgments.")
-    p.add_argument("--tag", default=None, metavar="PREFIX",
-                   help="only tasks whose tag starts with PREFIX (e.g. round-1/)")
+    tag_option(p, prefix=True)
     p.add_argument("--json", action="store_true", help="the rows as JSON")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the judgments for the intervals (0: none)")
@@ -167,9 +178,9 @@ def run_command(args) -> None:
                                             args.top_k, args.seed)
                 added, skipped = sources.generate_candidates(
                     store, args.policy, args.prompts, args.k, sampling, args.batch_size,
-                    args.template, args.max_prompt_length, args.device)
+                    args.template, args.max_prompt_length, args.device, tag=args.tag)
             else:
-                added, skipped = sources.import_candidates(store, args.data)
+                added, skipped = sources.import_candidates(store, args.data, tag=args.tag)
             print(f"added {added} tasks" + (f" (skipped {skipped} prompts with < 2 distinct "
                                             "responses)" if skipped else ""))
             if args.reward_model:
@@ -190,10 +201,12 @@ def run_command(args) -> None:
                 store.set_meta(conn, "admin_token_hash", label_store.hash_token(token))
             print(f"{args.base_url.rstrip('/')}/admin?token={token}")
         elif args.command == "stats":
-            result = summary(store)
+            result = summary(store, args.tag)
+            if args.tag is not None and not args.json:
+                print(f"only tasks whose tag starts with {args.tag!r}")
             print(json.dumps(result, indent=2) if args.json else stats_table(result))
         elif args.command == "export":
-            lines = export_lines(store, args.format, args.keep_all_bad)
+            lines = export_lines(store, args.format, args.keep_all_bad, args.tag)
             with open(args.out, "w", encoding="utf-8") as handle:
                 handle.writelines(lines)
             print(f"wrote {len(lines)} {args.format} rows to {args.out}")

@@ -7,7 +7,9 @@ training files `label export` writes.
   pair of candidates the merged ranking orders strictly (ties give no pair).
 Several annotators' rankings of a task are merged with ``agreement.copeland``. A task is
 dropped when a majority of its judgments flag it "all_bad" (unless ``keep_all_bad``) and when
-the merge orders nothing (all tied). Tests: tests/label/test_export.py.
+the merge orders nothing (all tied). ``tag_prefix`` keeps the tasks whose ``tasks.tag`` starts
+with it (`label stats|export --tag`, as `label leaderboard --tag`). Tests:
+tests/label/test_export.py, tests/label/test_commands.py (--tag).
 """
 from __future__ import annotations
 
@@ -30,13 +32,24 @@ from rlhfkit.label.store import Store, annotators, candidates, judgments, prompt
 FORMATS = ("ranked", "pairs")
 
 
-def load_judgments(conn) -> list[Judgment]:
+def tagged(query, tag_prefix: str | None):
+    """``query`` (over ``tasks``, or joined with it) limited to the tasks whose tag starts with
+    ``tag_prefix``; None: unchanged. A task without a tag matches no prefix."""
+    if tag_prefix is None:
+        return query
+    return query.where(tasks.c.tag.startswith(tag_prefix, autoescape=True))
+
+
+def load_judgments(conn, tag_prefix: str | None = None) -> list[Judgment]:
     slots = {cid: slot for cid, slot in conn.execute(select(candidates.c.id, candidates.c.slot))}
-    rows = conn.execute(select(judgments.c.task_id, annotators.c.name, judgments.c.ranks,
-                               judgments.c.shown_order, judgments.c.seconds,
-                               judgments.c.server_seconds, judgments.c.flags)
-                        .join(annotators, annotators.c.id == judgments.c.annotator_id)
-                        .order_by(judgments.c.id))
+    query = (select(judgments.c.task_id, annotators.c.name, judgments.c.ranks,
+                    judgments.c.shown_order, judgments.c.seconds, judgments.c.server_seconds,
+                    judgments.c.flags)
+             .join(annotators, annotators.c.id == judgments.c.annotator_id)
+             .order_by(judgments.c.id))
+    if tag_prefix is not None:
+        query = tagged(query.join(tasks, tasks.c.id == judgments.c.task_id), tag_prefix)
+    rows = conn.execute(query)
     return [Judgment(task_id, name, tuple(ranks), tuple(slots[c] for c in shown),
                      seconds if seconds is not None else server_seconds, tuple(flags))
             for task_id, name, ranks, shown, seconds, server_seconds, flags in rows]
@@ -52,15 +65,15 @@ def load_candidates(conn) -> dict[int, list]:
     return dict(out)
 
 
-def summary(store: Store) -> dict:
-    """What the admin page and `rlhfkit label stats` show."""
+def summary(store: Store, tag_prefix: str | None = None) -> dict:
+    """What the admin page and `rlhfkit label stats` show (of the tasks ``tag_prefix`` keeps)."""
     with store.engine.connect() as conn:
         settings = store.settings(conn)
-        all_judgments = load_judgments(conn)
+        all_judgments = load_judgments(conn, tag_prefix)
         cands = load_candidates(conn)
         people = conn.execute(select(annotators.c.name, annotators.c.active)
                               .order_by(annotators.c.name)).all()
-        n_tasks = len(conn.execute(select(tasks.c.id)).all())
+        n_tasks = len(conn.execute(tagged(select(tasks.c.id), tag_prefix)).all())
     groups = by_task(all_judgments)
     rm_scores = {t: [s for _, s in c] for t, c in cands.items()}
     stats = {row["name"]: row for row in annotator_stats(all_judgments, rm_scores)}
@@ -78,10 +91,11 @@ def summary(store: Store) -> dict:
                        for name, active in people]}
 
 
-def merged_tasks(store: Store, keep_all_bad: bool = False) -> list[dict]:
+def merged_tasks(store: Store, keep_all_bad: bool = False,
+                 tag_prefix: str | None = None) -> list[dict]:
     """Every judged task → {"task_id", "prompt", "texts", "ranks", "judgments"}, merged."""
     with store.engine.connect() as conn:
-        groups = by_task(load_judgments(conn))
+        groups = by_task(load_judgments(conn, tag_prefix))
         cands = load_candidates(conn)
         prompt_of = dict(conn.execute(select(tasks.c.id, prompts.c.text)
                                       .join(prompts, prompts.c.id == tasks.c.prompt_id)).all())
@@ -121,7 +135,8 @@ def pair_rows(merged: list[dict]) -> list[dict]:
     return rows
 
 
-def export_lines(store: Store, fmt: str, keep_all_bad: bool = False) -> list[str]:
-    merged = merged_tasks(store, keep_all_bad)
+def export_lines(store: Store, fmt: str, keep_all_bad: bool = False,
+                 tag_prefix: str | None = None) -> list[str]:
+    merged = merged_tasks(store, keep_all_bad, tag_prefix)
     rows = ranked_rows(merged) if fmt == "ranked" else pair_rows(merged)
     return [json.dumps(row, ensure_ascii=False) + "\n" for row in rows]

@@ -5,6 +5,7 @@
 - generate: K samples per prompt with the project's decode loop (online.rollout.generate,
   sampling keys as ``rollout.*``); every candidate stores the model/checkpoint that wrote it
   and the sampling settings.
+- both: ``tag`` names the batch the new tasks belong to (``tasks.tag``; ``check_tag``).
 Identical responses of one prompt are stored once (an annotator would only tie them); a
 prompt left with fewer than two distinct responses makes no task. Tests:
 tests/label/test_sources.py.
@@ -24,6 +25,18 @@ from rlhfkit.data.formats import parse_prompt
 from rlhfkit.label.store import Store, add_task, candidates, prompts, tasks
 
 IMPORTED = "imported"
+MAX_TAG = 100  # tasks.tag is String(100)
+
+
+def check_tag(tag: str | None) -> None:
+    """A batch name for ``tasks.tag`` (None: no tag): 1–100 printable characters, no space at
+    either end — what `label leaderboard|export|stats --tag PREFIX` will match it by."""
+    if tag is None:
+        return
+    if not tag.strip() or tag != tag.strip() or len(tag) > MAX_TAG or not tag.isprintable():
+        shown = tag if len(tag) <= 40 else tag[:40] + "…"
+        raise DataError(f"tag {shown!r} ({len(tag)} characters): expected 1–{MAX_TAG} "
+                        "printable characters, no space at either end (e.g. round-1/sample)")
 
 
 def distinct(responses: list[str], models: list[str], settings: list[dict]):
@@ -58,6 +71,7 @@ def import_candidates(store: Store, path: str, seed: int = 0,
                       tag: str | None = None) -> tuple[int, int]:
     """Add a task per row → (tasks added, rows skipped for < 2 distinct responses); ``tag``
     names the batch (``tasks.tag``)."""
+    check_tag(tag)
     rows = read_candidates(path)
     rng = random.Random(seed)
     added = skipped = 0
@@ -88,6 +102,7 @@ def generate_candidates(store: Store, policy: str, prompts_path: str, k: int,
                         tag: str | None = None) -> tuple[int, int]:
     """Sample ``k`` responses per prompt from ``policy`` and add one task per prompt →
     (tasks added, prompts skipped for < 2 distinct responses); ``tag`` names the batch."""
+    check_tag(tag)
     examples = [parse_prompt(record) for record in read_records(prompts_path)]
     if not examples:
         raise DataError(f"{prompts_path}: no prompts")
