@@ -14,7 +14,9 @@ built from strings). What differs is set once in ``connect``:
 Tables: meta (schema version, settings, admin token hash), prompts, tasks, candidates (text,
 model, sampling settings, reward-model score), annotators (token hashed), assignments (a
 lease per task and annotator with the order shown), judgments (ranks, flags, comment, shown
-order, timestamps, seconds). Times are unix seconds (float). Tests: tests/label/test_store.py.
+order, timestamps, seconds). Times are unix seconds (float). A store of an older schema
+version is migrated on open (``MIGRATIONS``). Tests: tests/label/test_store.py and
+tests/label/test_queue.py.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
+    DDL,
     JSON,
     Boolean,
     Column,
@@ -41,6 +44,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     create_engine,
     event,
     func,
@@ -52,7 +56,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-SCHEMA_VERSION = 2  # 2: tasks.tag (issue #14)
+SCHEMA_VERSION = 3  # 2: tasks.tag (issue #14); 3: tasks.overlap and tasks.open (the pick's index)
 DEFAULT_LEASE_SECONDS = 600.0
 ORDERS = ("fifo", "random", "uncertainty")
 FLAGS = ("all_bad",)
@@ -79,7 +83,23 @@ tasks = Table("tasks", metadata,
               Column("created_at", Float, nullable=False),
               # the batch a task belongs to, e.g. "round-0/sample", "round-1/compare" (the
               # iterated loop, rlhfkit/loop/); null for tasks added without one
-              Column("tag", String(100), index=True))
+              Column("tag", String(100), index=True),
+              # annotators this task goes to: the `overlap` setting, copied by add_task and by
+              # update_settings, so that ``open`` is a function of the task's own row
+              Column("overlap", Integer, nullable=False),
+              # judged < overlap, kept by the statement that counts a judgment (queue.py:
+              # COUNT_JUDGMENT) and by update_settings: the pick and the queue size read open
+              # tasks from an index range (below) instead of walking the completed ones
+              Column("open", Boolean, nullable=False))
+# one index per queue order, each led by ``open``: a pick starts at the first open task in
+# that order and the queue size counts one range (queue.py: PICK, QUEUE_SIZE)
+TASK_INDEXES = (
+    Index("ix_tasks_open_fifo", tasks.c.open, tasks.c.id),
+    Index("ix_tasks_open_random", tasks.c.open, tasks.c.random_key, tasks.c.id),
+    # unscored (null gap) last on both databases: SQLite sorts nulls first, PostgreSQL last
+    Index("ix_tasks_open_uncertainty", tasks.c.open, tasks.c.score_gap.is_(None),
+          tasks.c.score_gap, tasks.c.id),
+)
 
 candidates = Table("candidates", metadata,
                    Column("id", Integer, primary_key=True),
@@ -242,13 +262,20 @@ class Store:
         """The queue settings, read at most once a second (`label config` may change them)."""
         now = time.monotonic()
         if self._settings is None or now - self._settings[0] > self.SETTINGS_TTL:
-            self._settings = now, Settings(**json.loads(self.get_meta(conn, "settings", "{}")))
+            self._settings = now, _parse_settings(conn.execute(READ_SETTINGS).scalar())
         return self._settings[1]
 
     def close(self) -> None:
         self.engine.dispose()
         if self._lock_file is not None:
             self._lock_file.close()
+
+
+READ_SETTINGS = select(meta.c.value).where(meta.c.key == "settings")
+
+
+def _parse_settings(stored: str | None) -> Settings:
+    return Settings(**json.loads(stored or "{}"))
 
 
 def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
@@ -275,7 +302,8 @@ def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
 
 
 def open_store(db: str) -> Store:
-    """Open an existing store, checking its schema version."""
+    """Open an existing store, checking its schema version; an older version with a migration
+    (``MIGRATIONS``) is brought up to date first."""
     if "://" not in db and not Path(db).expanduser().is_file():
         raise StoreError(f"--db {db}: no such file; create a store with `rlhfkit label init "
                          "--db ...`")
@@ -292,11 +320,14 @@ def open_store(db: str) -> Store:
         engine.dispose()
         raise StoreError(f"--db {db}: not a label store (no schema version); create one with "
                          "`rlhfkit label init --db ...`")
-    if version != str(SCHEMA_VERSION):
+    if version != str(SCHEMA_VERSION) and version not in MIGRATIONS:
         engine.dispose()
         raise StoreError(f"--db {db}: schema version {version}, this rlhfkit reads version "
                          f"{SCHEMA_VERSION}")
-    return Store(engine)
+    store = Store(engine)
+    if version != str(SCHEMA_VERSION):
+        migrate(store)
+    return store
 
 
 def check_settings(settings: Settings) -> None:
@@ -308,28 +339,76 @@ def check_settings(settings: Settings) -> None:
         raise StoreError(f"lease_seconds={settings.lease_seconds}: expected a number > 0")
 
 
+# every task to a new overlap; ``open`` from its own row: a submit counting a judgment at the
+# same moment locks the row too, so on PostgreSQL one of the two sees the other's result
+SET_OVERLAP = (update(tasks).where(tasks.c.overlap != bindparam("new_overlap"))
+               .values(overlap=bindparam("new_overlap"),
+                       open=tasks.c.judged < bindparam("new_overlap")))
+
+
 def update_settings(store: Store, **changes) -> Settings:
     store._settings = None  # read them fresh
     with store.transaction() as conn:
         settings = Settings(**{**store.settings(conn).__dict__, **changes})
         check_settings(settings)
         store.set_meta(conn, "settings", json.dumps(settings.__dict__))
+        # after the settings row is written (and locked): add_task reads it FOR SHARE, so a
+        # task added at the same time gets the new overlap or is committed before this runs
+        conn.execute(SET_OVERLAP, {"new_overlap": settings.overlap})
     store._settings = None
     return settings
 
 
+# ----------------------------------------------------------------------------- migrations
+def _add_overlap_and_open(conn) -> None:
+    """2 → 3: tasks.overlap and tasks.open from the settings and the judgments so far, and the
+    pick's indexes. The DEFAULTs only fill the existing rows (SQLite cannot add a NOT NULL
+    column without one); add_task always sets both."""
+    overlap = _parse_settings(conn.execute(READ_SETTINGS).scalar()).overlap
+    conn.execute(DDL("ALTER TABLE tasks ADD COLUMN overlap INTEGER NOT NULL DEFAULT 1"))
+    conn.execute(DDL("ALTER TABLE tasks ADD COLUMN open BOOLEAN NOT NULL DEFAULT true"))
+    conn.execute(update(tasks).values(overlap=overlap, open=tasks.c.judged < overlap))
+    for index in TASK_INDEXES:
+        index.create(conn)
+
+
+# schema version → (the next version, the step that brings a store there)
+MIGRATIONS = {"2": ("3", _add_overlap_and_open)}
+_VERSION_LOCKED = (select(meta.c.value).where(meta.c.key == "schema_version")
+                   .with_for_update())
+
+
+def migrate(store: Store) -> None:
+    """Bring a store to SCHEMA_VERSION in one transaction. The version is read again under a
+    lock (SQLite: the write lock; PostgreSQL: FOR UPDATE on its row): of several processes
+    opening an old store at once (`serve --workers N`), one migrates and the others then find
+    the new version."""
+    with store.transaction() as conn:
+        version = conn.execute(_VERSION_LOCKED).scalar()
+        while version in MIGRATIONS:
+            version, step = MIGRATIONS[version]
+            step(conn)
+            store.set_meta(conn, "schema_version", version)
+
+
 # ----------------------------------------------------------------------------- content
+# the settings as add_task reads them: FOR SHARE (PostgreSQL) waits for an update_settings
+# in flight, and makes a later one wait for this transaction (SET_OVERLAP then sees the task)
+_SETTINGS_SHARED = READ_SETTINGS.with_for_update(read=True)
+
+
 def add_task(conn, messages, responses: list[str], models: list[str], settings: list[dict],
              rng, tag: str | None = None) -> int:
     """One prompt and its K candidates → a task id (inside the caller's transaction); ``tag``
     names the batch it belongs to (``tasks.tag``)."""
     now = time.time()
+    overlap = _parse_settings(conn.execute(_SETTINGS_SHARED).scalar()).overlap
     text = messages[0][1] if len(messages) == 1 else "".join(
         f"{role}: {content}\n\n" for role, content in messages).strip()
     prompt_id = conn.execute(insert(prompts).values(
         text=text, messages=[list(m) for m in messages], created_at=now)).inserted_primary_key[0]
     task_id = conn.execute(insert(tasks).values(
-        prompt_id=prompt_id, random_key=rng.random(), judged=0,
+        prompt_id=prompt_id, random_key=rng.random(), judged=0, overlap=overlap, open=True,
         created_at=now, tag=tag)).inserted_primary_key[0]
     conn.execute(insert(candidates), [
         {"task_id": task_id, "slot": slot, "text": text_, "model": model, "settings": setting}

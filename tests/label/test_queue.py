@@ -180,3 +180,98 @@ def test_orders(store_and_admin, order):
     expected = {"fifo": ids, "random": sorted(ids, key=keys.get),
                 "uncertainty": [ids[2], ids[3], ids[0], ids[1]]}[order]  # closest first
     assert got == expected
+
+
+@pytest.mark.parametrize("order", ["fifo", "random", "uncertainty"])
+def test_completed_tasks_are_never_picked_nor_counted(store_and_admin, order):
+    """The pick and the queue size read open tasks only (tasks.open, store.TASK_INDEXES): after
+    20 of 30 tasks are complete, b is offered exactly the other 10, in the order's order."""
+    _, store, _ = store_and_admin
+    update_settings(store, order=order)
+    ids = add_tasks(store, 30)
+    with store.transaction() as conn:  # distinct gaps, a third unscored
+        conn.execute(update(tasks).where(tasks.c.id % 3 != 0)
+                     .values(score_gap=tasks.c.random_key))
+    a, b = annotator(store, "a"), annotator(store, "b")
+    done = []
+    for _ in range(20):
+        task = queue.next_task(store, a)
+        queue.submit(store, a, task["task_id"], [1, 2, 3])
+        done.append(task["task_id"])
+    with store.engine.connect() as conn:
+        assert queue.queue_size(conn, a.id) == queue.queue_size(conn, b.id) == 10
+    offered, sizes = [], []
+    while (task := queue.next_task(store, b)) is not None:
+        offered.append(task["task_id"])
+        sizes.append(task["queue"])
+        queue.skip(store, b, task["task_id"])
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(tasks.c.id, tasks.c.random_key, tasks.c.score_gap)).all()
+    key = {"fifo": lambda r: r.id, "random": lambda r: (r.random_key, r.id),
+           "uncertainty": lambda r: (r.score_gap is None, r.score_gap or 0.0, r.id)}[order]
+    in_order = [r.id for r in sorted(rows, key=key)]
+    assert sorted(in_order) == ids
+    assert done == in_order[:20] and offered == in_order[20:]
+    assert sizes == list(range(9, -1, -1)) and n_judgments(store) == 20
+
+
+def _vm_steps(store: Store, statement, params) -> int:
+    """SQLite virtual-machine instructions one execution of ``statement`` takes: a count of the
+    work that does not depend on the machine's speed (sqlite3's progress handler, every step)."""
+    steps = 0
+
+    def count():
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with store.engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.set_progress_handler(count, 1)
+        try:
+            conn.execute(statement, params).all()
+        finally:
+            raw.set_progress_handler(None, 1)
+    return steps
+
+
+def test_the_fifo_pick_does_not_walk_completed_tasks(tmp_path):
+    """The pick's cost does not grow with the tasks completed before the first open one (it did:
+    it walked them all, docs/label.md "Measured"); a walk would show: leases at the head of the
+    queue, which it must walk, do add steps."""
+    store, _ = init_store(str(tmp_path / "l.sqlite"))
+    add_tasks(store, 60)
+    a, b = annotator(store, "a"), annotator(store, "b")
+    pick = queue.PICK["fifo"]
+
+    def steps_after(n_judged: int) -> int:
+        while n_judgments(store) < n_judged:
+            task = queue.next_task(store, a)
+            queue.submit(store, a, task["task_id"], [1, 2, 3])
+        return _vm_steps(store, pick, {"me": b.id, "now": 0.0})
+
+    early, late = steps_after(2), steps_after(50)
+    assert late == early
+    for name in ("c", "d", "e"):  # three tasks leased at the head of the queue
+        queue.next_task(store, annotator(store, name), now=0.0)
+    assert _vm_steps(store, pick, {"me": b.id, "now": 0.0}) > late
+    store.close()
+
+
+def test_an_expired_lease_and_a_late_judgment_close_the_task_once(store_and_admin):
+    _, store, _ = store_and_admin
+    update_settings(store, lease_seconds=60)
+    (task_id,) = add_tasks(store, 1)
+    alice, bob, carol = (annotator(store, n) for n in ("alice", "bob", "carol"))
+    assert queue.next_task(store, alice, now=1000.0)["task_id"] == task_id
+    assert queue.next_task(store, bob, now=1030.0) is None  # leased to alice, still open
+    with store.engine.connect() as conn:
+        assert queue.queue_size(conn, bob.id) == 1 and queue.queue_size(conn, alice.id) == 0
+    assert queue.next_task(store, bob, now=1061.0)["task_id"] == task_id  # expired: bob's
+    assert queue.submit(store, alice, task_id, [1, 2, 3], now=1062.0)[1]  # late, kept
+    assert queue.next_task(store, carol, now=1063.0) is None  # complete now
+    assert queue.submit(store, bob, task_id, [3, 2, 1], now=1064.0)[1]
+    with store.engine.connect() as conn:
+        row = conn.execute(select(tasks.c.judged, tasks.c.open)).one()
+        assert tuple(row) == (2, False)
+        assert [queue.queue_size(conn, p.id) for p in (alice, bob, carol)] == [0, 0, 0]

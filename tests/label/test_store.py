@@ -1,0 +1,113 @@
+"""The store's schema on SQLite and PostgreSQL: a version 2 store (before tasks.overlap and
+tasks.open) is migrated when it is opened and then works; the open flag follows judgments and
+overlap changes."""
+import random
+
+from sqlalchemy import DDL, inspect, select, update
+
+from rlhfkit.label import queue
+from rlhfkit.label.store import (
+    SCHEMA_VERSION,
+    TASK_INDEXES,
+    Store,
+    add_annotator,
+    add_task,
+    connect,
+    hash_token,
+    init_store,
+    meta,
+    open_store,
+    tasks,
+    update_settings,
+)
+
+
+def annotator(store: Store, name: str) -> queue.Annotator:
+    return queue.annotator_by_token_hash(store, hash_token(add_annotator(store, name)))
+
+
+def add_tasks(store: Store, n: int) -> list[int]:
+    rng = random.Random(0)
+    with store.transaction() as conn:
+        return [add_task(conn, (("user", f"prompt {i}"),), ["a", "b"], ["m"] * 2, [{}] * 2, rng)
+                for i in range(n)]
+
+
+def judge(store: Store, person: queue.Annotator) -> int:
+    task = queue.next_task(store, person)
+    queue.submit(store, person, task["task_id"], [1, 2])
+    return task["task_id"]
+
+
+def flags(store: Store) -> dict[int, tuple[int, int, bool]]:
+    """task id → (judged, overlap, open)."""
+    with store.engine.connect() as conn:
+        return {row[0]: tuple(row[1:]) for row in conn.execute(
+            select(tasks.c.id, tasks.c.judged, tasks.c.overlap, tasks.c.open))}
+
+
+def to_version_2(store: Store) -> None:
+    """What a store written by schema 2 holds: tasks without overlap, open and their indexes
+    (SQLite ≥ 3.35 and PostgreSQL both drop a column)."""
+    with store.transaction() as conn:
+        for index in TASK_INDEXES:
+            index.drop(conn)
+        conn.execute(DDL("ALTER TABLE tasks DROP COLUMN open"))
+        conn.execute(DDL("ALTER TABLE tasks DROP COLUMN overlap"))
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="2"))
+
+
+def index_names(conn) -> set[str]:
+    """The indexes on tasks, by name (SQLAlchemy's reflection skips SQLite's expression index)."""
+    query = ("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks'"
+             if conn.dialect.name == "sqlite" else
+             "SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")
+    return set(conn.exec_driver_sql(query).scalars())
+
+
+def test_a_version_2_store_is_migrated_on_open_and_works(db):
+    store, _ = init_store(db)
+    update_settings(store, overlap=2)
+    ids = add_tasks(store, 4)
+    a, b = annotator(store, "a"), annotator(store, "b")
+    judged_by_both = judge(store, a)
+    assert judge(store, b) == judged_by_both == ids[0]
+    judged_by_a = judge(store, a)
+    to_version_2(store)
+    store.close()
+    engine = connect(db)  # the engine only: open_store would migrate
+    assert {"open", "overlap"}.isdisjoint(c["name"] for c in inspect(engine).get_columns("tasks"))
+    with engine.connect() as conn:
+        assert {i.name for i in TASK_INDEXES}.isdisjoint(index_names(conn))
+    engine.dispose()
+
+    store = open_store(db)  # migrates
+    with store.engine.connect() as conn:
+        version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version"))
+        assert version.scalar() == str(SCHEMA_VERSION) == "3"
+        assert {i.name for i in TASK_INDEXES} <= index_names(conn)
+    assert flags(store) == {ids[0]: (2, 2, False), judged_by_a: (1, 2, True),
+                            ids[2]: (0, 2, True), ids[3]: (0, 2, True)}
+    # the queue on the migrated store: b gets the task a judged, never the complete one
+    with store.engine.connect() as conn:
+        assert queue.queue_size(conn, a.id) == 2 and queue.queue_size(conn, b.id) == 3
+    assert judge(store, b) == judged_by_a and flags(store)[judged_by_a] == (2, 2, False)
+    store.close()
+    open_store(db).close()  # a migrated store opens as it is
+
+
+def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin):
+    _, store, _ = store_and_admin
+    ids = add_tasks(store, 3)
+    a, b = annotator(store, "a"), annotator(store, "b")
+    assert {t: f[2] for t, f in flags(store).items()} == dict.fromkeys(ids, True)
+    first = judge(store, a)
+    assert flags(store)[first] == (1, 1, False)
+    update_settings(store, overlap=2)  # the judged task reopens for a second annotator
+    assert flags(store) == {ids[0]: (1, 2, True), ids[1]: (0, 2, True), ids[2]: (0, 2, True)}
+    assert judge(store, b) == first and flags(store)[first] == (2, 2, False)
+    update_settings(store, overlap=1)
+    assert flags(store) == {ids[0]: (2, 1, False), ids[1]: (0, 1, True), ids[2]: (0, 1, True)}
+    with store.transaction() as conn:  # tasks added now get the current overlap
+        add_task(conn, (("user", "late"),), ["a", "b"], ["m"] * 2, [{}] * 2, random.Random(1))
+    assert {f[1] for f in flags(store).values()} == {1}
