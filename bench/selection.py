@@ -191,6 +191,34 @@ def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, s
     return results
 
 
+def label_quality(pool: list[dict], picks: list[tuple[int, int]], judge) -> dict:
+    """How the tasks a strategy picked get labelled, over their candidate pairs whose true
+    scores differ: the mean true gap, the annotator's expected agreement with the truth
+    (``ops.noise.preference_probability``) and the share of pairs its labels got right.
+    ``picks``: (pool index, seed) — the labels are drawn as ``labelled`` draws them."""
+    from itertools import combinations
+
+    from rlhfkit.loop.annotate import simulated_ranks
+    from rlhfkit.ops.noise import preference_probability
+
+    gaps, expected, right = [], [], []
+    for i, seed in picks:
+        truth = pool[i]["truth"]
+        ranks = simulated_ranks(truth, judge.temperature, judge.flip_prob, seed, i + 1)
+        for a, b in combinations(range(len(truth)), 2):
+            if truth[a] != truth[b]:
+                best, worst = (a, b) if truth[a] > truth[b] else (b, a)
+                gaps.append(truth[best] - truth[worst])
+                right.append(ranks[best] < ranks[worst])
+    expected = preference_probability(gaps, judge.temperature, judge.flip_prob).tolist() \
+        if gaps else []
+    n = len(gaps)
+    return {"tasks": len(picks), "pairs": n,
+            "mean_gap": sum(gaps) / n if n else None,
+            "expected_agreement": sum(expected) / n if n else None,
+            "agreement": sum(right) / n if n else None}
+
+
 # ----------------------------------------------------------------------------- the figure
 def labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     """The fewest labels at which a curve [(labels, accuracy), …] reaches ``target`` (None:
@@ -313,18 +341,29 @@ def main(argv=None) -> dict:
     print(f"[selection] pool: {len(pool)} tasks, held out: {len(heldout)} "
           f"({time.perf_counter() - began:.0f} s)", flush=True)
     curves: dict = {}
+    chosen: dict = {}  # strategy → [(pool index, seed)] it picked after round 0
     for seed in seeds:
         for strategy in strategies:
             results = run_strategy(config, pool, heldout, strategy, seed, budgets,
                                    out / f"seed-{seed}" / strategy)
             curves.setdefault(strategy, {})[seed] = [(r["labels"], r["accuracy"])
                                                      for r in results]
+            chosen.setdefault(strategy, []).extend(
+                (i, seed) for r in results[1:] for i in r["picks"])
     summary = summarize(curves, budgets[-1])
+    quality = {strategy: label_quality(pool, picks, config.judge)
+               for strategy, picks in chosen.items()}
     print(table(curves, summary), flush=True)
+    for strategy, q in quality.items():
+        if q["pairs"]:
+            print(f"{strategy}'s picks after round 0: {q['tasks']} tasks, {q['pairs']} pairs, "
+                  f"mean true gap {q['mean_gap']:.3f}, the annotator agrees with the truth on "
+                  f"{q['agreement']:.1%} (expected {q['expected_agreement']:.1%})", flush=True)
     result = {"curves": {s: {str(seed): c for seed, c in by.items()} for s, by in curves.items()},
               **{k: v for k, v in summary.items() if k != "per_seed"},
               "per_seed": {s: {str(k): v for k, v in by.items()}
                            for s, by in summary["per_seed"].items()},
+              "label_quality": quality,
               "pool": len(pool), "heldout": len(heldout), "budgets": budgets,
               "config": args.config, "overrides": args.overrides,
               "seconds": round(time.perf_counter() - began, 1)}

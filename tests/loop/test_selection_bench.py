@@ -51,6 +51,26 @@ def test_schedule_and_labels_to_reach_by_hand():
         [(16, pytest.approx(0.7)), (32, pytest.approx(0.8))]
 
 
+def test_label_quality_by_hand():
+    """Truth (1, 0, 1): the pairs whose true scores differ are (0, 1) and (1, 2), gap 1 each.
+    No noise: every label right, expected agreement 1; flip 1: every label wrong, expected 0;
+    T = 1, no flips: expected σ(1) = 0.7311 per pair."""
+    from types import SimpleNamespace
+
+    pool = [{"truth": [1.0, 0.0, 1.0]}]
+    clean = bench.label_quality(pool, [(0, 0)], SimpleNamespace(temperature=0.0, flip_prob=0.0))
+    assert clean == {"tasks": 1, "pairs": 2, "mean_gap": 1.0, "expected_agreement": 1.0,
+                     "agreement": 1.0}
+    flipped = bench.label_quality(pool, [(0, 0)], SimpleNamespace(temperature=0.0,
+                                                                  flip_prob=1.0))
+    assert flipped["agreement"] == 0.0 and flipped["expected_agreement"] == 0.0
+    noisy = bench.label_quality(pool, [(0, 0)], SimpleNamespace(temperature=1.0, flip_prob=0.0))
+    assert noisy["expected_agreement"] == pytest.approx(0.7310585786, abs=1e-9)
+    none = bench.label_quality(pool, [], SimpleNamespace(temperature=0.0, flip_prob=0.0))
+    assert none == {"tasks": 0, "pairs": 0, "mean_gap": None, "expected_agreement": None,
+                    "agreement": None}
+
+
 def test_summarize_target_is_randoms_full_budget_mean():
     """target = random's mean at the budget (0.7 + 0.8)/2 = 0.75; uncertainty's mean curve
     (0.7, 0.76) reaches it at 16 labels = 50% of 32; per seed, against that seed's random:
@@ -84,6 +104,9 @@ def test_main_on_the_tiny_loop(tmp_path):
         assert all(0 <= accuracy <= 1 for _, accuracy in curve)
     assert result["curves"]["random"]["0"][0] == result["curves"]["uncertainty"]["0"][0]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    for strategy in ("random", "uncertainty"):  # the 2 tasks each picked in round 1
+        assert result["label_quality"][strategy]["tasks"] == 2
+        assert 0 <= result["label_quality"][strategy]["agreement"] <= 1
 
     seed_dir = out / "seed-0"
     assert (seed_dir / "uncertainty/round-0").resolve() == (seed_dir / "round-0").resolve()
