@@ -80,6 +80,9 @@ class DemoConfig(Validated):
                               "grpo.minibatches).", min=1)
     eval_prompts: int = option(64, "Held-out IMDB test openings evaluated before and after.",
                                min=1)
+    reward_clip: float = option(5.0, "The reward model's normalised score is clipped to "
+                                "±reward_clip before the advantages (reward.reward_clip).",
+                                min=0)
     seed: int = option(0, "Seed for everything.")
 
 
@@ -193,7 +196,7 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
                  "max_prompt_length": 32, "max_length": 32 + config.max_new_tokens},
         # The RM was trained prompt-free on whole reviews: it judges the continuation alone.
         "reward": {"model_path": str(reward_model), "normalize": True,
-                   "model_input": "response"},
+                   "model_input": "response", "reward_clip": config.reward_clip},
         "rollout": {"max_new_tokens": config.max_new_tokens, "top_k": config.top_k},
         "train": {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
                   "max_steps": config.iterations, "lr_scheduler": "constant",

@@ -29,6 +29,13 @@ def test_grpo_settings_build_a_critic_free_config(advantage, name):
     assert not hasattr(built, "critic") and stage_name(config) == name
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_reward_clip_reaches_the_stage(algorithm):
+    config = DemoConfig(algorithm=algorithm, reward_clip=0.75)
+    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
+    assert build(stage, policy_settings(config, Path("rm"))).reward.reward_clip == 0.75
+
+
 def test_reward_model_reads_rm_max_length_tokens():
     built = build(reward.RMConfig, {"output_dir": "x",
                                     **reward_model_settings(DemoConfig(rm_max_length=64))})
