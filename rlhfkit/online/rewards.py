@@ -135,10 +135,23 @@ class ModelReward:
         return torch.tensor(scores, dtype=torch.float32)  # (B,)
 
 
+def as_one_text(prompt: str, response: str) -> str:
+    """Prompt and response as one text (model_input 'text'). A continuation that lost its
+    leading space (the label store and the loop keep responses stripped) gets one back when it
+    starts with an ASCII letter or digit after a non-space, so the words at the seam stay two
+    words ("... on D.V.D. and" + "Anunji" → "... and Anunji"); a response that starts with a
+    space or punctuation, or any other character (CJK text has no spaces), is joined as it is."""
+    first = response[:1]
+    if prompt and first and not prompt[-1].isspace() and first.isascii() and first.isalnum():
+        return prompt + " " + response
+    return prompt + response
+
+
 MODEL_INPUTS = {  # what a reward model reads: (prompts, responses) → (messages, responses)
     "pair": lambda prompts, responses: ([prompt_messages(p) for p in prompts], responses),
     "text": lambda prompts, responses: ([EMPTY_PROMPT] * len(prompts),
-                                        [str(p) + r for p, r in zip(prompts, responses)]),
+                                        [as_one_text(str(p), r)
+                                         for p, r in zip(prompts, responses)]),
     "response": lambda prompts, responses: ([EMPTY_PROMPT] * len(prompts), responses),
 }
 

@@ -30,6 +30,7 @@ from rlhfkit.online.rewards import (
     Prompt,
     RewardError,
     UrlReward,
+    as_one_text,
     build_reward_sources,
 )
 from rlhfkit.trainers import common
@@ -98,9 +99,8 @@ def test_served_scores_equal_local_scores(serve, tiny_rm, device):
     assert normalized.tolist() == pytest.approx(((raw - 0.25) / 2.0).tolist(), abs=1e-5)
     # Prompt-free RMs: the server reads what ModelReward's model_input hands it.
     text = UrlReward(url, model_input="text")(PROMPTS[1:], RESPONSES[1:]).tolist()
-    assert text == pytest.approx(scorer(["", ""], [p + r for p, r in zip(PROMPTS[1:],
-                                                                          RESPONSES[1:])]),
-                                 abs=1e-5)
+    assert text == pytest.approx(scorer(["", ""], [as_one_text(p, r) for p, r in
+                                                   zip(PROMPTS[1:], RESPONSES[1:])]), abs=1e-5)
 
 
 def test_concurrent_requests_share_forwards(serve, tiny_rm, device):

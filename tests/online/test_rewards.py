@@ -8,7 +8,7 @@ from rlhfkit.config import DataConfig
 from rlhfkit.data import PromptExample
 from rlhfkit.models.scoring import RewardScorer
 from rlhfkit.online.loop import encode_prompts
-from rlhfkit.online.rewards import FunctionReward, ModelReward
+from rlhfkit.online.rewards import FunctionReward, ModelReward, as_one_text
 
 TWO_TURNS = (("user", "Name a fruit that is yellow."), ("assistant", "A banana."),
              ("user", "And one that is red?"))
@@ -59,6 +59,20 @@ def test_prompt_free_inputs_keep_the_conversation_text(tiny_rm, tokenizer, devic
     reward = ModelReward(tiny_rm, device=device, dtype="float32", model_input="text")
     (text,) = read_inputs(reward, pool.texts, [" A strawberry."])
     assert "A banana." in text and "A strawberry." in text
+
+
+@pytest.mark.parametrize("prompt, response, text", [
+    ("I loved this", "movie.", "I loved this movie."),  # a stripped continuation: one space back
+    ("I loved this", " movie.", "I loved this movie."),  # a decoded one keeps its own space
+    ("I loved this ", "movie.", "I loved this movie."),
+    ("I loved it", "'s ending.", "I loved it's ending."),  # punctuation joins as it is
+    ("I loved it", ", truly.", "I loved it, truly."),
+    ("这部电影很", "好看。", "这部电影很好看。"),  # CJK: no spaces between characters
+    ("", "Great.", "Great."),
+    ("Great.", "", "Great."),
+])
+def test_as_one_text_keeps_the_words_at_the_seam_apart(prompt, response, text):
+    assert as_one_text(prompt, response) == text
 
 
 def test_reward_functions_read_the_conversation_as_a_plain_string(tokenizer):
