@@ -102,8 +102,10 @@ class LoraConfig(Validated):
 @dataclass(frozen=True)
 class ModelConfig(Validated):
     name: str = option("tiny-llama", "HF id or local path, or an alias: 'smollm2-135m-instruct' "
-                       "(the embedded model, converted once from its GGUF) or 'tiny-llama' "
-                       "(2-layer random Llama with the SmolLM2 tokenizer, for tests).")
+                       "(the embedded model, converted once from its GGUF), 'gemma3-270m' "
+                       "(Gemma 3 270M base, Chinese-capable: the optional [zh] extra) or "
+                       "'tiny-llama' (2-layer random Llama with the SmolLM2 tokenizer, for "
+                       "tests).")
     dtype: str = option("auto", "Weights dtype: auto = float32 on CPU, bfloat16 on CUDA.",
                         choices=("auto", "float32", "bfloat16", "float16"))
     device: str = option("auto", "auto = CUDA when available, else CPU.",

@@ -228,9 +228,8 @@ def _add_annotator_routes(app: FastAPI, store, annotator) -> None:
     def progress(token: str) -> dict:
         who = annotator(token)
         with store.engine.connect() as conn:
-            overlap = store.settings(conn).overlap
             return {"name": who.name, "done": queue.done_count(conn, who.id),
-                    "queue": queue.queue_size(conn, who.id, overlap)}
+                    "queue": queue.queue_size(conn, who.id)}
 
     @app.get("/api/me")
     async def me(token: str = Depends(bearer)):

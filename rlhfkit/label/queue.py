@@ -169,9 +169,9 @@ def annotator_by_token_hash(store: Store, token_hash: str) -> Annotator | None:
     return Annotator(*row) if row else None
 
 
-def queue_size(conn, annotator_id: int, overlap: int | None = None) -> int:
-    """Open tasks never assigned to ``annotator_id``. ``overlap`` is not needed since each
-    task carries its own (schema 3); callers that still pass it are answered the same."""
+def queue_size(conn, annotator_id: int) -> int:
+    """Open tasks never assigned to ``annotator_id`` (each task carries its own overlap and
+    ``open`` flag, schema 3)."""
     return conn.execute(QUEUE_SIZE, {"me": annotator_id}).scalar()
 
 
