@@ -128,7 +128,7 @@ class LiveServer:
                 "--port", str(self.port), "--workers", str(self.workers),
                 "--store-threads", str(self.store_threads)]
         if self.admin_token:
-            argv += ["--admin-token", self.admin_token]
+            argv += [f"--admin-token={self.admin_token}"]  # a token may start with '-'
         self.process = subprocess.Popen(argv, stdout=self.log or subprocess.DEVNULL,
                                         stderr=subprocess.STDOUT if self.log else
                                         subprocess.DEVNULL)

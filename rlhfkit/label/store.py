@@ -157,7 +157,12 @@ def hash_token(token: str) -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    """192 random bits, URL-safe, never starting with '-': a command line reads such a token as
+    an option (``--admin-token -Xy…`` → "expected one argument"), one token in 64."""
+    while True:
+        token = secrets.token_urlsafe(24)
+        if not token.startswith("-"):
+            return token
 
 
 def database_url(db: str) -> str:

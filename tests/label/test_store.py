@@ -111,3 +111,17 @@ def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin):
     with store.transaction() as conn:  # tasks added now get the current overlap
         add_task(conn, (("user", "late"),), ["a", "b"], ["m"] * 2, [{}] * 2, random.Random(1))
     assert {f[1] for f in flags(store).values()} == {1}
+
+
+def test_tokens_never_start_with_a_dash(monkeypatch):
+    """A token starting with '-' is read as an option on a command line (`--admin-token -X…`):
+    new_token draws again."""
+    import secrets
+
+    from rlhfkit.label.store import new_token
+
+    drawn = iter(["-starts-with-a-dash", "Abc_-def"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert new_token() == "Abc_-def"
+    monkeypatch.undo()
+    assert len(new_token()) == 32 and not any(new_token().startswith("-") for _ in range(500))
