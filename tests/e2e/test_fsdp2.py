@@ -193,6 +193,7 @@ def test_lora_sharded_final_is_base_plus_adapter(repo_root, tmp_path):
 
 
 DECODE_SCRIPT = """
+import pathlib, sys
 import torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 from rlhfkit.models import load_causal_lm, load_tokenizer
@@ -214,7 +215,7 @@ if rank == 0:
     assert sharded.ids[0, 4:].eq(pad).all(), sharded.ids
 else:
     assert torch.equal(sharded.ids, plain.ids), (sharded.ids, plain.ids)
-print("rank", rank, "ok", flush=True)
+pathlib.Path(sys.argv[1], f"rank{rank}.ok").write_text("ok")  # one file each: stdout lines interleave
 dist.destroy_process_group()
 """
 
@@ -227,7 +228,7 @@ def test_generation_steps_together_when_sharded(repo_root, tmp_path):
     script = tmp_path / "decode.py"
     script.write_text(DECODE_SCRIPT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                             "2", str(script)], cwd=repo_root, env=env(), capture_output=True,
+                             "2", str(script), str(tmp_path)], cwd=repo_root, env=env(), capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count(" ok") == 2
+    assert sorted(p.name for p in tmp_path.glob("*.ok")) == ["rank0.ok", "rank1.ok"]
