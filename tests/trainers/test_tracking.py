@@ -9,7 +9,7 @@ import os
 import pytest
 
 from rlhfkit.config import TRACKERS, ConfigError, load_config
-from rlhfkit.trainers import common, sft
+from rlhfkit.trainers import common, model_card, sft
 
 TINY = "examples/sft_tiny.yaml"
 
@@ -116,7 +116,7 @@ def test_final_has_a_model_card(tracked_run):
 
 def test_model_card_names_a_hub_base_model(repo_root, tmp_path):
     cfg = config(repo_root, tmp_path / "x", "model.name=HuggingFaceTB/SmolLM2-135M-Instruct")
-    card = common.model_card(cfg, {"step": 7, "loss": 0.5})
+    card = model_card.model_card(cfg, {"step": 7, "loss": 0.5})
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "## Final metrics (step 7," in card.text and "| loss | 0.5 |" in card.text
 
