@@ -125,6 +125,15 @@ def build_tiny_uci(shared: Path, out: Path, seed: int) -> None:
         rng.shuffle(rows)
         write_jsonl(rows, out / f"tiny/{name}.jsonl")
     shutil.copyfile(shared / "sentiment_en/uci_sentiment_labelled_sentences/readme.txt", out / "tiny/uci_readme.txt")
+    build_tiny_kto(pairs, out, seed)
+
+
+def build_tiny_kto(pairs: list[dict], out: Path, seed: int) -> None:
+    """KTO's unpaired rows: each tiny pair's chosen (label true) and rejected (label false), shuffled."""
+    rows = [{"prompt": pair["prompt"], "completion": pair[side], "label": side == "chosen"}
+            for pair in pairs for side in ("chosen", "rejected")]
+    random.Random(seed).shuffle(rows)
+    write_jsonl(rows, out / "tiny/kto.jsonl")
 
 
 def build_tiny_ranked(short_reviews: list[dict], out: Path, seed: int) -> None:
@@ -253,7 +262,10 @@ def main() -> None:
     build_sft_en(shared, out)
     build_hh(shared, out)
 
-    written = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in {"SHA256SUMS", "README.md", "PROVENANCE.md"})
+    # a folder with its own SHA256SUMS was written by another builder (sentiment_zh: build_sentiment_zh.py)
+    others = [sums.parent for sums in out.glob("*/**/SHA256SUMS")]
+    written = sorted(p for p in out.rglob("*") if p.is_file() and p.name not in {"SHA256SUMS", "README.md", "PROVENANCE.md"}
+                     and not any(p.is_relative_to(folder) for folder in others))
     (out / "SHA256SUMS").write_text("".join(f"{sha256(p)}  {p.relative_to(out).as_posix()}\n" for p in written))
     total = 0
     for p in written:
