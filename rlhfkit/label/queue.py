@@ -9,7 +9,8 @@
   open lease again (same shown order). An expired lease frees its slot for someone else.
 - Order: ``fifo`` (import order), ``random`` (a random key drawn at import), ``uncertainty``
   (smallest gap between the reward-model scores of a task's candidates first; unscored last).
-- Submit is one transaction: the judgment row and the assignment's state together; a second
+- Submit is one transaction (on SQLite a savepoint of a group commit, ``Store.write``): the
+  judgment row and the assignment's state together; a second
   identical POST finds the judgment and returns it (idempotent), the unique constraint
   settles a race between two such POSTs.
 - Cost (the bench, docs/label.md): a judgment is two transactions of two and three
@@ -184,7 +185,8 @@ def next_task(store: Store, annotator: Annotator, rng: random.Random | None = No
     """Lease the next task to ``annotator`` → the task as shown to them, or None (queue empty)."""
     rng = rng or random.SystemRandom()
     now = time.time() if now is None else now
-    with store.transaction() as conn:
+
+    def lease(conn):
         settings = store.settings(conn)
         expires = now + settings.lease_seconds
         rows = conn.execute((NEXT if store.is_sqlite else NEXT_LOCKED)[settings.order],
@@ -201,6 +203,12 @@ def next_task(store: Store, annotator: Annotator, rng: random.Random | None = No
                                       "state": "leased", "shown_order": ids, "leased_at": now,
                                       "expires_at": expires})
             size -= 1  # counted before this lease: the task was in the queue
+        return rows, task_id, prompt, done, size, ids
+
+    leased = store.write(lease)  # returns once the lease is durable (group commit)
+    if leased is None:
+        return None
+    rows, task_id, prompt, done, size, ids = leased
     texts = {row[1]: row[2] for row in rows}
     return {"task_id": task_id, "prompt": prompt,
             "candidates": [{"id": cid, "text": texts[cid]} for cid in ids],
@@ -227,31 +235,34 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
     """Store one judgment → (judgment id, created). ``created`` False: it was already there."""
     now = time.time() if now is None else now
     key = {"task": task_id, "me": annotator.id}
-    try:
-        with store.transaction() as conn:
-            lease = conn.execute(CLOSE_LEASE, key).first()
-            if lease is None:
-                state = conn.execute(LEASE, key).scalar()
-                if state == "done":
-                    return _existing(conn, task_id, annotator.id), False
-                if state == "skipped":
-                    raise QueueError(409, f"task {task_id} was skipped")
-                raise QueueError(409, f"task {task_id} is not leased to you: open it with "
-                                      "GET /api/tasks/next first")
-            # a refused judgment raises here: the transaction rolls back, the lease stays open
-            check_judgment(ranks, flags, comment, len(lease.shown_order))
-            # ranks in slot order: add_task inserts a task's candidates in slot order, so
-            # their ids ascend with the slot
-            rank_of = dict(zip(lease.shown_order, ranks))
-            canonical = [int(rank_of[cid]) for cid in sorted(lease.shown_order)]
-            judgment_id = conn.execute(ADD_JUDGMENT, {
-                "task_id": task_id, "annotator_id": annotator.id, "ranks": canonical,
-                "shown_order": lease.shown_order, "flags": sorted(set(flags)),
-                "comment": comment, "leased_at": lease.leased_at, "submitted_at": now,
-                "seconds": seconds, "server_seconds": max(now - lease.leased_at, 0.0),
-            }).inserted_primary_key[0]
-            conn.execute(COUNT_JUDGMENT, key)
+
+    def store_judgment(conn) -> tuple[int, bool]:
+        lease = conn.execute(CLOSE_LEASE, key).first()
+        if lease is None:
+            state = conn.execute(LEASE, key).scalar()
+            if state == "done":
+                return _existing(conn, task_id, annotator.id), False
+            if state == "skipped":
+                raise QueueError(409, f"task {task_id} was skipped")
+            raise QueueError(409, f"task {task_id} is not leased to you: open it with "
+                                  "GET /api/tasks/next first")
+        # a refused judgment raises here: its writes roll back, the lease stays open
+        check_judgment(ranks, flags, comment, len(lease.shown_order))
+        # ranks in slot order: add_task inserts a task's candidates in slot order, so their
+        # ids ascend with the slot
+        rank_of = dict(zip(lease.shown_order, ranks))
+        canonical = [int(rank_of[cid]) for cid in sorted(lease.shown_order)]
+        judgment_id = conn.execute(ADD_JUDGMENT, {
+            "task_id": task_id, "annotator_id": annotator.id, "ranks": canonical,
+            "shown_order": lease.shown_order, "flags": sorted(set(flags)),
+            "comment": comment, "leased_at": lease.leased_at, "submitted_at": now,
+            "seconds": seconds, "server_seconds": max(now - lease.leased_at, 0.0),
+        }).inserted_primary_key[0]
+        conn.execute(COUNT_JUDGMENT, key)
         return judgment_id, True
+
+    try:
+        return store.write(store_judgment)  # returns once the judgment is durable
     except IntegrityError:  # a concurrent identical POST committed first
         with store.engine.connect() as conn:
             return _existing(conn, task_id, annotator.id), False
@@ -263,9 +274,8 @@ def _existing(conn, task_id: int, annotator_id: int) -> int:
 
 def skip(store: Store, annotator: Annotator, task_id: int) -> None:
     """Release a leased task; it is not offered to this annotator again."""
-    with store.transaction() as conn:
-        changed = conn.execute(update(assignments).where(
-            assignments.c.task_id == task_id, assignments.c.annotator_id == annotator.id,
-            assignments.c.state == "leased").values(state="skipped")).rowcount
+    changed = store.write(lambda conn: conn.execute(update(assignments).where(
+        assignments.c.task_id == task_id, assignments.c.annotator_id == annotator.id,
+        assignments.c.state == "leased").values(state="skipped")).rowcount)
     if not changed:
         raise QueueError(409, f"task {task_id} is not leased to you")

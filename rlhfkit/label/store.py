@@ -7,7 +7,10 @@ built from strings). What differs is set once in ``connect``:
   fsync'ed: a judgment answered 2xx survives ``kill -9`` and a power cut), a busy timeout for
   other processes (the CLI while the server runs), and every transaction ``BEGIN IMMEDIATE``
   behind a process-wide lock: SQLite has one writer at a time anyway, and taking the write lock
-  up front means a read-then-write transaction never fails half-way on a lock upgrade.
+  up front means a read-then-write transaction never fails half-way on a lock upgrade. The
+  server's writes share transactions (``Store.write``: group commit, one fsync for all the
+  submits and leases that queued while the previous commit ran), and WAL checkpoints run
+  after the write lock is released (``Store._checkpoint``), not inside a commit.
 - PostgreSQL: a connection pool; a commit is durable (``synchronous_commit`` on, the server's
   default); queue picks lock the task row ``FOR UPDATE SKIP LOCKED``.
 
@@ -27,7 +30,8 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import (
@@ -181,6 +185,9 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # no checkpoint inside a commit (it would hold the write lock): Store._checkpoint runs
+    # them after the lock is released
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.close()
 
 
@@ -210,6 +217,15 @@ def connect(db: str) -> Engine:
     return engine
 
 
+@dataclass
+class _Write:
+    """One caller's part of a group commit (``Store.write``)."""
+    fn: Callable
+    finished: bool = False
+    result: object = None
+    error: BaseException | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     overlap: int = 1  # annotators per task
@@ -222,6 +238,9 @@ class Store:
     ``store.engine.connect()`` reads."""
 
     SETTINGS_TTL = 1.0  # seconds a server keeps the queue settings before reading them again
+    # SQLite: a passive WAL checkpoint after this many write transactions of this process (a
+    # judgment writes ~10 pages: about SQLite's own default of one per 1,000 pages)
+    CHECKPOINT_EVERY = 100
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -233,27 +252,107 @@ class Store:
         if self.is_sqlite and engine.url.database:
             self._lock_file = open(engine.url.database + ".lock", "a")
         self._settings: tuple[float, Settings] | None = None
+        self._queued: list[_Write] = []  # Store.write calls waiting for the next group
+        self._queued_lock = threading.Lock()
+        self._commits = 0  # write transactions since this process's last checkpoint
+        self._checkpointing = threading.Lock()
+
+    @contextlib.contextmanager
+    def _file_lock(self):
+        """The write lock between processes (held by a thread that holds _thread_lock)."""
+        if self._lock_file is None:
+            yield
+            return
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def _write_lock(self):
         if not self.is_sqlite:
             yield
             return
-        with self._thread_lock:
-            if self._lock_file is not None:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if self._lock_file is not None:
-                    fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        with self._thread_lock, self._file_lock():
+            yield
+
+    def _begin_write(self):
+        conn = self.engine.connect()
+        conn.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE (see _sqlite_begin)
+        return conn
 
     @contextlib.contextmanager
     def transaction(self):
-        with self._write_lock(), self.engine.connect() as conn:
-            conn.execution_options(write=True)  # SQLite: BEGIN IMMEDIATE (see _sqlite_begin)
+        with self._write_lock(), self._begin_write() as conn:
             with conn.begin():
                 yield conn
+        self._after_commit()
+
+    def write(self, fn: Callable):
+        """``fn(conn)`` in a write transaction → its result, returned once that transaction is
+        committed (durable); an exception of ``fn`` is raised here, and nothing it wrote is kept.
+
+        On SQLite concurrent calls share a transaction (group commit): the calls that queue
+        while another group commits run next, each in a savepoint of one transaction (an error
+        undoes only its own part), then one COMMIT — one fsync for all of them — and only then
+        does any of them return. A group is run by the first of its threads to get the write
+        lock; the others find their part done. Nothing is answered before it is durable, so a
+        ``kill -9`` loses only calls that had not returned. PostgreSQL flushes concurrent
+        commits together itself: there each call is its own transaction. Tests:
+        tests/label/test_store.py (test_group_commit_*)."""
+        if not self.is_sqlite:
+            with self.transaction() as conn:
+                return fn(conn)
+        call = _Write(fn)
+        with self._queued_lock:
+            self._queued.append(call)
+        with self._thread_lock:
+            if not call.finished:
+                self._run_group()
+        self._after_commit()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run_group(self) -> None:
+        """Run every queued call in one transaction (the caller holds _thread_lock)."""
+        with self._file_lock():
+            with self._queued_lock:  # all that queued while we waited for the lock
+                group, self._queued = self._queued, []
+            try:
+                with self._begin_write() as conn, conn.begin():
+                    for call in group:
+                        savepoint = conn.begin_nested()
+                        try:
+                            call.result = call.fn(conn)
+                        except Exception as err:
+                            savepoint.rollback()
+                            call.error = err
+                        else:
+                            savepoint.commit()
+            except Exception as err:  # BEGIN or COMMIT failed: none of the group is kept
+                for call in group:
+                    call.result, call.error = None, err
+            finally:
+                for call in group:
+                    call.finished = True
+
+    def _after_commit(self) -> None:
+        """SQLite: every CHECKPOINT_EVERY write transactions, a passive checkpoint, outside the
+        write lock (it copies committed pages into the database file; a writer may run
+        meanwhile, and a checkpoint another process runs makes this one a no-op)."""
+        if not self.is_sqlite:
+            return
+        self._commits += 1
+        if self._commits < self.CHECKPOINT_EVERY or not self._checkpointing.acquire(False):
+            return
+        try:
+            self._commits = 0
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            self._checkpointing.release()
 
     def get_meta(self, conn, key: str, default: str | None = None) -> str | None:
         value = conn.execute(select(meta.c.value).where(meta.c.key == key)).scalar()

@@ -125,3 +125,83 @@ def test_tokens_never_start_with_a_dash(monkeypatch):
     assert new_token() == "Abc_-def"
     monkeypatch.undo()
     assert len(new_token()) == 32 and not any(new_token().startswith("-") for _ in range(500))
+
+
+def test_group_commit_answers_after_one_shared_commit_and_undoes_only_a_failed_part(tmp_path):
+    """SQLite: writes queued while another transaction holds the write lock run together, each
+    in a savepoint, under one COMMIT; none returns before that commit; a call that raises has
+    its own writes undone (and gets its exception), the others are kept."""
+    import threading
+
+    from sqlalchemy import event, insert
+
+    store, _ = init_store(str(tmp_path / "l.sqlite"))
+    commits = []
+    event.listen(store.engine, "commit", lambda conn: commits.append(threading.get_ident()))
+    holding, release = threading.Event(), threading.Event()
+
+    def first(conn):  # holds the write lock until the others have queued
+        holding.set()
+        release.wait(10)
+        conn.execute(insert(meta).values(key="first", value="1"))
+        return "first"
+
+    def put(key):
+        def fn(conn):
+            conn.execute(insert(meta).values(key=key, value="1"))
+            if key == "bad":
+                raise ValueError("refused after writing")
+            return key
+        return fn
+
+    results, errors = {}, {}
+
+    def call(key, fn):
+        try:
+            results[key] = store.write(fn)
+        except ValueError as err:
+            errors[key] = err
+
+    threads = [threading.Thread(target=call, args=("first", first))]
+    threads[0].start()
+    holding.wait(10)
+    for key in ("a", "bad", "b"):
+        threads.append(threading.Thread(target=call, args=(key, put(key))))
+        threads[-1].start()
+    while len(store._queued) < 3:  # the three are waiting for the lock: one group
+        threading.Event().wait(0.01)
+    assert results == {} and commits == []
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == {"first": "first", "a": "a", "b": "b"} and list(errors) == ["bad"]
+    assert len(commits) == 2  # the first call's transaction, then one for the three queued
+    with store.engine.connect() as conn:
+        keys = set(conn.execute(select(meta.c.key)).scalars())
+    assert {"first", "a", "b"} <= keys and "bad" not in keys
+    store.close()
+
+
+def test_checkpoints_run_outside_commits(tmp_path):
+    """No WAL checkpoint inside a commit (autocheckpoint off): the store runs a passive one
+    every CHECKPOINT_EVERY write transactions, with the write lock released."""
+    from sqlalchemy import event
+
+    store, _ = init_store(str(tmp_path / "l.sqlite"))  # init's transaction counts: 1
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+    checkpoints = []  # was the write lock held when it ran?
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def seen(conn, cursor, statement, *args):
+        if "wal_checkpoint" in statement:
+            checkpoints.append(store._thread_lock.locked())
+
+    ids = add_tasks(store, 1)  # 2
+    for i in range(2 * Store.CHECKPOINT_EVERY - 3):  # → 2 × CHECKPOINT_EVERY − 1
+        store.write(lambda conn, i=i: conn.execute(update(tasks).where(tasks.c.id == ids[0])
+                                                   .values(random_key=i)))
+    assert checkpoints == [False]
+    store.write(lambda conn: None)
+    assert checkpoints == [False, False]
+    store.close()
