@@ -202,6 +202,9 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
                   "max_steps": config.iterations, "lr_scheduler": "constant",
                   "seed": config.seed},
         "sample_every": max(1, config.iterations // 4),
+        # The held-out openings in one decode pass (64 × 24 tokens of SmolLM2: 7.1 s, against
+        # 16.6 s in passes of 8 on 2 cores), scored in passes of batch_size as before.
+        "eval_batch_size": config.eval_prompts,
     }
     if config.algorithm == "grpo":
         settings["grpo"] = {"num_generations": config.num_generations, "beta": config.kl_coef,

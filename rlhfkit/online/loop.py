@@ -91,6 +91,11 @@ class OnlineConfig(StageConfig):
     sample_every: int = option(10, "Print a sample table and write samples.jsonl / rollouts.jsonl "
                                "every N iterations (and the last; 0 = last only).", min=0)
     num_samples: int = option(4, "Rollouts shown per sample table / rollouts.jsonl.", min=1)
+    eval_batch_size: int = option(0, "Held-out prompts each process decodes in one pass in the "
+                                  "evaluation before and after (0 = train.batch_size / processes); "
+                                  "scored in passes of that size as before. A wide pass decodes "
+                                  "faster on CPU: SmolLM2, 64 openings × 24 tokens in 7.1 s in one "
+                                  "pass, 16.6 s in passes of 8 (2 cores).", min=0)
 
 
 def resolve_reference(reference: str, lora: bool) -> str:
@@ -165,15 +170,19 @@ def sampler_stands_for_trainer(run, config) -> bool:
 
 @torch.no_grad()
 def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts,
-                  use_sampler: bool = False) -> Scored:
+                  use_sampler: bool = False, with_values: bool = True) -> Scored:
     """2. Scoring on prompt + response, no gradients, in chunks of train.micro_batch_size.
     ``use_sampler``: the old log-probs and entropy are the rollout's own (the sampler's) and the
-    policy forward is skipped, unless a shared value head needs that forward for the values."""
+    policy forward is skipped, unless a shared value head needs that forward for the values.
+    ``with_values`` False (evaluation): no critic forward, values 0."""
     temperature, P = config.rollout.temperature, rollout.prompt_width
     size = config.train.micro_batch_size or rollout.input_ids.shape[0]
-    skip_policy = use_sampler and roles.critic is not None  # separate critic: values elsewhere
+    critic = roles.critic if with_values else None
+    # The policy forward also gives a shared value head's values: skipped when those come from
+    # a separate critic or are not wanted.
+    skip_policy = use_sampler and (critic is not None or not with_values)
     pieces = []
-    models = [m for m in (roles.actor, roles.critic) if m is not None]
+    models = [m for m in (roles.actor, critic) if m is not None]
     for model in models:
         model.eval()
     for start in range(0, rollout.input_ids.shape[0], size):
@@ -187,11 +196,11 @@ def score_rollout(run, roles: Roles, config, tokenizer, rollout, prompts,
                 logprobs, entropy = out.logprobs[:, P - 1:], out.entropy[:, P - 1:]
             with roles.reference(run.accelerator) as ref_policy:
                 ref_out = response_logprobs(ref_policy, ids, attn, seq_mask, False, temperature)
-            if roles.critic is not None:
-                values = roles.critic(ids, attn)
-            elif shared_values is not None:
+            if critic is not None:
+                values = critic(ids, attn)
+            elif shared_values is not None and with_values:
                 values = shared_values
-            else:  # no critic (GRPO)
+            else:  # no critic (GRPO), or values not wanted
                 values = torch.zeros(ids.shape, device=ids.device)
         pieces.append((logprobs, ref_out.logprobs[:, P - 1:], values[:, P - 1:-1], entropy))
     for model in models:
@@ -266,29 +275,44 @@ def gather_rows(run, tensor: torch.Tensor) -> torch.Tensor:
 def evaluate(run, roles: Roles, config, tokenizer, pool: Prompts,
              iteration: int) -> tuple[dict, list[dict]]:
     """Held-out prompts: score and KL to the reference of sampled responses (same noise before
-    and after training: the sampling seed is fixed)."""
+    and after training: the sampling seed is fixed). Decoded in passes of ``eval_batch_size``
+    prompts, scored in passes of train.batch_size / processes; the policy's log-probs are the
+    sampler's where they equal the trainer's (``sampler_stands_for_trainer``), and no critic
+    runs: one forward (the reference's) per pass."""
     seed_sampling(config.train.seed + 1, 0, run.rank)
     mine = list(range(len(pool.ids)))[run.rank::run.world_size]
     size = max(1, config.train.batch_size // run.world_size)
+    use_sampler = sampler_stands_for_trainer(run, config)
     rows, sums = [], {"score": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0}
-    for start in range(0, len(mine), size):
-        chunk = mine[start:start + size]
-        prompts = [pool.texts[i] for i in chunk]
-        rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in chunk])
-        scored = score_rollout(run, roles, config, tokenizer, rollout, prompts)
-        mask = rollout.response_mask
-        kl = masked_sum(scored.logprobs - scored.ref_logprobs, mask, dim=1)  # (B,) k1, nats
-        for row, prompt in enumerate(prompts):
-            rows.append({"iteration": iteration, "prompt": prompt,
-                         "response": scored.responses[row], "score": float(scored.scores[row]),
-                         "kl": float(kl[row]), "length": int(mask[row].sum())})
-        for key, value in (("score", scored.scores.sum()), ("kl", kl.sum()),
-                           ("length", mask.sum()), ("count", len(chunk))):
-            sums[key] += float(value)
+    width = config.eval_batch_size or size
+    for first in range(0, len(mine), width):
+        wide = mine[first:first + width]
+        wide_rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in wide])
+        for start in range(0, len(wide), size):
+            chunk = wide[start:start + size]
+            prompts = [pool.texts[i] for i in chunk]
+            rollout = wide_rollout.select(slice(start, start + size))
+            scored = score_rollout(run, roles, config, tokenizer, rollout, prompts, use_sampler,
+                                   with_values=False)
+            add_eval_pass(rows, sums, iteration, prompts, rollout, scored)
     sums = common.global_sum(run.accelerator, {k: torch.tensor(v) for k, v in sums.items()})
     n = max(sums["count"], 1.0)
     return {"eval_score_mean": sums["score"] / n, "eval_kl_mean": sums["kl"] / n,
             "eval_response_length_mean": sums["length"] / n}, rows
+
+
+def add_eval_pass(rows: list, sums: dict, iteration: int, prompts, rollout,
+                  scored: Scored) -> None:
+    """An evaluation pass's eval.jsonl rows (appended to ``rows``) and sums (added to ``sums``)."""
+    mask = rollout.response_mask
+    kl = masked_sum(scored.logprobs - scored.ref_logprobs, mask, dim=1)  # (B,) k1, nats
+    for row, prompt in enumerate(prompts):
+        rows.append({"iteration": iteration, "prompt": prompt,
+                     "response": scored.responses[row], "score": float(scored.scores[row]),
+                     "kl": float(kl[row]), "length": int(mask[row].sum())})
+    for key, value in (("score", scored.scores.sum()), ("kl", kl.sum()),
+                       ("length", mask.sum()), ("count", len(prompts))):
+        sums[key] += float(value)
 
 
 def update_epochs(run: common.Run, epochs: int, minibatches: int, n_rows: int, iteration: int,

@@ -36,6 +36,14 @@ def test_reward_clip_reaches_the_stage(algorithm):
     assert build(stage, policy_settings(config, Path("rm"))).reward.reward_clip == 0.75
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_held_out_openings_decode_in_one_pass(algorithm):
+    config = DemoConfig(algorithm=algorithm, eval_prompts=48, batch_size=8)
+    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
+    built = build(stage, policy_settings(config, Path("rm")))
+    assert (built.data.max_eval_rows, built.eval_batch_size, built.train.batch_size) == (48, 48, 8)
+
+
 def test_reward_model_reads_rm_max_length_tokens():
     built = build(reward.RMConfig, {"output_dir": "x",
                                     **reward_model_settings(DemoConfig(rm_max_length=64))})

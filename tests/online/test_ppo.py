@@ -317,6 +317,39 @@ def test_old_logprobs_come_from_the_sampler_where_they_equal_the_trainers(repo_r
     assert not loop.sampler_stands_for_trainer(bf16_run, cfg)
 
 
+@pytest.mark.parametrize("layout", ["separate", "shared"])
+def test_evaluation_decodes_in_wide_passes_without_policy_or_critic_forward(repo_root, tmp_path,
+                                                                            layout, on_device):
+    """eval_batch_size=4, train.batch_size=2: the 4 held-out prompts are decoded in one pass
+    (the responses of one generate call under the evaluation's seed), scored in two passes of 2;
+    the KL is the sampler's log-probs against the reference's, equal to the trainer forward's
+    KL to 1e-4 per token (12 tokens: 2e-3 per response), and the scores are the forward's.
+    Neither the actor (nor its shared value head) nor the critic runs: one forward, the
+    reference's, per scoring pass."""
+    cfg = config(repo_root, tmp_path, *on_device, "eval_batch_size=4", "train.batch_size=2",
+                 f"critic.layout={layout}")
+    run, tokenizer, roles = setup(cfg)
+    pool = loop.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+                               cfg.data)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *_: calls.append(1))
+             for m in (roles.actor, roles.critic) if m is not None]
+    metrics, rows = loop.evaluate(run, roles, cfg, tokenizer, pool, 0)
+    for hook in hooks:
+        hook.remove()
+    assert calls == [] and len(rows) == len(PROMPTS)
+    loop.seed_sampling(cfg.train.seed + 1, 0, run.rank)
+    rollout = loop.generate_for(run, roles, cfg, tokenizer, pool.ids)  # one pass of 4
+    forward = loop.score_rollout(run, roles, cfg, tokenizer, rollout, pool.texts)
+    assert not forward.from_sampler
+    assert [r["response"] for r in rows] == forward.responses
+    kl = (forward.logprobs - forward.ref_logprobs).where(rollout.response_mask, 0.0).sum(1)
+    torch.testing.assert_close(torch.tensor([r["kl"] for r in rows]), kl.cpu(), atol=2e-3,
+                               rtol=0)
+    torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), forward.scores.cpu())
+    assert metrics["eval_kl_mean"] == pytest.approx(sum(r["kl"] for r in rows) / 4)
+
+
 def test_truncated_importance_sampling_weights_the_policy_gradient(repo_root, tmp_path,
                                                                    on_device):
     """rollout.tis_cap reaches the actor loss: at cap 1e-6 each token's surrogate is weighted
