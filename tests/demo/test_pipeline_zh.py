@@ -6,6 +6,7 @@ CJK text a headless Chromium must draw as glyphs, not as empty boxes.
 Without snownlp, playwright, /usr/bin/chromium or a CJK font the tests that need them skip,
 except under CI=true, where they fail: scripts/install.sh installs all four. The Gemma model
 (the optional extra) is never needed here."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from rlhfkit.config import build
 from rlhfkit.demo.judge import judge_fn
 from rlhfkit.demo.pipeline import (DATA, LANGUAGES, DemoConfig, policy_settings, resolve,
                                    reward_model_settings, summarize)
-from rlhfkit.online import ppo
+from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,8 +41,15 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
     assert (config.policy, config.reward_backbone) == ("gemma3-270m", "gemma3-270m")
     rm = build(reward.RMConfig, {"output_dir": "x", **reward_model_settings(config)})
     assert rm.data.train_path == str(DATA / "sentiment_zh/pairs_train.jsonl.gz")
-    built = build(ppo.PPOConfig, policy_settings(config, Path("rm")))
+    # stage 3 as measured on Gemma (LANGUAGES["zh"]["defaults"]): GRPO, scores clipped at ±1
+    built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
     assert built.data.eval_path == str(DATA / "sentiment_zh/openings_test.jsonl")
+    assert (built.grpo.num_generations, built.grpo.beta, built.grpo.minibatches,
+            built.reward.reward_clip, built.train.batch_size, built.train.max_steps) == \
+        (4, 0.1, 2, 1.0, 8, 24)
+    # (resolve cannot tell an explicit algorithm=ppo from the default: replace after it)
+    with_ppo = dataclasses.replace(config, algorithm="ppo")
+    built = build(ppo.PPOConfig, policy_settings(with_ppo, Path("rm")))
     assert built.critic.model_name == ""  # policy and RM share Gemma's tokenizer: critic from RM
     assert resolve(DemoConfig(lang="zh", policy="tiny-llama")).policy == "tiny-llama"
     quick = resolve(DemoConfig(lang="zh", quick=True))
@@ -55,6 +63,8 @@ def test_the_example_config_is_the_chinese_demo(repo_root):
     config = resolve(load_config(DemoConfig, str(repo_root / "examples/demo_zh.yaml"), []))
     assert (config.lang, config.policy, config.output_dir) == ("zh", "gemma3-270m",
                                                                 "runs/demo_zh")
+    # it spells out the language's measured defaults: --lang zh alone runs the same demo
+    assert config == resolve(DemoConfig(lang="zh", output_dir="runs/demo_zh"))
 
 
 def test_every_file_a_language_names_exists():
