@@ -175,13 +175,22 @@ def reward_model_settings(config: DemoConfig) -> dict:
     }
 
 
+def reward_model_key(settings: dict) -> str:
+    """The cached reward model's name: a hash of its settings, with each data file named by its
+    content (sha256) instead of its path — the same RM is found from any checkout or install."""
+    data = dict(settings["data"])
+    for name in ("train_path", "eval_path"):
+        data[name] = hashlib.sha256(Path(data[name]).read_bytes()).hexdigest()
+    material = json.dumps({**settings, "data": data}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
 def train_reward_model(config: DemoConfig) -> Path:
     """Stage 2, or the cached result of an identical earlier run."""
     from rlhfkit.trainers import reward
 
     settings = reward_model_settings(config)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    cached = cache_root() / "demo-rm" / key
+    cached = cache_root() / "demo-rm" / reward_model_key(settings)
     if config.reuse_reward_model and (cached / "final" / reward.STATS_FILE).exists():
         print(f"[demo] stage 2: reusing the reward model in {cached}/final")
         return cached / "final"
