@@ -1,10 +1,30 @@
 """Shared fixtures: the SmolLM2 tokenizer (tiny-llama uses it) and small helpers."""
+import importlib.abc
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+class BenchModules(importlib.abc.MetaPathFinder):
+    """``import bench_NAME`` in a test loads bench/NAME.py (bench/ holds scripts, not a
+    package): tests test the bench's own code, e.g. tests/label/test_load.py drives the live
+    server and clients of bench/label.py, tests/loop/test_selection_bench.py checks
+    bench/selection.py."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if not fullname.startswith("bench_"):
+            return None
+        file = Path(__file__).resolve().parents[1] / "bench" / f"{fullname[len('bench_'):]}.py"
+        return importlib.util.spec_from_file_location(fullname, file) if file.is_file() else None
+
+
+sys.meta_path.append(BenchModules())
 
 # Every device-dependent test runs once per device: the CPU always, CUDA where there is one, so
 # the same suite checks the GPU path on a machine that has a GPU (scripts/gpu_check.sh selects

@@ -7,12 +7,15 @@ built from strings). What differs is set once in ``connect``:
   fsync'ed: a judgment answered 2xx survives ``kill -9`` and a power cut), a busy timeout for
   other processes (the CLI while the server runs), and every transaction ``BEGIN IMMEDIATE``
   behind a process-wide lock: SQLite has one writer at a time anyway, and taking the write lock
-  up front means a read-then-write transaction never fails half-way on a lock upgrade. The
-  server's writes share transactions (``Store.write``: group commit, one fsync for all the
-  submits and leases that queued while the previous commit ran), and WAL checkpoints run
-  after the write lock is released (``Store._checkpoint``), not inside a commit.
+  up front means a read-then-write transaction never fails half-way on a lock upgrade. WAL
+  checkpoints run after the write lock is released (``Store._after_commit``), not inside a
+  commit.
 - PostgreSQL: a connection pool; a commit is durable (``synchronous_commit`` on, the server's
   default); queue picks lock the task row ``FOR UPDATE SKIP LOCKED``.
+
+On both, the server's writes (leases, submits, skips) share transactions: ``Store.write``, a
+group commit — one commit for all the writes that queued while the previous group committed,
+each answered only after that commit.
 
 Tables: meta (schema version, settings, admin token hash), prompts, tasks, candidates (text,
 model, sampling settings, reward-model score), annotators (token hashed), assignments (a
@@ -26,12 +29,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
@@ -221,6 +225,7 @@ def connect(db: str) -> Engine:
 class _Write:
     """One caller's part of a group commit (``Store.write``)."""
     fn: Callable
+    taken: bool = False  # by a leader, into its group
     finished: bool = False
     result: object = None
     error: BaseException | None = None
@@ -238,9 +243,11 @@ class Store:
     ``store.engine.connect()`` reads."""
 
     SETTINGS_TTL = 1.0  # seconds a server keeps the queue settings before reading them again
-    # SQLite: a passive WAL checkpoint after this many write transactions of this process (a
-    # judgment writes ~10 pages: about SQLite's own default of one per 1,000 pages)
+    # SQLite: a passive WAL checkpoint after this many writes of this process (a judgment
+    # writes ~10 pages: about SQLite's own default of one per 1,000 pages)
     CHECKPOINT_EVERY = 100
+    # groups of writes committing at once per process (Store.write)
+    GROUPS = {"sqlite": 1, "postgresql": 2}
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -253,7 +260,8 @@ class Store:
             self._lock_file = open(engine.url.database + ".lock", "a")
         self._settings: tuple[float, Settings] | None = None
         self._queued: list[_Write] = []  # Store.write calls waiting for the next group
-        self._queued_lock = threading.Lock()
+        self._queue_changed = threading.Condition()  # guards _queued and each call's state
+        self._leaders = threading.Semaphore(self.GROUPS[engine.dialect.name])
         self._commits = 0  # write transactions since this process's last checkpoint
         self._checkpointing = threading.Lock()
 
@@ -293,50 +301,68 @@ class Store:
         """``fn(conn)`` in a write transaction → its result, returned once that transaction is
         committed (durable); an exception of ``fn`` is raised here, and nothing it wrote is kept.
 
-        On SQLite concurrent calls share a transaction (group commit): the calls that queue
-        while another group commits run next, each in a savepoint of one transaction (an error
-        undoes only its own part), then one COMMIT — one fsync for all of them — and only then
-        does any of them return. A group is run by the first of its threads to get the write
-        lock; the others find their part done. Nothing is answered before it is durable, so a
-        ``kill -9`` loses only calls that had not returned. PostgreSQL flushes concurrent
-        commits together itself: there each call is its own transaction. Tests:
+        Concurrent calls share transactions (group commit): the calls that queue while a group
+        runs make the next group, run one after another on one connection, then one COMMIT
+        (one fsync, one flush of PostgreSQL's WAL) and only then does any of them return, so
+        a ``kill -9`` loses only calls not yet answered. If a call raises, the group is rolled
+        back and each of its calls runs again alone: the others are kept, the failing one gets
+        its exception (``fn`` may therefore run twice: it must act only through ``conn``). A
+        group is run by one of its callers (a leader); GROUPS says how many run at once per
+        process: one on SQLite (one writer anyway), two on PostgreSQL. Tests:
         tests/label/test_store.py (test_group_commit_*)."""
-        if not self.is_sqlite:
-            with self.transaction() as conn:
-                return fn(conn)
         call = _Write(fn)
-        with self._queued_lock:
+        with self._queue_changed:
             self._queued.append(call)
-        with self._thread_lock:
-            if not call.finished:
+        while True:
+            with self._queue_changed:
+                while not call.finished and (call.taken or not self._leaders.acquire(False)):
+                    self._queue_changed.wait()
+                if call.finished:
+                    break
+            try:  # a leader: run what is queued now (our call, unless a leader took it first)
                 self._run_group()
+            finally:
+                self._leaders.release()
+                with self._queue_changed:
+                    self._queue_changed.notify_all()
         self._after_commit()
         if call.error is not None:
             raise call.error
         return call.result
 
     def _run_group(self) -> None:
-        """Run every queued call in one transaction (the caller holds _thread_lock)."""
-        with self._file_lock():
-            with self._queued_lock:  # all that queued while we waited for the lock
+        with self._write_lock():  # SQLite: after the other processes' writes
+            with self._queue_changed:
                 group, self._queued = self._queued, []
+                for call in group:
+                    call.taken = True
+            outcomes = []
+            try:
+                outcomes = self._commit(group) if group else []
+            finally:  # also when something escaped (then the group learns it failed)
+                with self._queue_changed:
+                    for call, (result, error) in itertools.zip_longest(
+                            group, outcomes, fillvalue=(None, RuntimeError("the group was interrupted"))):
+                        call.result, call.error, call.finished = result, error, True
+
+    def _commit(self, group: list[_Write]) -> list[tuple[object, BaseException | None]]:
+        """(result, error) of each call: together in one transaction, or, if any call (or the
+        commit) failed, each alone."""
+        try:
+            with self._begin_write() as conn, conn.begin():
+                results = [call.fn(conn) for call in group]
+            return [(result, None) for result in results]
+        except Exception as err:
+            if len(group) == 1:
+                return [(None, err)]
+        outcomes = []
+        for call in group:
             try:
                 with self._begin_write() as conn, conn.begin():
-                    for call in group:
-                        savepoint = conn.begin_nested()
-                        try:
-                            call.result = call.fn(conn)
-                        except Exception as err:
-                            savepoint.rollback()
-                            call.error = err
-                        else:
-                            savepoint.commit()
-            except Exception as err:  # BEGIN or COMMIT failed: none of the group is kept
-                for call in group:
-                    call.result, call.error = None, err
-            finally:
-                for call in group:
-                    call.finished = True
+                    outcomes.append((call.fn(conn), None))
+            except Exception as err:
+                outcomes.append((None, err))
+        return outcomes
 
     def _after_commit(self) -> None:
         """SQLite: every CHECKPOINT_EVERY write transactions, a passive checkpoint, outside the

@@ -5,28 +5,14 @@ SQLite and on PostgreSQL (every store/API test runs on both).
 Without PostgreSQL the PostgreSQL cases skip, except under CI=true, where they fail: CI
 installs Debian's ``postgresql`` (scripts/install.sh) and must run them.
 """
-import importlib.util
 import os
-import sys
-from pathlib import Path
+import random
 
+import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
 import pytest
 
-from rlhfkit.label.store import init_store
-
-
-def _load_bench():
-    """bench/label.py holds the throwaway cluster, the live server and the load clients the
-    bench and these tests share (written once)."""
-    path = Path(__file__).resolve().parents[2] / "bench" / "label.py"
-    spec = importlib.util.spec_from_file_location("bench_label", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_label"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-live = _load_bench()
+from rlhfkit.label import queue
+from rlhfkit.label.store import Store, add_annotator, add_task, hash_token, init_store
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +34,28 @@ def db(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "labels.sqlite")
     return live.new_postgres_db(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def annotator():
+    """``annotator(store, name)`` → a new annotator of that name, as the queue sees them."""
+    def make(store: Store, name: str) -> queue.Annotator:
+        return queue.annotator_by_token_hash(store, hash_token(add_annotator(store, name)))
+
+    return make
+
+
+@pytest.fixture
+def add_tasks():
+    """``add_tasks(store, n, k=3)`` → the ids of n new tasks of k candidates each (prompt
+    "prompt i", responses "ri.j"), in one transaction."""
+    def add(store: Store, n: int, k: int = 3) -> list[int]:
+        rng = random.Random(0)
+        with store.transaction() as conn:
+            return [add_task(conn, (("user", f"prompt {i}"),), [f"r{i}.{j}" for j in range(k)],
+                             ["m"] * k, [{}] * k, rng) for i in range(n)]
+
+    return add
 
 
 @pytest.fixture

@@ -208,9 +208,9 @@ def test_a_connection_the_database_dropped_costs_no_request(postgres_server):
     """No pre-ping per checkout (a round trip per transaction): a pooled connection PostgreSQL
     dropped fails its first statement, SQLAlchemy renews the pool and the app retries the call
     once (app.py: _store_call) — the annotator sees nothing."""
+    import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
     import psycopg
 
-    import bench_label as live  # bench/label.py, registered by tests/label/conftest.py
     from rlhfkit.label.store import init_store
 
     db = live.new_postgres_db(postgres_server)

@@ -4,12 +4,11 @@ the server killed (-9) half-way and restarted: every acknowledged (2xx) judgment
 none twice. On SQLite and on PostgreSQL. The client and server: bench/label.py."""
 import asyncio
 
+import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
 import pytest
 from sqlalchemy import func, select
 
 from rlhfkit.label.store import judgments, open_store
-
-import bench_label as live  # bench/label.py, registered by tests/label/conftest.py
 
 CLIENTS, PER_CLIENT = 50, 20
 

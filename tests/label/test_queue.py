@@ -10,8 +10,6 @@ from rlhfkit.label.store import (
     SCHEMA_VERSION,
     Store,
     StoreError,
-    add_annotator,
-    add_task,
     init_store,
     judgments,
     meta,
@@ -19,19 +17,6 @@ from rlhfkit.label.store import (
     tasks,
     update_settings,
 )
-
-
-def annotator(store: Store, name: str) -> queue.Annotator:
-    from rlhfkit.label.store import hash_token
-
-    return queue.annotator_by_token_hash(store, hash_token(add_annotator(store, name)))
-
-
-def add_tasks(store: Store, n: int, k: int = 3) -> list[int]:
-    rng = random.Random(0)
-    with store.transaction() as conn:
-        return [add_task(conn, (("user", f"prompt {i}"),), [f"r{i}.{j}" for j in range(k)],
-                         ["m"] * k, [{}] * k, rng) for i in range(n)]
 
 
 def n_judgments(store: Store) -> int:
@@ -67,7 +52,8 @@ def test_sqlite_is_wal_and_fsyncs_every_commit(tmp_path):
     store.close()
 
 
-def test_shown_order_is_per_annotator_and_ranks_are_stored_in_slot_order(store_and_admin):
+def test_shown_order_is_per_annotator_and_ranks_are_stored_in_slot_order(store_and_admin,
+                                                                         annotator, add_tasks):
     _, store, _ = store_and_admin
     update_settings(store, overlap=2)
     (task_id,) = add_tasks(store, 1, k=4)
@@ -93,7 +79,7 @@ def test_shown_order_is_per_annotator_and_ranks_are_stored_in_slot_order(store_a
     assert again["task_id"] == task_id
 
 
-def test_overlap_and_never_twice_to_the_same_annotator(store_and_admin):
+def test_overlap_and_never_twice_to_the_same_annotator(store_and_admin, annotator, add_tasks):
     _, store, _ = store_and_admin
     update_settings(store, overlap=2)
     ids = add_tasks(store, 2)
@@ -111,7 +97,7 @@ def test_overlap_and_never_twice_to_the_same_annotator(store_and_admin):
     assert queue.next_task(store, a) is None  # a has judged both: never twice
 
 
-def test_a_lease_holds_the_slot_until_it_expires(store_and_admin):
+def test_a_lease_holds_the_slot_until_it_expires(store_and_admin, annotator, add_tasks):
     _, store, _ = store_and_admin
     update_settings(store, lease_seconds=60)
     (task_id,) = add_tasks(store, 1)
@@ -129,7 +115,7 @@ def test_a_lease_holds_the_slot_until_it_expires(store_and_admin):
     assert n_judgments(store) == 2
 
 
-def test_submit_is_idempotent_and_checks_the_lease(store_and_admin):
+def test_submit_is_idempotent_and_checks_the_lease(store_and_admin, annotator, add_tasks):
     _, store, _ = store_and_admin
     (task_id,) = add_tasks(store, 1)
     alice, bob = annotator(store, "alice"), annotator(store, "bob")
@@ -150,7 +136,7 @@ def test_submit_is_idempotent_and_checks_the_lease(store_and_admin):
         queue.submit(store, bob, task_id, [1, 2, 3])
 
 
-def test_skip_releases_the_task_for_others_only(store_and_admin):
+def test_skip_releases_the_task_for_others_only(store_and_admin, annotator, add_tasks):
     _, store, _ = store_and_admin
     first, second = add_tasks(store, 2)
     alice, bob = annotator(store, "alice"), annotator(store, "bob")
@@ -163,7 +149,7 @@ def test_skip_releases_the_task_for_others_only(store_and_admin):
 
 
 @pytest.mark.parametrize("order", ["fifo", "random", "uncertainty"])
-def test_orders(store_and_admin, order):
+def test_orders(store_and_admin, order, annotator, add_tasks):
     _, store, _ = store_and_admin
     update_settings(store, order=order, overlap=1)
     ids = add_tasks(store, 4)
@@ -183,7 +169,7 @@ def test_orders(store_and_admin, order):
 
 
 @pytest.mark.parametrize("order", ["fifo", "random", "uncertainty"])
-def test_completed_tasks_are_never_picked_nor_counted(store_and_admin, order):
+def test_completed_tasks_are_never_picked_nor_counted(store_and_admin, order, annotator, add_tasks):
     """The pick and the queue size read open tasks only (tasks.open, store.TASK_INDEXES): after
     20 of 30 tasks are complete, b is offered exactly the other 10, in the order's order."""
     _, store, _ = store_and_admin
@@ -235,7 +221,7 @@ def _vm_steps(store: Store, statement, params) -> int:
     return steps
 
 
-def test_the_fifo_pick_does_not_walk_completed_tasks(tmp_path):
+def test_the_fifo_pick_does_not_walk_completed_tasks(tmp_path, annotator, add_tasks):
     """The pick's cost does not grow with the tasks completed before the first open one (it did:
     it walked them all, docs/label.md "Measured"); a walk would show: leases at the head of the
     queue, which it must walk, do add steps."""
@@ -258,7 +244,8 @@ def test_the_fifo_pick_does_not_walk_completed_tasks(tmp_path):
     store.close()
 
 
-def test_an_expired_lease_and_a_late_judgment_close_the_task_once(store_and_admin):
+def test_an_expired_lease_and_a_late_judgment_close_the_task_once(store_and_admin,
+                                                                  annotator, add_tasks):
     _, store, _ = store_and_admin
     update_settings(store, lease_seconds=60)
     (task_id,) = add_tasks(store, 1)

@@ -10,27 +10,14 @@ from rlhfkit.label.store import (
     SCHEMA_VERSION,
     TASK_INDEXES,
     Store,
-    add_annotator,
     add_task,
     connect,
-    hash_token,
     init_store,
     meta,
     open_store,
     tasks,
     update_settings,
 )
-
-
-def annotator(store: Store, name: str) -> queue.Annotator:
-    return queue.annotator_by_token_hash(store, hash_token(add_annotator(store, name)))
-
-
-def add_tasks(store: Store, n: int) -> list[int]:
-    rng = random.Random(0)
-    with store.transaction() as conn:
-        return [add_task(conn, (("user", f"prompt {i}"),), ["a", "b"], ["m"] * 2, [{}] * 2, rng)
-                for i in range(n)]
 
 
 def judge(store: Store, person: queue.Annotator) -> int:
@@ -65,10 +52,10 @@ def index_names(conn) -> set[str]:
     return set(conn.exec_driver_sql(query).scalars())
 
 
-def test_a_version_2_store_is_migrated_on_open_and_works(db):
+def test_a_version_2_store_is_migrated_on_open_and_works(db, annotator, add_tasks):
     store, _ = init_store(db)
     update_settings(store, overlap=2)
-    ids = add_tasks(store, 4)
+    ids = add_tasks(store, 4, k=2)
     a, b = annotator(store, "a"), annotator(store, "b")
     judged_by_both = judge(store, a)
     assert judge(store, b) == judged_by_both == ids[0]
@@ -96,9 +83,9 @@ def test_a_version_2_store_is_migrated_on_open_and_works(db):
     open_store(db).close()  # a migrated store opens as it is
 
 
-def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin):
+def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin, annotator, add_tasks):
     _, store, _ = store_and_admin
-    ids = add_tasks(store, 3)
+    ids = add_tasks(store, 3, k=2)
     a, b = annotator(store, "a"), annotator(store, "b")
     assert {t: f[2] for t, f in flags(store).items()} == dict.fromkeys(ids, True)
     first = judge(store, a)
@@ -127,34 +114,29 @@ def test_tokens_never_start_with_a_dash(monkeypatch):
     assert len(new_token()) == 32 and not any(new_token().startswith("-") for _ in range(500))
 
 
-def test_group_commit_answers_after_one_shared_commit_and_undoes_only_a_failed_part(tmp_path):
-    """SQLite: writes queued while another transaction holds the write lock run together, each
-    in a savepoint, under one COMMIT; none returns before that commit; a call that raises has
-    its own writes undone (and gets its exception), the others are kept."""
+def test_group_commit_answers_after_one_shared_commit(tmp_path):
+    """SQLite (one group at a time): writes queued while another group runs make one group, one
+    COMMIT, and none returns before it. If one of a group raises, the group is rolled back and
+    each runs alone: the failing one gets its exception and keeps nothing, the others are kept."""
     import threading
 
     from sqlalchemy import event, insert
 
     store, _ = init_store(str(tmp_path / "l.sqlite"))
     commits = []
-    event.listen(store.engine, "commit", lambda conn: commits.append(threading.get_ident()))
-    holding, release = threading.Event(), threading.Event()
+    event.listen(store.engine, "commit", lambda conn: commits.append(1))
+    results, errors = {}, {}
 
-    def first(conn):  # holds the write lock until the others have queued
-        holding.set()
-        release.wait(10)
-        conn.execute(insert(meta).values(key="first", value="1"))
-        return "first"
-
-    def put(key):
+    def put(key, gate=None):
         def fn(conn):
+            if gate is not None:  # hold the group (and the write lock) until the others queued
+                gate[0].set()
+                gate[1].wait(10)
             conn.execute(insert(meta).values(key=key, value="1"))
-            if key == "bad":
+            if key.startswith("bad"):
                 raise ValueError("refused after writing")
             return key
         return fn
-
-    results, errors = {}, {}
 
     def call(key, fn):
         try:
@@ -162,27 +144,69 @@ def test_group_commit_answers_after_one_shared_commit_and_undoes_only_a_failed_p
         except ValueError as err:
             errors[key] = err
 
-    threads = [threading.Thread(target=call, args=("first", first))]
-    threads[0].start()
-    holding.wait(10)
-    for key in ("a", "bad", "b"):
-        threads.append(threading.Thread(target=call, args=(key, put(key))))
-        threads[-1].start()
-    while len(store._queued) < 3:  # the three are waiting for the lock: one group
-        threading.Event().wait(0.01)
-    assert results == {} and commits == []
-    release.set()
-    for thread in threads:
-        thread.join(10)
-    assert results == {"first": "first", "a": "a", "b": "b"} and list(errors) == ["bad"]
-    assert len(commits) == 2  # the first call's transaction, then one for the three queued
+    def group_behind_a_held_one(keys):
+        gate = threading.Event(), threading.Event()
+        threads = [threading.Thread(target=call, args=(f"held-{keys[0]}", put(f"held-{keys[0]}",
+                                                                           gate)))]
+        threads[0].start()
+        gate[0].wait(10)
+        for key in keys:
+            threads.append(threading.Thread(target=call, args=(key, put(key))))
+            threads[-1].start()
+        while len(store._queued) < len(keys):  # all waiting for the held group to commit
+            threading.Event().wait(0.01)
+        assert not set(keys) & set(results)
+        gate[1].set()
+        for thread in threads:
+            thread.join(10)
+
+    group_behind_a_held_one(["a", "b", "c"])
+    assert results == {"held-a": "held-a", "a": "a", "b": "b", "c": "c"} and errors == {}
+    assert len(commits) == 2  # the held group, then one commit for the three queued
+    commits.clear()
+    group_behind_a_held_one(["d", "bad", "e"])
+    assert {"d", "e"} <= set(results) and list(errors) == ["bad"]
+    assert len(commits) == 1 + 2  # the held group; the group of three failed: d, e alone
     with store.engine.connect() as conn:
         keys = set(conn.execute(select(meta.c.key)).scalars())
-    assert {"first", "a", "b"} <= keys and "bad" not in keys
+    assert {"held-a", "a", "b", "c", "held-d", "d", "e"} <= keys and "bad" not in keys
     store.close()
 
 
-def test_checkpoints_run_outside_commits(tmp_path):
+def test_group_commit_under_concurrent_writers(db):
+    """SQLite and PostgreSQL: 40 threads writing at once (some grouped, however they fall), one
+    of them raising: exactly the 39 others are stored, each caller got its own result."""
+    import threading
+
+    from sqlalchemy import insert
+
+    store, _ = init_store(db)
+    results, errors = {}, {}
+
+    def call(i):
+        def fn(conn):
+            conn.execute(insert(meta).values(key=f"k{i}", value=str(i)))
+            if i == 13:
+                raise ValueError("refused after writing")
+            return i
+        try:
+            results[i] = store.write(fn)
+        except ValueError as err:
+            errors[i] = err
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {i: i for i in range(40) if i != 13} and list(errors) == [13]
+    with store.engine.connect() as conn:
+        keys = set(conn.execute(select(meta.c.key).where(meta.c.key.startswith("k"))).scalars())
+    assert keys == {f"k{i}" for i in range(40) if i != 13}
+    store.close()
+
+
+def test_checkpoints_run_outside_commits(tmp_path, add_tasks):
     """No WAL checkpoint inside a commit (autocheckpoint off): the store runs a passive one
     every CHECKPOINT_EVERY write transactions, with the write lock released."""
     from sqlalchemy import event

@@ -2,26 +2,13 @@
 from breaking silently: its pure pieces by hand, and ``main`` end to end on the tiny loop
 (tiny-llama policy and reward model, the compressibility judge) — pool cached, round 0 shared
 by both strategies, labels exactly the simulated annotator's, a rerun continues."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
+import bench_selection as bench  # bench/selection.py (tests/conftest.py: BenchModules)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_bench():
-    path = ROOT / "bench" / "selection.py"
-    spec = importlib.util.spec_from_file_location("bench_selection", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_selection"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
 
 
 def test_simulated_ranks_is_the_noise_model_seeded_by_task():
