@@ -6,7 +6,7 @@ Routes (the contract with the page: notes in docs/label.md, "HTTP API"):
     GET  /api/tasks/next                  200 the task as shown to this annotator | 204 empty
     POST /api/judgments                   201 {"judgment_id"} | 200 the same again | 422 | 409
     POST /api/tasks/{task_id}/skip        200
-    GET  /api/admin/summary               progress, agreement, per-annotator table
+    GET  /api/admin/summary[?tag=PREFIX]  progress, agreement, per-annotator table
     POST /api/admin/annotators            201 {"name", "token", "link"}
     POST /api/admin/annotators/{name}/disable | /enable
     GET  /api/admin/export?format=ranked|pairs[&keep_all_bad=true]   JSONL download
@@ -272,9 +272,12 @@ def _add_admin_routes(app: FastAPI, store, admin, forget, base_url: str) -> None
     /api/admin/leaderboard."""
 
     @app.get("/api/admin/summary")
-    def admin_summary(token: str = Depends(bearer)):
+    def admin_summary(tag: str | None = Query(None, max_length=100),
+                      token: str = Depends(bearer)):
+        """Progress, agreement and the per-annotator table (`rlhfkit label stats`); ``tag``:
+        only tasks whose tag starts with it (as `label stats --tag`)."""
         admin(token)
-        return summary(store)
+        return summary(store, tag)
 
     @app.post("/api/admin/annotators", status_code=201)
     def admin_add(body: AnnotatorIn, request: Request, token: str = Depends(bearer)):

@@ -40,16 +40,24 @@ def tagged(query, tag_prefix: str | None):
     return query.where(tasks.c.tag.startswith(tag_prefix, autoescape=True))
 
 
+def of_tasks(query, table, tag_prefix: str | None):
+    """``query`` over ``table`` (a table with ``task_id``) limited by ``tagged``."""
+    if tag_prefix is None:
+        return query
+    return tagged(query.join(tasks, tasks.c.id == table.c.task_id), tag_prefix)
+
+
 def load_judgments(conn, tag_prefix: str | None = None) -> list[Judgment]:
-    slots = {cid: slot for cid, slot in conn.execute(select(candidates.c.id, candidates.c.slot))}
+    """The judgments (store order) of the tasks ``tag_prefix`` keeps (every query selects by
+    tag: nothing of other tasks is read)."""
+    slots = dict(conn.execute(of_tasks(select(candidates.c.id, candidates.c.slot), candidates,
+                                        tag_prefix)).all())
     query = (select(judgments.c.task_id, annotators.c.name, judgments.c.ranks,
                     judgments.c.shown_order, judgments.c.seconds, judgments.c.server_seconds,
                     judgments.c.flags)
              .join(annotators, annotators.c.id == judgments.c.annotator_id)
              .order_by(judgments.c.id))
-    if tag_prefix is not None:
-        query = tagged(query.join(tasks, tasks.c.id == judgments.c.task_id), tag_prefix)
-    rows = conn.execute(query)
+    rows = conn.execute(of_tasks(query, judgments, tag_prefix))
     return [Judgment(task_id, name, tuple(ranks), tuple(slots[c] for c in shown),
                      seconds if seconds is not None else server_seconds, tuple(flags))
             for task_id, name, ranks, shown, seconds, server_seconds, flags in rows]

@@ -16,8 +16,8 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from rlhfkit.label.export import load_judgments
-from rlhfkit.label.store import Store, candidates, tasks
+from rlhfkit.label.export import load_judgments, of_tasks
+from rlhfkit.label.store import Store, candidates
 from rlhfkit.ops.leaderboard import (
     Comparison,
     bootstrap_intervals,
@@ -26,11 +26,12 @@ from rlhfkit.ops.leaderboard import (
 )
 
 
-def _models_by_task(conn) -> dict[int, list[str]]:
-    """task id → the model of each candidate, slot order."""
+def _models_by_task(conn, tag_prefix: str | None = None) -> dict[int, list[str]]:
+    """task id → the model of each candidate, slot order (of the tasks ``tag_prefix`` keeps)."""
+    query = (select(candidates.c.task_id, candidates.c.model)
+             .order_by(candidates.c.task_id, candidates.c.slot))
     out = defaultdict(list)
-    for task_id, model in conn.execute(select(candidates.c.task_id, candidates.c.model)
-                                       .order_by(candidates.c.task_id, candidates.c.slot)):
+    for task_id, model in conn.execute(of_tasks(query, candidates, tag_prefix)):
         out[task_id].append(model)
     return dict(out)
 
@@ -38,14 +39,11 @@ def _models_by_task(conn) -> dict[int, list[str]]:
 def comparisons_by_judgment(store: Store, tag_prefix: str | None = None
                             ) -> list[list[Comparison]]:
     """One list of (model_a, model_b, score_a) per judgment (store order), only judgments that
-    compare two different models; ``tag_prefix``: only tasks whose tag starts with it."""
+    compare two different models; ``tag_prefix``: only tasks whose tag starts with it (both
+    queries select by tag: nothing of other tasks is read)."""
     with store.engine.connect() as conn:
-        judged = load_judgments(conn)
-        models = _models_by_task(conn)
-        if tag_prefix is not None:
-            kept = set(conn.execute(select(tasks.c.id).where(
-                tasks.c.tag.startswith(tag_prefix, autoescape=True))).scalars())
-            judged = [j for j in judged if j.task_id in kept]
+        judged = load_judgments(conn, tag_prefix)
+        models = _models_by_task(conn, tag_prefix)
     grouped = [ranking_pairs(list(j.ranks), models[j.task_id]) for j in judged]
     return [group for group in grouped if group]
 

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlhfkit.label.app import create_app
+from rlhfkit.label.export import summary
 from rlhfkit.label.leaderboard import leaderboard
 from rlhfkit.label.store import add_annotator, add_task
 
@@ -174,6 +175,36 @@ def test_admin_leaderboard_rows_with_the_tag_filter(store_and_admin):
             response = client.get(f"/api/admin/leaderboard?{bad}", headers=admin)
             assert response.status_code == 422
             assert bad.split("=")[0] in json.dumps(response.json()["detail"])
+
+
+def test_admin_summary_with_the_tag_filter(store_and_admin):
+    """?tag=PREFIX: the summary of the tasks whose tag starts with it, as `label stats --tag`
+    (export.summary); a tag over 100 characters → 422 naming it; annotators: 403."""
+    db, store, admin_token = store_and_admin
+    rng = random.Random(0)
+    with store.transaction() as conn:
+        for i, tag in enumerate(("round-0/sample", "round-0/sample", "round-1/sample", None)):
+            add_task(conn, (("user", f"p{i}"),), [f"a{i}", f"b{i}"], ["m"] * 2, [{}] * 2, rng,
+                     tag=tag)
+    alice = auth(add_annotator(store, "alice"))
+    with TestClient(create_app(db)) as client:
+        for ranks in ([1, 2], [2, 1], [1, 1]):  # fifo: p0 and p1 (round 0), then p2 (round 1)
+            task = client.get("/api/tasks/next", headers=alice).json()
+            assert client.post("/api/judgments", headers=alice, json={
+                "task_id": task["task_id"], "ranks": ranks}).status_code == 201
+        admin = auth(admin_token)
+        counts = {}
+        for tag in ("round-0/", "round-1/", "round-", "round-9/", None):
+            response = client.get("/api/admin/summary", params={"tag": tag} if tag else {},
+                                  headers=admin)
+            assert response.status_code == 200
+            assert response.json() == summary(store, tag)
+            counts[tag] = tuple(response.json()[k] for k in ("tasks", "complete", "judgments"))
+        assert counts == {"round-0/": (2, 2, 2), "round-1/": (1, 1, 1), "round-": (3, 3, 3),
+                          "round-9/": (0, 0, 0), None: (4, 3, 3)}
+        response = client.get("/api/admin/summary", params={"tag": "r" * 101}, headers=admin)
+        assert response.status_code == 422 and "tag" in json.dumps(response.json()["detail"])
+        assert client.get("/api/admin/summary?tag=round-0/", headers=alice).status_code == 403
 
 
 def test_request_size_limit(api):

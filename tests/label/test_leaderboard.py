@@ -100,6 +100,25 @@ def test_the_tag_prefix_keeps_only_its_tasks(store):
     assert leaderboard(store, "round-9/") == []
 
 
+def test_the_tag_prefix_is_a_condition_of_every_query(store):
+    """With a tag, each query selects by tag (no rows of other tasks read and dropped in
+    Python); without one, none does."""
+    from sqlalchemy import event
+
+    add(store, ["a", "b"], tag="round-0/sample")
+    add(store, ["a", "c"], tag="round-1/sample")
+    judge(store, "x", {"a": 1, "b": 2, "c": 3})
+    judge(store, "x", {"a": 1, "b": 2, "c": 3})
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda conn, cursor, statement, *args:
+                 statements.append(statement) if statement.startswith("SELECT") else None)
+    assert comparisons_by_judgment(store, "round-1/") == [[("a", "c", 1.0)]]
+    assert len(statements) == 3 and all("tasks.tag" in s for s in statements), statements
+    statements.clear()
+    assert len(comparisons_by_judgment(store)) == 2
+    assert len(statements) == 3 and not any("tag" in s for s in statements), statements
+
+
 @pytest.fixture
 def sqlite_db(tmp_path):
     """A SQLite store: a ≻ b ≻ c in every judgment but one, where c beats b."""
