@@ -46,9 +46,10 @@ from rlhfkit.label.store import (
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 64 * 1024
 TOKEN_TTL = 2.0
-# store threads per server process by default (docs/label.md, "Measured"): the submits and
-# leases waiting in them share commits (store.Store.write: group commit)
-STORE_THREADS = {"sqlite": 16, "postgresql": 16}
+# store threads per server process by default (docs/label.md, "Measured"): on SQLite the
+# submits and leases waiting in them share commits (store.Store.write: group commit);
+# PostgreSQL overlaps its round trips
+STORE_THREADS = {"sqlite": 16, "postgresql": 4}
 
 
 class JudgmentIn(BaseModel):

@@ -10,15 +10,16 @@
 - Order: ``fifo`` (import order), ``random`` (a random key drawn at import), ``uncertainty``
   (smallest gap between the reward-model scores of a task's candidates first; unscored last).
 - Submit is atomic: the judgment row and the assignment's state together, in a transaction
-  it may share with other submits and leases (``Store.write``: group commit); a second
-  identical POST finds the judgment and returns it (idempotent), the unique constraint
-  settles a race between two such POSTs.
-- Cost (the bench, docs/label.md): a judgment is two writes of two and three statements,
-  each committed with the others that queued meanwhile. Opening a task is one query (their own lease or the pick, the task's text and
-  the progress counts) and the lease's INSERT; submit closes the lease with UPDATE …
-  RETURNING, inserts the judgment and counts it on the task. The pick reads an index led by
-  ``open`` (store.py: TASK_INDEXES), so it starts at the first open task in the queue's
-  order: its cost does not grow with the tasks completed before it.
+  it may share with other submits and leases (SQLite: ``Store.write``, group commit); a
+  second identical POST finds the judgment and returns it (idempotent), the unique
+  constraint settles a race between two such POSTs.
+- Cost (the bench, docs/label.md): a judgment is two writes of two and three statements
+  (SQLite: each committed with the others that queued meanwhile). Opening a task is one
+  query (their own lease or the pick, the task's text and the progress counts) and the
+  lease's INSERT; submit closes the lease with UPDATE … RETURNING, inserts the judgment and
+  counts it on the task. The pick reads an index led by ``open`` (store.py: TASK_INDEXES),
+  so it starts at the first open task in the queue's order: its cost does not grow with the
+  tasks completed before it.
 Tests: tests/label/test_queue.py.
 """
 from __future__ import annotations

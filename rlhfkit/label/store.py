@@ -13,7 +13,7 @@ built from strings). What differs is set once in ``connect``:
 - PostgreSQL: a connection pool; a commit is durable (``synchronous_commit`` on, the server's
   default); queue picks lock the task row ``FOR UPDATE SKIP LOCKED``.
 
-On both, the server's writes (leases, submits, skips) share transactions: ``Store.write``, a
+On SQLite the server's writes (leases, submits, skips) share transactions: ``Store.write``, a
 group commit — one commit for all the writes that queued while the previous group committed,
 each answered only after that commit.
 
@@ -225,7 +225,6 @@ def connect(db: str) -> Engine:
 class _Write:
     """One caller's part of a group commit (``Store.write``)."""
     fn: Callable
-    taken: bool = False  # by a leader, into its group
     finished: bool = False
     result: object = None
     error: BaseException | None = None
@@ -246,8 +245,8 @@ class Store:
     # SQLite: a passive WAL checkpoint after this many writes of this process (a judgment
     # writes ~10 pages: about SQLite's own default of one per 1,000 pages)
     CHECKPOINT_EVERY = 100
-    # groups of writes committing at once per process (Store.write)
-    GROUPS = {"sqlite": 1, "postgresql": 2}
+    # Store.write: writes share commits (group commit), by database
+    GROUP_COMMIT = {"sqlite": True, "postgresql": False}
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -260,8 +259,9 @@ class Store:
             self._lock_file = open(engine.url.database + ".lock", "a")
         self._settings: tuple[float, Settings] | None = None
         self._queued: list[_Write] = []  # Store.write calls waiting for the next group
-        self._queue_changed = threading.Condition()  # guards _queued and each call's state
-        self._leaders = threading.Semaphore(self.GROUPS[engine.dialect.name])
+        self._queued_lock = threading.Lock()
+        # held by the caller running a group (SQLite: the write lock of this process)
+        self._leader = self._thread_lock if self.is_sqlite else threading.Lock()
         self._commits = 0  # write transactions since this process's last checkpoint
         self._checkpointing = threading.Lock()
 
@@ -302,48 +302,42 @@ class Store:
         committed (durable); an exception of ``fn`` is raised here, and nothing it wrote is kept.
 
         Concurrent calls share transactions (group commit): the calls that queue while a group
-        runs make the next group, run one after another on one connection, then one COMMIT
-        (one fsync, one flush of PostgreSQL's WAL) and only then does any of them return, so
-        a ``kill -9`` loses only calls not yet answered. If a call raises, the group is rolled
-        back and each of its calls runs again alone: the others are kept, the failing one gets
-        its exception (``fn`` may therefore run twice: it must act only through ``conn``). A
-        group is run by one of its callers (a leader); GROUPS says how many run at once per
-        process: one on SQLite (one writer anyway), two on PostgreSQL. Tests:
-        tests/label/test_store.py (test_group_commit_*)."""
+        commits make the next group, run one after another on one connection, then one COMMIT
+        (one fsync for all) and only then does any of them return, so a ``kill -9`` loses only
+        calls not yet answered. If a call raises, the group is rolled back and each of its
+        calls runs again alone: the others are kept, the failing one gets its exception
+        (``fn`` may therefore run twice: it must act only through ``conn``). A group is run by
+        the first of its callers to get the write lock; the others find their part done.
+        GROUP_COMMIT says where: on SQLite (one writer, one fsync per commit); on PostgreSQL
+        each call is its own transaction (grouping measured no faster there: docs/label.md).
+        Tests: tests/label/test_store.py (test_group_commit_*)."""
+        if not self.GROUP_COMMIT[self.engine.dialect.name]:
+            with self.transaction() as conn:
+                return fn(conn)
         call = _Write(fn)
-        with self._queue_changed:
+        with self._queued_lock:
             self._queued.append(call)
-        while True:
-            with self._queue_changed:
-                while not call.finished and (call.taken or not self._leaders.acquire(False)):
-                    self._queue_changed.wait()
-                if call.finished:
-                    break
-            try:  # a leader: run what is queued now (our call, unless a leader took it first)
+        with self._leader:
+            if not call.finished:
                 self._run_group()
-            finally:
-                self._leaders.release()
-                with self._queue_changed:
-                    self._queue_changed.notify_all()
         self._after_commit()
         if call.error is not None:
             raise call.error
         return call.result
 
     def _run_group(self) -> None:
-        with self._write_lock():  # SQLite: after the other processes' writes
-            with self._queue_changed:
+        """Run every queued call (the caller holds _leader)."""
+        with self._file_lock():
+            with self._queued_lock:  # all that queued while we waited for the lock
                 group, self._queued = self._queued, []
-                for call in group:
-                    call.taken = True
             outcomes = []
             try:
-                outcomes = self._commit(group) if group else []
+                outcomes = self._commit(group)
             finally:  # also when something escaped (then the group learns it failed)
-                with self._queue_changed:
-                    for call, (result, error) in itertools.zip_longest(
-                            group, outcomes, fillvalue=(None, RuntimeError("the group was interrupted"))):
-                        call.result, call.error, call.finished = result, error, True
+                interrupted = None, RuntimeError("the group was interrupted")
+                for call, (result, error) in itertools.zip_longest(group, outcomes,
+                                                                   fillvalue=interrupted):
+                    call.result, call.error, call.finished = result, error, True
 
     def _commit(self, group: list[_Write]) -> list[tuple[object, BaseException | None]]:
         """(result, error) of each call: together in one transaction, or, if any call (or the
