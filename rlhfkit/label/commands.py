@@ -99,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="server processes (uvicorn workers); SQLite writes stay one at a time")
     p.add_argument("--store-threads", type=int, default=0,
-                   help="threads per process that run store calls (0: 1 on SQLite, 4 on "
-                        "PostgreSQL)")
+                   help="threads per process that run store calls (0: 16 on SQLite, where "
+                        "the writes waiting in them share a commit; 4 on PostgreSQL)")
     p = command("stats", "Progress, agreement and the per-annotator table.")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
     tag_option(p, prefix=True)
