@@ -27,33 +27,45 @@ def _parser() -> argparse.ArgumentParser:
         "export them for `rlhfkit rm` / `rlhfkit dpo`. --db is a SQLite file path or "
         "postgresql://user@host/dbname.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    _queue_settings(_command(sub, "init", "Create a new label store; prints the admin token."),
+                    True)
+    _queue_settings(_command(sub, "config", "Change the queue settings of a store."), False)
+    _task_commands(sub)
+    _access_commands(sub)
+    _report_commands(sub)
+    return parser
 
-    def command(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--db", required=True, help="SQLite file or postgresql:// URL")
-        return p
 
-    def tag_option(p, prefix: bool):
-        if prefix:  # the same prefix match as `label leaderboard --tag`
-            p.add_argument("--tag", default=None, metavar="PREFIX",
-                           help="only tasks whose tag starts with PREFIX (e.g. round-1/)")
-        else:
-            p.add_argument("--tag", default=None, help="name the batch the new tasks belong "
-                           "to (tasks.tag, e.g. round-1/sample; up to 100 characters)")
+def _command(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_, description=help_)
+    p.add_argument("--db", required=True, help="SQLite file or postgresql:// URL")
+    return p
 
-    def queue_settings(p, defaults: bool):
-        d = Settings() if defaults else Settings(None, None, None)
-        p.add_argument("--overlap", type=int, default=d.overlap,
-                       help="annotators per task (each task is judged this many times)")
-        p.add_argument("--order", choices=ORDERS, default=d.order,
-                       help="which task comes next: import order, random, or the tasks whose "
-                            "candidates the reward model scores closest first (uncertainty)")
-        p.add_argument("--lease-seconds", type=float, default=d.lease_seconds,
-                       help="an opened task returns to the queue after this long")
 
-    queue_settings(command("init", "Create a new label store; prints the admin token."), True)
-    queue_settings(command("config", "Change the queue settings of a store."), False)
-    p = command("generate", "Sample K candidates per prompt from a policy and add a task each.")
+def _tag_option(p, prefix: bool) -> None:
+    if prefix:  # the same prefix match as `label leaderboard --tag`
+        p.add_argument("--tag", default=None, metavar="PREFIX",
+                       help="only tasks whose tag starts with PREFIX (e.g. round-1/)")
+    else:
+        p.add_argument("--tag", default=None, help="name the batch the new tasks belong "
+                       "to (tasks.tag, e.g. round-1/sample; up to 100 characters)")
+
+
+def _queue_settings(p, defaults: bool) -> None:
+    d = Settings() if defaults else Settings(None, None, None)
+    p.add_argument("--overlap", type=int, default=d.overlap,
+                   help="annotators per task (each task is judged this many times)")
+    p.add_argument("--order", choices=ORDERS, default=d.order,
+                   help="which task comes next: import order, random, or the tasks whose "
+                        "candidates the reward model scores closest first (uncertainty)")
+    p.add_argument("--lease-seconds", type=float, default=d.lease_seconds,
+                   help="an opened task returns to the queue after this long")
+
+
+def _task_commands(sub) -> None:
+    """generate, import, score: tasks and their candidates' scores."""
+    p = _command(sub, "generate", "Sample K candidates per prompt from a policy and add a task "
+                 "each.")
     p.add_argument("--policy", required=True, help="model folder (e.g. runs/sft/final) or alias")
     p.add_argument("--prompts", required=True, help="JSONL/JSON(.gz) rows with a 'prompt'")
     p.add_argument("--k", type=int, default=4, help="candidates per prompt")
@@ -69,26 +81,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--reward-model", default="", help="also score the new candidates with "
                    "this reward model (final/ of `rlhfkit rm`) for --order uncertainty")
-    tag_option(p, prefix=False)
-    p = command("import", "Add a task per row of a candidates file.")
+    _tag_option(p, prefix=False)
+    p = _command(sub, "import", "Add a task per row of a candidates file.")
     p.add_argument("--data", required=True,
                    help='rows {"prompt", "responses": [...], "models": [...] (optional)}')
     p.add_argument("--reward-model", default="", help="score the candidates (see generate)")
-    tag_option(p, prefix=False)
-    p = command("score", "Score candidates with a reward model (the uncertainty order).")
+    _tag_option(p, prefix=False)
+    p = _command(sub, "score", "Score candidates with a reward model (the uncertainty order).")
     p.add_argument("--reward-model", required=True, help="final/ folder of `rlhfkit rm`")
     p.add_argument("--only-missing", action="store_true", help="skip tasks already scored")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+
+
+def _access_commands(sub) -> None:
+    """Annotators, the admin token, and serve."""
     for name, help_ in (("add-annotator", "Add an annotator; prints their login link."),
                         ("disable-annotator", "Disable an annotator's token."),
                         ("enable-annotator", "Enable a disabled annotator again.")):
-        p = command(name, help_)
+        p = _command(sub, name, help_)
         p.add_argument("name")
         p.add_argument("--base-url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
                        help="the address annotators reach `serve` at (for the link)")
-    p = command("admin-token", "Replace the admin token; prints the new admin link.")
+    p = _command(sub, "admin-token", "Replace the admin token; prints the new admin link.")
     p.add_argument("--base-url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}")
-    p = command("serve", "Serve the labelling page and API (FastAPI on uvicorn).")
+    p = _command(sub, "serve", "Serve the labelling page and API (FastAPI on uvicorn).")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="interface to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -101,23 +117,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--store-threads", type=int, default=0,
                    help="threads per process that run store calls (0: 16 on SQLite, where "
                         "the writes waiting in them share a commit; 4 on PostgreSQL)")
-    p = command("stats", "Progress, agreement and the per-annotator table.")
+
+
+def _report_commands(sub) -> None:
+    """stats, export, leaderboard: what the judgments say."""
+    p = _command(sub, "stats", "Progress, agreement and the per-annotator table.")
     p.add_argument("--json", action="store_true", help="the summary as JSON")
-    tag_option(p, prefix=True)
-    p = command("export", "Write the judgments as training data.")
+    _tag_option(p, prefix=True)
+    p = _command(sub, "export", "Write the judgments as training data.")
     p.add_argument("--format", required=True, choices=("ranked", "pairs"),
                    help="ranked: for `rlhfkit rm` (ties as 'ranks'); pairs: for `rlhfkit dpo`")
     p.add_argument("--out", required=True, help="output JSONL file")
     p.add_argument("--keep-all-bad", action="store_true",
                    help="keep tasks most annotators flagged 'all bad'")
-    tag_option(p, prefix=True)
-    p = command("leaderboard", "Bradley–Terry (Elo-scale) ratings of the models whose "
-                "candidates were ranked, with bootstrap intervals over the judgments.")
-    tag_option(p, prefix=True)
+    _tag_option(p, prefix=True)
+    p = _command(sub, "leaderboard", "Bradley–Terry (Elo-scale) ratings of the models whose "
+                 "candidates were ranked, with bootstrap intervals over the judgments.")
+    _tag_option(p, prefix=True)
     p.add_argument("--json", action="store_true", help="the rows as JSON")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="resamples of the judgments for the intervals (0: none)")
-    return parser
 
 
 def _fmt(value) -> str:
