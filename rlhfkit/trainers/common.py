@@ -167,6 +167,17 @@ def micro_batches(rows: list[int], rank: int, world_size: int, micro_batch_size:
     return chunks(rows[rank::world_size], micro_batch_size)
 
 
+def rows_per_forward(micro_batch_size: int, max_forward_tokens: int, row_tokens: int) -> int:
+    """Micro-batch size under a token cap: ``micro_batch_size`` (0 = all rows) lowered until
+    rows x ``row_tokens`` <= ``max_forward_tokens`` (0 = no cap), never below one row.
+    Activation memory grows with the tokens of one forward pass, so the cap bounds it
+    (tests/trainers/test_dpo_trainer.py::test_rows_per_forward_hand_values)."""
+    if max_forward_tokens <= 0:
+        return micro_batch_size
+    fit = max(1, max_forward_tokens // max(row_tokens, 1))
+    return fit if micro_batch_size == 0 else min(micro_batch_size, fit)
+
+
 def chunks(rows, size: int) -> list:
     """``rows`` (a list or a 1-D tensor of indices) cut into consecutive pieces of ``size``
     (0 = one piece)."""

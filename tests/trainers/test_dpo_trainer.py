@@ -258,6 +258,45 @@ def test_evaluate_keeps_every_sum_on_the_run_device(monkeypatch):
     assert [key for key, where in handed if where != device] == []
 
 
+def test_rows_per_forward_hand_values():
+    """512 tokens / 192 a packed pair (64 + 64 + 64) = 2 pairs; the cap only ever lowers
+    train.micro_batch_size; never below one row; 0 = no cap (micro_batch_size as given)."""
+    assert common.rows_per_forward(0, 512, 192) == 2
+    assert common.rows_per_forward(0, 512, 128) == 4
+    assert common.rows_per_forward(3, 512, 128) == 3
+    assert common.rows_per_forward(8, 512, 1000) == 1
+    assert common.rows_per_forward(0, 0, 192) == 0
+    assert common.rows_per_forward(2, 0, 192) == 2
+    pair = dpo.EncodedPair(Encoded([1] * 5, [2] * 3), Encoded([1] * 5, [3] * 4))
+    assert dpo.pair_tokens(pair, packed=True) == 5 + 3 + 4
+    assert dpo.pair_tokens(pair, packed=False) == 2 * (5 + 4)
+
+
+def test_token_cap_equals_one_pass(repo_root, tmp_path, monkeypatch, on_device):
+    """dpo.max_forward_tokens cuts a step into one pair per forward here (cap 1): the same
+    losses and gradient norms as one pass over the batch (cap 0), to float summation order."""
+    pieces = []
+    accumulate = common.accumulate_step
+
+    def counting(run, models, optimizers, schedulers, chunks, *rest, **kw):
+        pieces.append(len(chunks))
+        return accumulate(run, models, optimizers, schedulers, chunks, *rest, **kw)
+
+    monkeypatch.setattr(common, "accumulate_step", counting)
+    args = (*on_device, *FAST, "train.max_steps=3", "dpo.reference=copy")
+    dpo.run(config(repo_root, tmp_path / "one", *args, "dpo.max_forward_tokens=0"))
+    assert pieces == [1, 1, 1]
+    pieces.clear()
+    dpo.run(config(repo_root, tmp_path / "cut", *args, "dpo.max_forward_tokens=1"))
+    assert pieces == [4, 4, 4]  # train.batch_size=4 pairs, one a forward
+    one, cut = common.read_metrics(tmp_path / "one"), common.read_metrics(tmp_path / "cut")
+    train = [(a, b) for a, b in zip(one, cut) if "loss" in a]
+    assert len(train) == 3 and abs(train[-1][0]["loss"] - math.log(2)) > 1e-4
+    for a, b in train:
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+
+
 def test_reference_choices_are_checked(repo_root, tmp_path):
     with pytest.raises(ConfigError, match="dpo.reference='none' is invalid"):
         config(repo_root, tmp_path, "dpo.reference=none")
@@ -265,6 +304,8 @@ def test_reference_choices_are_checked(repo_root, tmp_path):
         config(repo_root, tmp_path, "dpo.reference=adapter")
     with pytest.raises(ConfigError, match="dpo.loss_type='orpo' is invalid: expected one of"):
         config(repo_root, tmp_path, "dpo.loss_type=orpo")
+    with pytest.raises(ConfigError, match="dpo.max_forward_tokens=-1 is invalid"):
+        config(repo_root, tmp_path, "dpo.max_forward_tokens=-1")
     simpo = config(repo_root, tmp_path, "dpo.loss_type=simpo")
     assert simpo.dpo.reference_mode == "none"
     assert config(repo_root, tmp_path).dpo.reference_mode == "precomputed"
