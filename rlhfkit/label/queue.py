@@ -13,13 +13,14 @@
   it may share with other submits and leases (SQLite: ``Store.write``, group commit); a
   second identical POST finds the judgment and returns it (idempotent), the unique
   constraint settles a race between two such POSTs.
-- Cost (the bench, docs/label.md): a judgment is two writes of two and three statements
-  (SQLite: each committed with the others that queued meanwhile). Opening a task is one
-  query (their own lease or the pick, the task's text and the progress counts) and the
-  lease's INSERT; submit closes the lease with UPDATE … RETURNING, inserts the judgment and
-  counts it on the task. The pick reads an index led by ``open`` (store.py: TASK_INDEXES),
-  so it starts at the first open task in the queue's order: its cost does not grow with the
-  tasks completed before it.
+- Cost (the bench, docs/label.md): a judgment is two writes of two and three or four
+  statements (SQLite: each committed with the others that queued meanwhile). Opening a task
+  is one query (their own lease or the pick, the task's text and the progress counts: the
+  queue size from store.queue_counts, not a count of the open tasks) and the lease's
+  INSERT; submit closes the lease with UPDATE … RETURNING, inserts the judgment, counts it
+  on the task and, if that completes the task, takes it off queue_counts. The pick reads an
+  index led by ``open`` (store.py: TASK_INDEXES), so it starts at the first open task in the
+  queue's order: its cost does not grow with the tasks completed before it.
 Tests: tests/label/test_queue.py.
 """
 from __future__ import annotations
@@ -42,13 +43,16 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from rlhfkit.label.store import (
+    COUNT_COMPLETED,
     FLAGS,
     Store,
     annotators,
     assignments,
     candidates,
+    completed_shard,
     judgments,
     prompts,
+    queue_counts,
     tasks,
 )
 
@@ -98,11 +102,11 @@ PICK = {order: select(tasks.c.id).where(_OPEN, _SLOTS < tasks.c.overlap)
 PICK_LOCKED = {order: query.with_for_update(of=tasks, skip_locked=True)
                for order, query in PICK.items()}
 # The queue an annotator sees: open tasks never assigned to them = open tasks − open tasks
-# assigned to them (assignments hold one row per task and annotator): the open tasks counted
-# (ix_tasks_open_fifo, or PostgreSQL's scan of the table: it grows with the open tasks, 0.4 ms
-# at 2,500 open on PostgreSQL), then this annotator's assignments (ix_assignments_annotator),
+# assigned to them (assignments hold one row per task and annotator): the open tasks from
+# store.queue_counts (a sum of 33 rows: counting the tasks grew with the open tasks, 0.4 ms at
+# 2,500 open on PostgreSQL), then this annotator's assignments (ix_assignments_annotator),
 # each task looked up by its key. As a join PostgreSQL hashed the whole table a second time.
-_OPEN_TASKS = select(func.count()).select_from(tasks).where(_OPEN).correlate(None)
+_OPEN_TASKS = select(func.sum(queue_counts.c.open_tasks)).correlate(None)
 _TASK_OPEN = (select(tasks.c.open).where(tasks.c.id == assignments.c.task_id)
               .correlate(assignments).scalar_subquery())
 _OPEN_MINE = (select(func.count()).select_from(assignments)
@@ -155,10 +159,12 @@ LEASE = select(assignments.c.state).where(assignments.c.task_id == _TASK,
                                           assignments.c.annotator_id == _ME)
 ADD_JUDGMENT = insert(judgments)
 # the count and the open flag in one statement, from the task's own row (SET sees the row as
-# it was: judged + 1 is the new count)
+# it was: judged + 1 is the new count); it returns the new count and the overlap: equal, this
+# judgment completed the task (store.queue_counts then counts one open task fewer)
 COUNT_JUDGMENT = (update(tasks).where(tasks.c.id == _TASK)
                   .values(judged=tasks.c.judged + 1,
-                          open=tasks.c.judged + 1 < tasks.c.overlap))
+                          open=tasks.c.judged + 1 < tasks.c.overlap)
+                  .returning(tasks.c.judged, tasks.c.overlap))
 EXISTING = select(judgments.c.id).where(judgments.c.task_id == _TASK,
                                         judgments.c.annotator_id == _ME)
 BY_TOKEN = select(annotators.c.id, annotators.c.name, annotators.c.active).where(
@@ -259,7 +265,9 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
             "comment": comment, "leased_at": lease.leased_at, "submitted_at": now,
             "seconds": seconds, "server_seconds": max(now - lease.leased_at, 0.0),
         }).inserted_primary_key[0]
-        conn.execute(COUNT_JUDGMENT, key)
+        judged, overlap = conn.execute(COUNT_JUDGMENT, key).one()
+        if judged == overlap:  # complete now (a judgment past the overlap finds it closed)
+            conn.execute(COUNT_COMPLETED, {"of_shard": completed_shard(task_id)})
         return judgment_id, True
 
     try:

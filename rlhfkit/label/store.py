@@ -20,9 +20,9 @@ each answered only after that commit.
 Tables: meta (schema version, settings, admin token hash), prompts, tasks, candidates (text,
 model, sampling settings, reward-model score), annotators (token hashed), assignments (a
 lease per task and annotator with the order shown), judgments (ranks, flags, comment, shown
-order, timestamps, seconds). Times are unix seconds (float). A store of an older schema
-version is migrated on open (``MIGRATIONS``). Tests: tests/label/test_store.py and
-tests/label/test_queue.py.
+order, timestamps, seconds), queue_counts (the open tasks, in a few rows). Times are unix
+seconds (float). A store of an older schema version is migrated on open (``MIGRATIONS``).
+Tests: tests/label/test_store.py and tests/label/test_queue.py.
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     bindparam,
+    case,
     create_engine,
     event,
     func,
@@ -64,7 +65,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-SCHEMA_VERSION = 3  # 2: tasks.tag (issue #14); 3: tasks.overlap and tasks.open (the pick's index)
+# 2: tasks.tag (issue #14); 3: tasks.overlap and tasks.open (the pick's index); 4: queue_counts
+# (the open tasks, counted as they change)
+SCHEMA_VERSION = 4
 DEFAULT_LEASE_SECONDS = 600.0
 ORDERS = ("fifo", "random", "uncertainty")
 FLAGS = ("all_bad",)
@@ -108,6 +111,34 @@ TASK_INDEXES = (
     Index("ix_tasks_open_uncertainty", tasks.c.open, tasks.c.score_gap.is_(None),
           tasks.c.score_gap, tasks.c.id),
 )
+
+# The open tasks, counted where ``open`` changes (add_task, the judgment that completes a task,
+# update_settings): an annotator's queue size reads these few rows instead of counting the open
+# tasks (queue.py: QUEUE_SIZE). The count is the sum of the rows. Row 0 is add_task's; a
+# completed task is taken off row 1 + task id % QUEUE_SHARDS, so that two submits seldom wait
+# for one row and an import (which holds row 0 until it commits) never blocks a submit.
+queue_counts = Table("queue_counts", metadata,
+                     Column("shard", Integer, primary_key=True, autoincrement=False),
+                     Column("open_tasks", Integer, nullable=False))
+QUEUE_SHARDS = 32
+ADDED_SHARD = 0
+# one more open task (add_task) / one fewer (queue.submit, on the shard of its task)
+COUNT_ADDED = (update(queue_counts).where(queue_counts.c.shard == ADDED_SHARD)
+               .values(open_tasks=queue_counts.c.open_tasks + 1))
+COUNT_COMPLETED = (update(queue_counts)
+                   .where(queue_counts.c.shard == bindparam("of_shard"))
+                   .values(open_tasks=queue_counts.c.open_tasks - 1))
+# every row afresh from the tasks (update_settings, the 3 → 4 migration): the count on row 0
+RECOUNT = update(queue_counts).values(open_tasks=case(
+    (queue_counts.c.shard == ADDED_SHARD,
+     select(func.count()).select_from(tasks).where(tasks.c.open).scalar_subquery()),
+    else_=0))
+
+
+def completed_shard(task_id: int) -> int:
+    """The queue_counts row a completed task is taken off."""
+    return 1 + task_id % QUEUE_SHARDS
+
 
 candidates = Table("candidates", metadata,
                    Column("id", Integer, primary_key=True),
@@ -422,7 +453,14 @@ def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
         store.set_meta(conn, "schema_version", str(SCHEMA_VERSION))
         store.set_meta(conn, "settings", json.dumps(settings.__dict__))
         store.set_meta(conn, "admin_token_hash", hash_token(admin_token))
+        _add_count_rows(conn)
     return store, admin_token
+
+
+def _add_count_rows(conn) -> None:
+    """queue_counts' rows, all 0 (then RECOUNT where there are tasks)."""
+    conn.execute(insert(queue_counts), [{"shard": shard, "open_tasks": 0}
+                                        for shard in range(QUEUE_SHARDS + 1)])
 
 
 def open_store(db: str) -> Store:
@@ -478,7 +516,11 @@ def update_settings(store: Store, **changes) -> Settings:
         store.set_meta(conn, "settings", json.dumps(settings.__dict__))
         # after the settings row is written (and locked): add_task reads it FOR SHARE, so a
         # task added at the same time gets the new overlap or is committed before this runs
-        conn.execute(SET_OVERLAP, {"new_overlap": settings.overlap})
+        if conn.execute(SET_OVERLAP, {"new_overlap": settings.overlap}).rowcount:
+            # every task's row is locked now (they all had the old overlap): a submit
+            # counting a judgment either committed before (the count sees it) or waits for
+            # this transaction and then counts against the new overlap
+            conn.execute(RECOUNT)
     store._settings = None
     return settings
 
@@ -496,8 +538,15 @@ def _add_overlap_and_open(conn) -> None:
         index.create(conn)
 
 
+def _add_queue_counts(conn) -> None:
+    """3 → 4: the queue_counts table, counted from the tasks."""
+    queue_counts.create(conn)
+    _add_count_rows(conn)
+    conn.execute(RECOUNT)
+
+
 # schema version → (the next version, the step that brings a store there)
-MIGRATIONS = {"2": ("3", _add_overlap_and_open)}
+MIGRATIONS = {"2": ("3", _add_overlap_and_open), "3": ("4", _add_queue_counts)}
 _VERSION_LOCKED = (select(meta.c.value).where(meta.c.key == "schema_version")
                    .with_for_update())
 
@@ -537,6 +586,7 @@ def add_task(conn, messages, responses: list[str], models: list[str], settings: 
     conn.execute(insert(candidates), [
         {"task_id": task_id, "slot": slot, "text": text_, "model": model, "settings": setting}
         for slot, (text_, model, setting) in enumerate(zip(responses, models, settings))])
+    conn.execute(COUNT_ADDED)
     return task_id
 
 

@@ -1,9 +1,11 @@
 """The store's schema on SQLite and PostgreSQL: a version 2 store (before tasks.overlap and
-tasks.open) is migrated when it is opened and then works; the open flag follows judgments and
-overlap changes."""
+tasks.open) and a version 3 store (before queue_counts) are migrated when opened and then work;
+the open flag and the count of open tasks follow judgments, imports and overlap changes."""
 import random
+import threading
 
-from sqlalchemy import DDL, inspect, select, update
+import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
+from sqlalchemy import DDL, func, inspect, select, update
 
 from rlhfkit.label import queue
 from rlhfkit.label.store import (
@@ -15,6 +17,7 @@ from rlhfkit.label.store import (
     init_store,
     meta,
     open_store,
+    queue_counts,
     tasks,
     update_settings,
 )
@@ -33,10 +36,26 @@ def flags(store: Store) -> dict[int, tuple[int, int, bool]]:
             select(tasks.c.id, tasks.c.judged, tasks.c.overlap, tasks.c.open))}
 
 
+def open_counted(store: Store) -> tuple[int, int]:
+    """(open tasks as queue_counts sums them, open tasks counted)."""
+    with store.engine.connect() as conn:
+        return (conn.execute(select(func.sum(queue_counts.c.open_tasks))).scalar(),
+                conn.execute(select(func.count()).select_from(tasks).where(tasks.c.open))
+                .scalar())
+
+
+def to_version_3(store: Store) -> None:
+    """What a store written by schema 3 holds: no queue_counts."""
+    with store.transaction() as conn:
+        queue_counts.drop(conn)
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="3"))
+
+
 def to_version_2(store: Store) -> None:
     """What a store written by schema 2 holds: tasks without overlap, open and their indexes
     (SQLite ≥ 3.35 and PostgreSQL both drop a column)."""
     with store.transaction() as conn:
+        queue_counts.drop(conn)
         for index in TASK_INDEXES:
             index.drop(conn)
         conn.execute(DDL("ALTER TABLE tasks DROP COLUMN open"))
@@ -71,16 +90,38 @@ def test_a_version_2_store_is_migrated_on_open_and_works(db, annotator, add_task
     store = open_store(db)  # migrates
     with store.engine.connect() as conn:
         version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version"))
-        assert version.scalar() == str(SCHEMA_VERSION) == "3"
+        assert version.scalar() == str(SCHEMA_VERSION) == "4"
         assert {i.name for i in TASK_INDEXES} <= index_names(conn)
     assert flags(store) == {ids[0]: (2, 2, False), judged_by_a: (1, 2, True),
                             ids[2]: (0, 2, True), ids[3]: (0, 2, True)}
+    assert open_counted(store) == (3, 3)
     # the queue on the migrated store: b gets the task a judged, never the complete one
     with store.engine.connect() as conn:
         assert queue.queue_size(conn, a.id) == 2 and queue.queue_size(conn, b.id) == 3
     assert judge(store, b) == judged_by_a and flags(store)[judged_by_a] == (2, 2, False)
+    assert open_counted(store) == (2, 2)
     store.close()
     open_store(db).close()  # a migrated store opens as it is
+
+
+def test_a_version_3_store_gets_its_queue_counts_on_open(db, annotator, add_tasks):
+    store, _ = init_store(db)
+    add_tasks(store, 5, k=2)
+    a = annotator(store, "a")
+    judge(store, a)
+    to_version_3(store)
+    store.close()
+    engine = connect(db)
+    assert "queue_counts" not in inspect(engine).get_table_names()
+    engine.dispose()
+
+    store = open_store(db)  # migrates
+    assert open_counted(store) == (4, 4)
+    with store.engine.connect() as conn:
+        assert queue.queue_size(conn, a.id) == 4
+    judge(store, a)
+    assert open_counted(store) == (3, 3)
+    store.close()
 
 
 def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin, annotator, add_tasks):
@@ -98,6 +139,58 @@ def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin, an
     with store.transaction() as conn:  # tasks added now get the current overlap
         add_task(conn, (("user", "late"),), ["a", "b"], ["m"] * 2, [{}] * 2, random.Random(1))
     assert {f[1] for f in flags(store).values()} == {1}
+
+
+def test_the_open_count_follows_imports_judgments_and_overlap_changes(store_and_admin,
+                                                                      annotator, add_tasks):
+    """queue_counts (the queue size's open tasks) against a count of the open tasks, after
+    each change; a judgment past the overlap (a late one) takes nothing off."""
+    _, store, _ = store_and_admin
+    assert open_counted(store) == (0, 0)
+    ids = add_tasks(store, 40, k=2)
+    assert open_counted(store) == (40, 40)
+    a, b, c = (annotator(store, n) for n in "abc")
+    for _ in range(5):
+        judge(store, a)
+    assert open_counted(store) == (35, 35)
+    update_settings(store, overlap=2)  # a's five reopen
+    assert open_counted(store) == (40, 40)
+    for _ in range(3):
+        judge(store, b)
+    assert open_counted(store) == (37, 37)
+    update_settings(store, overlap=2)  # no change: no recount, the count stays
+    assert open_counted(store) == (37, 37)
+    update_settings(store, overlap=1)
+    assert open_counted(store) == (35, 35)
+    late = queue.next_task(store, c, now=0.0)["task_id"]  # a lease long expired
+    assert queue.next_task(store, b)["task_id"] == late
+    assert queue.submit(store, b, late, [1, 2])[1]  # completes it
+    assert queue.submit(store, c, late, [2, 1])[1]  # past the overlap: the task was closed
+    assert open_counted(store) == (34, 34)
+    with store.engine.connect() as conn:
+        assert [queue.queue_size(conn, p.id) for p in (a, b, c)] == [34, 34, 34]
+    assert sorted(flags(store)) == ids
+
+
+def test_an_import_in_progress_does_not_hold_up_submits(postgres_server, annotator, add_tasks):
+    """PostgreSQL (SQLite has one writer): an import holds only queue_counts' row 0 until it
+    commits; a submit completing a task writes another row and does not wait for it."""
+    store, _ = init_store(live.new_postgres_db(postgres_server))
+    add_tasks(store, 2, k=2)
+    a = annotator(store, "a")
+    task = queue.next_task(store, a)
+    done = threading.Event()
+    with store.engine.connect() as importing, importing.begin():
+        add_task(importing, (("user", "new"),), ["x", "y"], ["m"] * 2, [{}] * 2,
+                 random.Random(2))
+        worker = threading.Thread(target=lambda: (
+            queue.submit(store, a, task["task_id"], [1, 2]), done.set()))
+        worker.start()
+        finished = done.wait(10)
+    worker.join()
+    assert finished, "the submit waited for the import to commit"
+    assert open_counted(store) == (2, 2)
+    store.close()
 
 
 def test_tokens_never_start_with_a_dash(monkeypatch):
