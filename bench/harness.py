@@ -116,9 +116,20 @@ def wait_for_go() -> None:
         raise SystemExit(f"bench worker: expected 'go', got {line!r}")
 
 
+def rss_mb() -> float:
+    """VmRSS of this process now, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def ready(side: str, extra_versions: tuple = (), **facts) -> None:
+    """Also the memory profile's first two points: resident now (models, optimiser built, no
+    step yet) and the peak so far (loading included), beside the final peak of the steps."""
     emit({"ready": True, "side": side, "pid": os.getpid(), "versions": versions(*extra_versions),
-          "allocator": allocator_in_use(), "threads": torch.get_num_threads(), **facts})
+          "allocator": allocator_in_use(), "threads": torch.get_num_threads(),
+          "ready_rss_mb": rss_mb(), "ready_peak_rss_mb": peak_rss_mb(), **facts})
 
 
 class StepClock:
