@@ -132,9 +132,47 @@ def ready(side: str, extra_versions: tuple = (), **facts) -> None:
           "ready_rss_mb": rss_mb(), "ready_peak_rss_mb": peak_rss_mb(), **facts})
 
 
+class RssSampler:
+    """VmRSS every ``every`` seconds on a thread while a step runs: [(seconds, MB)]. Opt-in
+    (BENCH_RSS_EVERY=0.02): a memory profile of the step, on either side."""
+
+    def __init__(self, every: float):
+        import threading
+
+        self.every, self.samples = every, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._start = time.perf_counter()
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            self.samples.append((time.perf_counter() - self._start, rss_mb()))
+            self._done.wait(self.every)
+
+    def stop(self) -> list:
+        self._done.set()
+        self._thread.join()
+        return self.samples
+
+
+def phase_peaks(samples: list, phases: dict) -> dict:
+    """Peak MB of ``samples`` [(seconds, MB)] within each phase, the phases taken as back to
+    back from the step's start in the order given (the stage Timer's order); "rest" after."""
+    out, begin = {}, 0.0
+    for name, seconds in [*phases.items(), ("rest", float("inf"))]:
+        inside = [mb for t, mb in samples if begin <= t < begin + seconds]
+        if inside:
+            out[name] = round(max(inside))
+        begin += seconds
+    return out
+
+
 class StepClock:
     """Times steps between ``start`` (after the driver's go) and ``stop``; reports each.
 
+    With BENCH_RSS_EVERY=<seconds>, each step reports its peak VmRSS (``step_peak_rss_mb``)
+    and, where it reports phases, the peak within each (``phase_peak_rss_mb``).
     With BENCH_PROFILE=<file> in the environment, step BENCH_PROFILE_STEP (default 1, after
     the warm-up) runs under torch.profiler and its op table (self CPU time, memory) is written
     to <file>: the same code path as the timed steps, on either side.
@@ -146,9 +184,13 @@ class StepClock:
         self._profile_path = os.environ.get("BENCH_PROFILE")
         self._profile_step = int(os.environ.get("BENCH_PROFILE_STEP", "1"))
         self._profiler = None
+        self._rss_every = float(os.environ.get("BENCH_RSS_EVERY", "0"))
+        self._sampler = None
 
     def start(self) -> None:
         wait_for_go()
+        if self._rss_every > 0:
+            self._sampler = RssSampler(self._rss_every)
         if self._profile_path and self.index == self._profile_step:
             from torch.profiler import ProfilerActivity, profile
 
@@ -159,6 +201,12 @@ class StepClock:
 
     def stop(self, **facts) -> None:
         seconds = time.perf_counter() - self._start
+        if self._sampler is not None:
+            samples = self._sampler.stop()
+            facts["step_peak_rss_mb"] = round(max(mb for _, mb in samples))
+            if facts.get("phases"):
+                facts["phase_peak_rss_mb"] = phase_peaks(samples, facts["phases"])
+            self._sampler = None
         if self._profiler is not None:
             self._profiler.__exit__(None, None, None)
             averages = self._profiler.key_averages()

@@ -214,7 +214,10 @@ def summarise(workload: Workload, workers: list[Worker], args) -> dict:
             "tokens_per_step": tokens, "tokens_per_s": tokens / median,
             "model_gflops_per_s": flops / median / 1e9, "peak_rss_mb": w.final["peak_rss_mb"],
             "losses": [s.get("loss") for s in w.steps], "ready": w.ready,
-            "phases": [s.get("phases") for s in timed if s.get("phases")]}
+            "phases": [s.get("phases") for s in timed if s.get("phases")],
+            # BENCH_RSS_EVERY set: each step's peak VmRSS, and per phase (harness.RssSampler)
+            "step_peak_rss_mb": [s.get("step_peak_rss_mb") for s in w.steps],
+            "phase_peak_rss_mb": [s.get("phase_peak_rss_mb") for s in w.steps]}
     return out
 
 
