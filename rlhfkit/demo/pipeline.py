@@ -82,6 +82,11 @@ class DemoConfig(Validated):
                                    "Measured (PPO): 0.05 (4 epochs) let the KL reach ~9 nats "
                                    "per continuation within 20 iterations; 0.15 (2 epochs) held "
                                    "it at 1.7 but only 78% turned positive.", min=0)
+    target_kl: float | None = option(None, "Adaptive KL control: kl_coef is the start, scaled "
+                                     "after each iteration towards this mean KL per "
+                                     "continuation (nats; ppo/grpo.kl_controller=adaptive, "
+                                     "horizon = the run's continuations / 8); 0 = a fixed "
+                                     "kl_coef.", min=0)
     ppo_epochs: int | None = option(None, "PPO passes over each batch of rollouts.", min=1)
     minibatches: int | None = option(None, "Updates per pass over a batch of rollouts "
                                      "(ppo.minibatches / grpo.minibatches).", min=1)
@@ -108,7 +113,7 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "rm_head_learning_rate": 0.0, "rm_max_length": 128, "rm_warmup_steps": 10,
            "algorithm": "ppo", "num_generations": 4, "iterations": 30, "batch_size": 16,
            "max_new_tokens": 24, "top_k": 0, "learning_rate": 5e-4, "kl_coef": 0.08,
-           "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64, "reward_clip": 5.0}
+           "target_kl": 0.0, "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64, "reward_clip": 5.0}
 
 
 # A random 2-layer policy starts uniform over 49,152 tokens: LoRA on its attention cannot move
@@ -247,15 +252,20 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
         # 16.6 s in passes of 8 on 2 cores), scored in passes of batch_size as before.
         "eval_batch_size": config.eval_prompts,
     }
+    continuations = config.iterations * config.batch_size * (
+        config.num_generations if config.algorithm == "grpo" else 1)
+    kl_control = ({"kl_controller": "adaptive", "target_kl": config.target_kl,
+                   "kl_horizon": max(1, continuations // 8)} if config.target_kl else {})
     if config.algorithm == "grpo":
         settings["grpo"] = {"num_generations": config.num_generations, "beta": config.kl_coef,
-                            "advantage": config.advantage, "minibatches": config.minibatches}
+                            "advantage": config.advantage, "minibatches": config.minibatches,
+                            **kl_control}
         return settings
     # The critic reads policy tokens: from the RM when it shares the policy's backbone.
     settings["critic"] = {"model_name": "" if config.reward_backbone == config.policy
                           else config.policy}
     settings["ppo"] = {"kl_coef": config.kl_coef, "ppo_epochs": config.ppo_epochs,
-                       "minibatches": config.minibatches}
+                       "minibatches": config.minibatches, **kl_control}
     return settings
 
 

@@ -41,6 +41,7 @@ from rlhfkit.models.packing import (
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.loop import (
     FirstStepLogprobs,
+    KLControl,
     OnlineConfig,
     Prompts,
     fidelity_for,
@@ -69,7 +70,7 @@ from rlhfkit.trainers import common
 
 
 @dataclass(frozen=True)
-class GRPOPart(Validated):
+class GRPOPart(KLControl):
     num_generations: int = option(4, "G: responses sampled per prompt (one group).", min=2)
     beta: float = option(0.04, "β of the k3 KL-to-reference term in the loss (0 = off; the "
                          "reference still gives the logged KL).", min=0)
@@ -126,6 +127,10 @@ class GRPOConfig(OnlineConfig):
         require(grpo.advantage == "grpo" or grpo.scale_rewards == "group", "grpo.scale_rewards",
                 grpo.scale_rewards, f"the default 'group' with grpo.advantage={grpo.advantage} "
                 "(only grpo.advantage=grpo reads it)")
+        require(grpo.kl_controller == "fixed" or grpo.beta > 0 or grpo.kl_coef > 0,
+                "grpo.kl_controller", grpo.kl_controller,
+                "fixed when grpo.beta and grpo.kl_coef are both 0 (the adaptive controller "
+                "scales the KL coefficient in use)")
 
     @property
     def reference_mode(self) -> str:
@@ -236,12 +241,14 @@ def shaped_scores(config: GRPOConfig, scores: torch.Tensor, ended: torch.Tensor)
     return clip_scores(scores, config.reward.reward_clip)
 
 
-def kl_penalty_for(config: GRPOConfig, old_logprobs, ref_logprobs, mask) -> torch.Tensor:
+def kl_penalty_for(config: GRPOConfig, kl_coef: float, old_logprobs, ref_logprobs,
+                   mask) -> torch.Tensor:
     """3. −kl_coef·KL_t (k1) at each real token (B, R): the KL-to-reference that the reinforce++
-    estimators fold into the rewards; zeros when grpo.kl_coef is 0."""
+    estimators fold into the rewards (``kl_coef``: grpo.kl_coef, or the adaptive controller's
+    value of it); zeros when grpo.kl_coef is 0."""
     if old_logprobs is None:  # kl_coef 0 and one update per rollout: nothing to fold in
         return torch.zeros(mask.shape, device=mask.device)
-    return -config.grpo.kl_coef * kl_k1(old_logprobs, ref_logprobs, mask)
+    return -kl_coef * kl_k1(old_logprobs, ref_logprobs, mask)
 
 
 def advantages_for(run, config: GRPOConfig, scores: torch.Tensor, kl_penalty: torch.Tensor,
@@ -279,9 +286,10 @@ class GRPOBatch(NamedTuple):
 
 
 def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
-                   rows: torch.Tensor, first_step: FirstStepLogprobs) -> dict:
-    """One optimiser step on ``rows`` (micro-batches accumulate). The log-probs the loss saw
-    go to ``first_step`` while it records (the old ones when the rollout is used once)."""
+                   rows: torch.Tensor, first_step: FirstStepLogprobs, beta: float) -> dict:
+    """One optimiser step on ``rows`` (micro-batches accumulate), ``beta`` weighting the loss's
+    KL term. The log-probs the loss saw go to ``first_step`` while it records (the old ones
+    when the rollout is used once)."""
     n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     n_rows = common.global_count(run.accelerator, len(rows))
     denominator = {"token": n_tokens, "sequence": n_rows,  # each shared by every process
@@ -292,7 +300,7 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
         logprobs = policy_logprobs(run, roles, config, batch.rollout, chunk).float()
         old = mb.logprobs if mb.logprobs is not None else logprobs.detach()
         loss = grpo_loss(logprobs, old, mb.ref_logprobs, mb.advantages, mb.rollout.response_mask,
-                         config.grpo.clip_eps, config.grpo.beta, config.loss_aggregation,
+                         config.grpo.clip_eps, beta, config.loss_aggregation,
                          denominator, config.grpo.ratio, tis_weights(config, old, mb.rollout))
         first_step.record(chunk, logprobs)
         share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
@@ -309,20 +317,23 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
 
 
 def grpo_update(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
-                iteration: int) -> tuple[dict, FirstStepLogprobs]:
+                iteration: int, beta: float) -> tuple[dict, FirstStepLogprobs]:
     """4. epochs × minibatches steps over shuffled rows → (mean stats, the log-probs the first
     update saw, at the rollout's weights: every row's when the rollout is used once)."""
     first_step = FirstStepLogprobs(batch.rollout.response_mask)
     stats = update_epochs(run, config.grpo.epochs, config.grpo.minibatches,
                           batch.rollout.input_ids.shape[0], iteration,
-                          lambda rows: minibatch_step(run, roles, config, batch, rows, first_step),
+                          lambda rows: minibatch_step(run, roles, config, batch, rows, first_step,
+                                                      beta),
                           roles.schedulers, first_step)
     return stats, first_step
 
 
 def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
-                   iteration: int) -> tuple[dict, list, list]:
-    """One GRPO iteration, steps 1–4 → (metrics, sample rows, per-token rows)."""
+                   iteration: int, coefs: dict | None = None) -> tuple[dict, list, list]:
+    """One GRPO iteration, steps 1–4 → (metrics, sample rows, per-token rows). ``coefs``: this
+    iteration's KL coefficients {"beta", "kl_coef"} (default: grpo.beta, grpo.kl_coef)."""
+    coefs = coefs or {"beta": config.grpo.beta, "kl_coef": config.grpo.kl_coef}
     timer = common.Timer()
     G = config.grpo.num_generations
     seed_sampling(config.train.seed, iteration, run.rank)
@@ -342,12 +353,12 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
         ended = rollouts.ended_with_eos(rollout, tokenizer.eos_token_id)
         rewards = shaped_scores(config, scores, ended)
         mask = rollout.response_mask
-        kl_penalty = kl_penalty_for(config, old_logprobs, ref_logprobs, mask)
+        kl_penalty = kl_penalty_for(config, coefs["kl_coef"], old_logprobs, ref_logprobs, mask)
         advantages = advantages_for(run, config, rewards, kl_penalty, mask)
     # 4. Update.
     with timer.phase("update"):
         batch = GRPOBatch(rollout, ref_logprobs, old_logprobs, advantages)
-        update, first_step = grpo_update(run, roles, config, batch, iteration)
+        update, first_step = grpo_update(run, roles, config, batch, iteration, coefs["beta"])
     rollout_logprobs = old_logprobs if old_logprobs is not None else first_step.logprobs
     # Rollout fidelity: the sampler's log-probs against the trainer's (the old log-prob forward,
     # or without one the first update's, before it changes the weights).
@@ -356,7 +367,7 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
     kl = masked_sum(rollout_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
     advantages = per_response(advantages, mask)  # (B,) for the logs
     metrics = {**group_metrics(run, config, scores, rewards, advantages, kl, mask, ended),
-               **update, **fidelity}
+               **update, **fidelity, **coefs}
     for name, part in parts.items():
         if len(parts) > 1:
             metrics[f"score_{name}_mean"] = float(gather_rows(run, part.to(run.device)).mean())
@@ -404,11 +415,17 @@ def views(tokenizer, num_samples, prompts, rollout, responses, scores, advantage
 
 def grpo_step(run_: common.Run, roles: Roles, config: GRPOConfig, tokenizer, pool: Prompts,
               iteration: int, state: dict) -> tuple[dict, list, list, dict]:
-    metrics, samples, token_rows = grpo_iteration(run_, roles, config, tokenizer, pool, iteration)
-    return metrics, samples, token_rows, state
+    """Steps 1–4, then KL control: the coefficients for the next iteration (checkpointed)."""
+    metrics, samples, token_rows = grpo_iteration(run_, roles, config, tokenizer, pool, iteration,
+                                                  state)
+    samples_seen = config.train.batch_size * config.grpo.num_generations
+    return metrics, samples, token_rows, {
+        name: config.grpo.next_coef(coef, metrics["kl_mean"], samples_seen)
+        for name, coef in state.items()}
 
 
 def run(config: GRPOConfig, **objects) -> dict:
     """Train with GRPO, checkpoint, evaluate before/after, save ``final/``; returns a summary.
     ``objects``: rlhfkit.grpo's in-memory data, model, tokenizer, reward_fn (``train_online``)."""
-    return train_online(config, "grpo", grpo_step, {}, **objects)
+    return train_online(config, "grpo", grpo_step,
+                        {"beta": config.grpo.beta, "kl_coef": config.grpo.kl_coef}, **objects)

@@ -18,7 +18,7 @@ from rlhfkit.models.forward import response_logprobs
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.rewards import Prompt
 from rlhfkit.online.roles import Roles, build_roles
-from rlhfkit.ops import masked_sum
+from rlhfkit.ops import adaptive_kl_update, masked_sum
 from rlhfkit.ops.fidelity import logprob_gap, truncated_importance_weights
 from rlhfkit.trainers import checkpoints, common
 from rlhfkit.trainers.loop import train_loop
@@ -41,6 +41,11 @@ class RolloutPart(Validated):
     tis_cap: float = option(0.0, "Truncated importance sampling: each token's policy-gradient "
                             "term weighted by min(π_trainer/π_sampler, tis_cap), the old "
                             "log-probs then from a trainer forward (0 = off).", min=0)
+    compile: bool = option(False, "Run the decode step through torch.compile (static shapes, "
+                           "compiled once per process; same distribution). On 2 CPU cores it "
+                           "saves ~1 s per 16 × 64-token SmolLM2-135M batch and costs ~20 s of "
+                           "compilation (~70 s with a cold inductor cache): it pays after a few "
+                           "dozen batches (bench/README.md, 'Generation: where the time goes').")
 
     def __post_init__(self):
         super().__post_init__()
@@ -81,6 +86,26 @@ class RewardPart(Validated):
         super().__post_init__()
         require(not self.url or self.url.startswith(("http://", "https://")), "url", self.url,
                 "an http:// or https:// address of `rlhfkit serve-rm`, or empty")
+
+
+@dataclass(frozen=True)
+class KLControl(Validated):
+    """KL control, the last step of an iteration: the KL coefficient (PPO's ppo.kl_coef;
+    GRPO's grpo.beta, or grpo.kl_coef with the reinforce++ estimators) stays fixed, or follows
+    Ziegler et al.'s adaptive controller (ops.adaptive_kl_update); checkpoints hold its value."""
+    kl_controller: str = option("fixed", "fixed KL coefficient, or adaptive (Ziegler et al. "
+                                "2019): scaled after each iteration towards target_kl.",
+                                choices=("fixed", "adaptive"))
+    target_kl: float = option(6.0, "Adaptive controller: target KL per response (nats).",
+                              above=0)
+    kl_horizon: int = option(10000, "Adaptive controller: horizon in samples (responses).", min=1)
+
+    def next_coef(self, coef: float, kl_mean: float, samples: int) -> float:
+        """The coefficient for the next iteration, after one of ``samples`` responses whose
+        mean KL was ``kl_mean``."""
+        if self.kl_controller == "fixed":
+            return coef
+        return adaptive_kl_update(coef, kl_mean, self.target_kl, self.kl_horizon, samples)
 
 
 @dataclass(frozen=True)
@@ -142,7 +167,7 @@ def generate_for(run, roles: Roles, config, tokenizer, prompt_ids):
     return rollouts.generate(roles.policy(run.accelerator), prompt_ids,
                              config.rollout.max_new_tokens, config.rollout.temperature,
                              config.rollout.top_p, config.rollout.top_k, tokenizer.pad_token_id,
-                             tokenizer.eos_token_id)
+                             tokenizer.eos_token_id, config.rollout.compile)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -34,6 +34,7 @@ from rlhfkit.config import Validated, option, require
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.loop import (
     FirstStepLogprobs,
+    KLControl,
     OnlineConfig,
     Prompts,
     Scored,
@@ -54,7 +55,6 @@ from rlhfkit.ops import (
     KL_ESTIMATORS,
     PolicyLossOutput,
     ValueLossOutput,
-    adaptive_kl_update,
     apply_missing_eos_penalty,
     compute_rewards,
     explained_variance,
@@ -71,18 +71,13 @@ from rlhfkit.trainers import common
 
 # ----------------------------------------------------------------------------- config
 @dataclass(frozen=True)
-class PPOPart(Validated):
+class PPOPart(KLControl):
     kl_coef: float = option(0.05, "β of the per-token KL penalty (initial value when adaptive; "
                             "0 = off).", min=0)
     kl_estimator: str = option("k1", "KL_t estimator: k1 = log-ratio, k2 = ½ log-ratio², "
                                "k3 = (r−1) − log r.", choices=tuple(KL_ESTIMATORS))
     sequence_kl: bool = option(False, "Subtract kl_coef · mean KL once at the last token instead "
                                "of a per-token penalty.")
-    kl_controller: str = option("fixed", "fixed kl_coef, or adaptive (Ziegler et al. 2019).",
-                                choices=("fixed", "adaptive"))
-    target_kl: float = option(6.0, "Adaptive controller: target KL per response (nats).",
-                              above=0)
-    kl_horizon: int = option(10000, "Adaptive controller: horizon in samples.", min=1)
     gamma: float = option(1.0, "Discount γ.", min=0, max=1)
     gae_lambda: float = option(0.95, "GAE λ.", min=0, max=1)
     whiten_advantages: bool = option(True, "Whiten advantages over the global batch.")
@@ -309,14 +304,6 @@ def ppo_iteration(run: common.Run, roles: Roles, config: PPOConfig, tokenizer, p
     return metrics, samples, token_rows
 
 
-def next_kl_coef(config: PPOConfig, kl_coef: float, kl_mean: float) -> float:
-    """6. KL control: fixed, or Ziegler et al.'s proportional controller."""
-    if config.ppo.kl_controller == "fixed":
-        return kl_coef
-    return adaptive_kl_update(kl_coef, kl_mean, config.ppo.target_kl, config.ppo.kl_horizon,
-                              config.train.batch_size)
-
-
 def run(config: PPOConfig, **objects) -> dict:
     """Train with PPO, checkpoint, evaluate before/after, save ``final/``; returns a summary.
     ``objects``: rlhfkit.ppo's in-memory data, model, tokenizer, reward_fn (``train_online``)."""
@@ -329,4 +316,5 @@ def ppo_step(run_: common.Run, roles: Roles, config: PPOConfig, tokenizer, pool:
     metrics, samples, token_rows = ppo_iteration(run_, roles, config, tokenizer, pool, iteration,
                                                  state["kl_coef"])
     return metrics, samples, token_rows, {
-        "kl_coef": next_kl_coef(config, state["kl_coef"], metrics["kl_mean"])}
+        "kl_coef": config.ppo.next_coef(state["kl_coef"], metrics["kl_mean"],
+                                        config.train.batch_size)}

@@ -38,6 +38,19 @@ def test_reward_clip_reaches_the_stage(algorithm):
     assert build(stage, policy_settings(config, Path("rm"))).reward.reward_clip == 0.75
 
 
+@pytest.mark.parametrize("algorithm, continuations", [("ppo", 10 * 8), ("grpo", 10 * 8 * 4)])
+def test_target_kl_turns_on_the_adaptive_controller(algorithm, continuations):
+    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
+    config = resolve(DemoConfig(algorithm=algorithm, iterations=10, batch_size=8,
+                                num_generations=4, kl_coef=0.1, target_kl=3.0))
+    part = getattr(build(stage, policy_settings(config, Path("rm"))), algorithm)
+    assert (part.kl_controller, part.target_kl, part.kl_horizon) == (
+        "adaptive", 3.0, continuations // 8)
+    fixed = getattr(build(stage, policy_settings(resolve(DemoConfig(algorithm=algorithm)),
+                                                 Path("rm"))), algorithm)
+    assert fixed.kl_controller == "fixed"  # target_kl 0 by default
+
+
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_held_out_openings_decode_in_one_pass(algorithm):
     config = resolve(DemoConfig(algorithm=algorithm, eval_prompts=48, batch_size=8))

@@ -79,9 +79,9 @@ def test_groups_are_one_prompt_each_and_advantages_centre_within_them(repo_root,
     original, grpo.generate_for = grpo.generate_for, remember
     original_update = grpo.grpo_update
 
-    def capture(run_, roles_, config_, batch, iteration):
+    def capture(run_, roles_, config_, batch, iteration, beta):
         seen["advantages"] = batch.advantages
-        return original_update(run_, roles_, config_, batch, iteration)
+        return original_update(run_, roles_, config_, batch, iteration, beta)
 
     grpo.grpo_update = capture
     try:
@@ -150,7 +150,7 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
                                      False, cfg.rollout.temperature).logprobs[:, P - 1:]
     before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
     batch = grpo.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8, device=run.device))
-    stats, first_step = grpo.grpo_update(run, roles, cfg, batch, 1)
+    stats, first_step = grpo.grpo_update(run, roles, cfg, batch, 1, cfg.grpo.beta)
     mask = rollout.response_mask
     assert first_step.rows.all()  # one update: every row seen at the rollout's weights
     torch.testing.assert_close(first_step.logprobs[mask], separate[mask], atol=1e-5, rtol=0)
@@ -171,11 +171,18 @@ def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path, on_devic
     assert any(r["clipfrac"] >= 0.0 for r in rows)
 
 
-def test_resume_equals_uninterrupted(repo_root, tmp_path, on_device):
+def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device):
+    """Resume gives the uninterrupted run's metrics, adaptive β included; the β the controller
+    logs for an iteration is the one its loss used."""
     args = (*on_device, "train.max_steps=3", "train.save_every=2", "sample_every=1",
-            "train.batch_size=4", "rollout.max_new_tokens=6", "data.eval_fraction=0.25")
+            "train.batch_size=4", "rollout.max_new_tokens=6", "data.eval_fraction=0.25",
+            "grpo.kl_controller=adaptive", "grpo.target_kl=0.01", "grpo.kl_horizon=50")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
+    used = []
+    original = grpo.grpo_loss
+    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **kw: used.append(a[6]) or original(*a, **kw))
     grpo.run(config(repo_root, whole, *args))
+    monkeypatch.setattr(grpo, "grpo_loss", original)
     shutil.copytree(whole, broken)
     shutil.rmtree(broken / "checkpoint-3")
     shutil.rmtree(broken / "final")
@@ -188,6 +195,12 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path, on_device):
     a, b = strip(common.read_metrics(whole)), strip(common.read_metrics(broken))
     assert a == b and [r["step"] for r in a] == [0, 1, 2, 3]
     assert "eval_score_mean" in a[0] and "eval_kl_mean" in a[-1]
+    betas = [r["beta"] for r in a[1:]]
+    assert used == betas and betas[0] == 0.04 and len(set(betas)) == 3
+    # Iteration 1 samples from the reference itself (KL ≈ 0 < target): e = −0.2 over 4 × 4
+    # responses, β ← β · (1 − 0.2 · 16 / 50)
+    assert betas[1] == pytest.approx(0.04 * (1 - 0.2 * 16 / 50))
+    assert a[1]["kl_coef"] == 0  # the coefficient not in use stays 0
     for name in ("samples.jsonl", "rollouts.jsonl", "eval.jsonl"):
         assert (whole / name).read_text() == (broken / name).read_text(), name
 
@@ -216,6 +229,9 @@ def test_config_errors(repo_root, tmp_path):
         config(repo_root, tmp_path, "grpo.advantage=ppo")
     with pytest.raises(ConfigError, match="grpo.ratio"):
         config(repo_root, tmp_path, "grpo.ratio=word")
+    with pytest.raises(ConfigError, match="grpo.kl_controller='adaptive' is invalid: expected "
+                                          "fixed when grpo.beta and grpo.kl_coef are both 0"):
+        config(repo_root, tmp_path, "grpo.kl_controller=adaptive", "grpo.beta=0")
     assert config(repo_root, tmp_path, "grpo.advantage=dr_grpo",
                   "grpo.aggregation=sequence").loss_aggregation == "sequence"
     # per process: 8 prompts over 4 processes × 4 samples = 8 rows, not divisible by 16
@@ -287,7 +303,7 @@ def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_r
         seen.update(mask=mask, kl_penalty=kl_penalty)
         return original(scores, group_size, mask, kl_penalty, scale)
 
-    def capture(run_, roles_, config_, batch, iteration):
+    def capture(run_, roles_, config_, batch, iteration, beta):
         seen["batch"] = batch
         return {}, loop.FirstStepLogprobs(batch.rollout.response_mask)
 
