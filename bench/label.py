@@ -159,7 +159,7 @@ class LiveServer:
 def prepare(db: str, n_tasks: int, n_annotators: int, k: int = 4) -> tuple[str, list[str]]:
     """A new store with ``n_tasks`` tasks of K candidates and ``n_annotators`` annotators →
     (admin token, annotator tokens)."""
-    from rlhfkit.label.store import add_annotator, add_task, init_store
+    from rlhfkit.label.store import add_annotator, add_task, count_added, init_store
 
     store, admin_token = init_store(db)
     rng = random.Random(0)
@@ -167,7 +167,8 @@ def prepare(db: str, n_tasks: int, n_annotators: int, k: int = 4) -> tuple[str, 
         for i in range(n_tasks):
             add_task(conn, (("user", f"Prompt {i}: write a line about the sea."),),
                      [f"Response {j} to prompt {i}." for j in range(k)], ["bench"] * k,
-                     [{"temperature": 1.0}] * k, rng)
+                     [{"temperature": 1.0}] * k, rng, count=False)
+        count_added(conn, n_tasks)
     tokens = [add_annotator(store, f"annotator{i:03d}") for i in range(n_annotators)]
     store.close()
     return admin_token, tokens

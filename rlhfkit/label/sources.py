@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from rlhfkit.data import DataError, encode, read_records, render_prompt
 from rlhfkit.data.formats import parse_prompt
-from rlhfkit.label.store import Store, add_task, candidates, prompts, tasks
+from rlhfkit.label.store import Store, add_task, candidates, count_added, prompts, tasks
 
 IMPORTED = "imported"
 MAX_TAG = 100  # tasks.tag is String(100)
@@ -81,8 +81,9 @@ def import_candidates(store: Store, path: str, seed: int = 0,
             if len(texts) < 2:
                 skipped += 1
                 continue
-            add_task(conn, messages, texts, kept_models, settings, rng, tag)
+            add_task(conn, messages, texts, kept_models, settings, rng, tag, count=False)
             added += 1
+        count_added(conn, added)
     return added, skipped
 
 
@@ -117,8 +118,9 @@ def generate_candidates(store: Store, policy: str, prompts_path: str, k: int,
             if len(texts) < 2:
                 skipped += 1
                 continue
-            add_task(conn, example.messages, texts, models, kept, rng, tag)
+            add_task(conn, example.messages, texts, models, kept, rng, tag, count=False)
             added += 1
+        count_added(conn, added)
     return added, skipped
 
 

@@ -122,9 +122,9 @@ queue_counts = Table("queue_counts", metadata,
                      Column("open_tasks", Integer, nullable=False))
 QUEUE_SHARDS = 32
 ADDED_SHARD = 0
-# one more open task (add_task) / one fewer (queue.submit, on the shard of its task)
+# more open tasks (add_task, count_added) / one fewer (queue.submit, on the shard of its task)
 COUNT_ADDED = (update(queue_counts).where(queue_counts.c.shard == ADDED_SHARD)
-               .values(open_tasks=queue_counts.c.open_tasks + 1))
+               .values(open_tasks=queue_counts.c.open_tasks + bindparam("added")))
 COUNT_COMPLETED = (update(queue_counts)
                    .where(queue_counts.c.shard == bindparam("of_shard"))
                    .values(open_tasks=queue_counts.c.open_tasks - 1))
@@ -571,9 +571,12 @@ _SETTINGS_SHARED = READ_SETTINGS.with_for_update(read=True)
 
 
 def add_task(conn, messages, responses: list[str], models: list[str], settings: list[dict],
-             rng, tag: str | None = None) -> int:
+             rng, tag: str | None = None, count: bool = True) -> int:
     """One prompt and its K candidates → a task id (inside the caller's transaction); ``tag``
-    names the batch it belongs to (``tasks.tag``)."""
+    names the batch it belongs to (``tasks.tag``). ``count`` False: the caller counts the
+    tasks it added with one ``count_added`` before it commits — an import does, because on
+    PostgreSQL each update of one row in one transaction costs more than the one before (its
+    old versions stay until the commit: 190 µs per update over 5,000, 607 µs over 60,000)."""
     now = time.time()
     overlap = _parse_settings(conn.execute(_SETTINGS_SHARED).scalar()).overlap
     text = messages[0][1] if len(messages) == 1 else "".join(
@@ -586,8 +589,15 @@ def add_task(conn, messages, responses: list[str], models: list[str], settings: 
     conn.execute(insert(candidates), [
         {"task_id": task_id, "slot": slot, "text": text_, "model": model, "settings": setting}
         for slot, (text_, model, setting) in enumerate(zip(responses, models, settings))])
-    conn.execute(COUNT_ADDED)
+    if count:
+        count_added(conn, 1)
     return task_id
+
+
+def count_added(conn, n: int) -> None:
+    """``n`` tasks added in this transaction (``add_task(..., count=False)``) → queue_counts."""
+    if n:
+        conn.execute(COUNT_ADDED, {"added": n})
 
 
 def add_annotator(store: Store, name: str) -> str:

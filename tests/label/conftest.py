@@ -12,7 +12,14 @@ import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
 import pytest
 
 from rlhfkit.label import queue
-from rlhfkit.label.store import Store, add_annotator, add_task, hash_token, init_store
+from rlhfkit.label.store import (
+    Store,
+    add_annotator,
+    add_task,
+    count_added,
+    hash_token,
+    init_store,
+)
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +55,14 @@ def annotator():
 @pytest.fixture
 def add_tasks():
     """``add_tasks(store, n, k=3)`` → the ids of n new tasks of k candidates each (prompt
-    "prompt i", responses "ri.j"), in one transaction."""
+    "prompt i", responses "ri.j"), in one transaction, counted once as an import does."""
     def add(store: Store, n: int, k: int = 3) -> list[int]:
         rng = random.Random(0)
         with store.transaction() as conn:
-            return [add_task(conn, (("user", f"prompt {i}"),), [f"r{i}.{j}" for j in range(k)],
-                             ["m"] * k, [{}] * k, rng) for i in range(n)]
+            ids = [add_task(conn, (("user", f"prompt {i}"),), [f"r{i}.{j}" for j in range(k)],
+                            ["m"] * k, [{}] * k, rng, count=False) for i in range(n)]
+            count_added(conn, n)
+        return ids
 
     return add
 

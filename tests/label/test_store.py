@@ -1,6 +1,7 @@
 """The store's schema on SQLite and PostgreSQL: a version 2 store (before tasks.overlap and
 tasks.open) and a version 3 store (before queue_counts) are migrated when opened and then work;
 the open flag and the count of open tasks follow judgments, imports and overlap changes."""
+import json
 import random
 import threading
 
@@ -8,6 +9,7 @@ import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
 from sqlalchemy import DDL, func, inspect, select, update
 
 from rlhfkit.label import queue
+from rlhfkit.label.sources import import_candidates
 from rlhfkit.label.store import (
     SCHEMA_VERSION,
     TASK_INDEXES,
@@ -141,7 +143,7 @@ def test_the_open_flag_follows_judgments_and_overlap_changes(store_and_admin, an
     assert {f[1] for f in flags(store).values()} == {1}
 
 
-def test_the_open_count_follows_imports_judgments_and_overlap_changes(store_and_admin,
+def test_the_open_count_follows_imports_judgments_and_overlap_changes(store_and_admin, tmp_path,
                                                                       annotator, add_tasks):
     """queue_counts (the queue size's open tasks) against a count of the open tasks, after
     each change; a judgment past the overlap (a late one) takes nothing off."""
@@ -170,6 +172,14 @@ def test_the_open_count_follows_imports_judgments_and_overlap_changes(store_and_
     with store.engine.connect() as conn:
         assert [queue.queue_size(conn, p.id) for p in (a, b, c)] == [34, 34, 34]
     assert sorted(flags(store)) == ids
+    with store.transaction() as conn:  # one task, counted by add_task itself
+        add_task(conn, (("user", "one"),), ["x", "y"], ["m"] * 2, [{}] * 2, random.Random(1))
+    assert open_counted(store) == (35, 35)
+    rows = tmp_path / "rows.jsonl"  # an import: 2 tasks (a row with one distinct response: none)
+    rows.write_text("".join(json.dumps({"prompt": p, "responses": r}) + "\n" for p, r in (
+        ("p1", ["x", "y"]), ("p2", ["x", "x"]), ("p3", ["x", "y", "z"]))))
+    assert import_candidates(store, str(rows)) == (2, 1)
+    assert open_counted(store) == (37, 37)
 
 
 def test_an_import_in_progress_does_not_hold_up_submits(postgres_server, annotator, add_tasks):
