@@ -17,9 +17,17 @@ machinery (logits processors, stopping criteria, growing masks and id tensors, c
 - CPU: ``row_major_linears`` computes the decode steps' linears (a few rows: B tokens) as
   W·xᵀ. Same product; MKL runs ``x·Wᵀ`` with 16 rows at ~50 GFLOP/s and ``W·xᵀ`` at ~80 on
   SmolLM2's shapes (2 threads, AVX2), the lm-head 21.9 → 13.4 ms (bench/README.md).
+- ``compile=True`` (``rollout.compile``): the decode step (one token per row through the model,
+  to the last position's logits) runs ``torch.compile``d at static shapes: the cache length is
+  P + R rounded up to ``CACHE_BUCKET`` and the attention mask is always the whole (B, L) tensor
+  (HF's causal mask hides the slots past ``cache_position``), so one compilation serves every
+  call with the same (B, L) in the process; a new pair compiles again (dynamo's recompile
+  limit bounds them, then eager). The prefill and the sampling stay eager, so the draws are the
+  eager loop's. On CUDA the step is compiled with ``mode="reduce-overhead"`` (CUDA graphs).
+  Cost and gain on 2 CPU cores: bench/README.md "Generation: where the time goes".
 Tests: tests/models/test_generate.py (greedy equals HF ``generate`` token for token with left
-padding; EOS stops a row; the output width; the sampler's log-probs and entropy equal the
-trainer's forward on the same tokens).
+padding, compiled too; EOS stops a row; the output width; the sampler's log-probs and entropy
+equal the trainer's forward on the same tokens, compiled too).
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from rlhfkit.ops.logprobs import entropy_from_logits, selective_logprobs
 from rlhfkit.ops.sampling import sample_next_tokens
 
 FEW_ROWS = 64  # linears with at most this many rows take W·xᵀ; the prefill keeps x·Wᵀ
+CACHE_BUCKET = 64  # compiled decode: the KV cache length rounded up to a multiple of this
 
 
 def _linear_few_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,27 +115,54 @@ class Decoded(NamedTuple):
     entropy: torch.Tensor   # (B, R) float32 entropy of that distribution at each step; 0 after EOS
 
 
+def decode_step(model, tokens: torch.Tensor, position: torch.Tensor, cache_position: torch.Tensor,
+                attention: torch.Tensor, cache: dict) -> torch.Tensor:
+    """Logits (B, V) of the next token after ``tokens`` (B, 1) at ``position`` (B, 1), written
+    to the cache slot ``cache_position`` (1,); ``attention`` (B, L) covers the whole cache."""
+    return model(input_ids=tokens, attention_mask=attention, position_ids=position,
+                 cache_position=cache_position, **cache, use_cache=True,
+                 logits_to_keep=1).logits[:, -1]
+
+
+_compiled_steps: dict = {}  # device type → the compiled decode_step, built once per process
+
+
+def compiled_decode_step(device: torch.device):
+    """``decode_step`` through ``torch.compile`` at static shapes (dynamo recompiles for a new
+    model or (B, L), within its recompile limit); CUDA graphs on a GPU."""
+    if device.type not in _compiled_steps:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _compiled_steps[device.type] = torch.compile(decode_step, dynamic=False, mode=mode)
+    return _compiled_steps[device.type]
+
+
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
-           temperature: float, top_k: int, top_p: float, pad_id: int, eos_id: int) -> Decoded:
+           temperature: float, top_k: int, top_p: float, pad_id: int, eos_id: int,
+           compile: bool = False) -> Decoded:
     """Sampled ids (B, P + R), R ≤ max_new_tokens, with each sampled token's log-prob and the
     entropy at each step, for left-padded ``ids`` (B, P) and ``prompt_mask`` (B, P) on the
-    model's device. The caller sets eval mode."""
+    model's device. ``compile``: the decode step through ``torch.compile`` (module docstring).
+    The caller sets eval mode."""
     with row_major_linears(model):
         return _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p,
-                       pad_id, eos_id)
+                       pad_id, eos_id, compile)
 
 
-def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, pad_id, eos_id):
+def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, pad_id, eos_id,
+            compile):
     batch, width = ids.shape
     total = width + max_new_tokens
-    attention = torch.ones(batch, total, dtype=torch.long, device=ids.device)  # (B, P + R)
+    length = -(-total // CACHE_BUCKET) * CACHE_BUCKET if compile else total  # L ≥ P + R
+    step = compiled_decode_step(ids.device) if compile else decode_step
+    attention = torch.ones(batch, length, dtype=torch.long, device=ids.device)  # (B, L)
     attention[:, :width] = prompt_mask
     out = torch.full((batch, total), pad_id, dtype=ids.dtype, device=ids.device)  # (B, P + R)
     out[:, :width] = ids
     logprobs = torch.zeros(batch, max_new_tokens, device=ids.device)  # (B, R)
     entropy = torch.zeros(batch, max_new_tokens, device=ids.device)  # (B, R)
-    cache = {cache_kwarg(model): make_cache(model, total)}
+    cache = {cache_kwarg(model): make_cache(model, length)}
+    slots = torch.arange(width, total, device=ids.device)  # (R,) cache slot of each new token
     positions = position_ids_from(prompt_mask)  # (B, P)
     logits = model(input_ids=ids, attention_mask=attention[:, :width], position_ids=positions,
                    **cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (B, V)
@@ -146,7 +182,6 @@ def _decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p, 
         steps += 1
         if steps == max_new_tokens or all_finished(finished, synced):
             return Decoded(out[:, :width + steps], logprobs[:, :steps], entropy[:, :steps])
-        logits = model(input_ids=tokens.unsqueeze(-1), attention_mask=attention[:, :width + steps],
-                       position_ids=next_position, **cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
+        logits = step(model, tokens.unsqueeze(-1), next_position, slots[steps - 1:steps],
+                      attention, cache)
         next_position = next_position + 1

@@ -70,7 +70,7 @@ def ended_with_eos(rollout: Rollout, eos_id: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float,
-             top_p: float, top_k: int, pad_id: int, eos_id: int) -> Rollout:
+             top_p: float, top_k: int, pad_id: int, eos_id: int, compile: bool = False) -> Rollout:
     """Sample one response per prompt (eval mode, no gradients, KV cache, stop at EOS);
     temperature 0 = greedy. top_k 0 and top_p 1 switch those filters off.
 
@@ -79,6 +79,7 @@ def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperatur
     Sampling draws from torch's global generator on the model's device: the trainer seeds it
     per iteration, so the rollouts of an iteration depend only on (seed, iteration, process)
     and the weights. The rollout carries the sampler's log-probs and entropy (``Decoded``).
+    ``compile``: the decode step through ``torch.compile`` (``rollout.compile``; same tokens).
     """
     ids, prompt_mask = left_pad(prompt_ids, pad_id)  # (B, P)
     device = next(model.parameters()).device
@@ -87,7 +88,7 @@ def generate(model, prompt_ids: list[list[int]], max_new_tokens: int, temperatur
     model.eval()
     try:
         decoded = decode(model, ids, prompt_mask, max_new_tokens, temperature, top_k, top_p,
-                         pad_id, eos_id)
+                         pad_id, eos_id, compile)
     finally:
         model.train(was_training)
     width, out = ids.shape[1], decoded.ids  # (B, P + R)

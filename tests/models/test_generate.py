@@ -64,6 +64,22 @@ def test_greedy_equals_hf_generate_with_left_padding(model, tokenizer, temperatu
     assert all(len(set(r)) > 3 for r in responses.tolist())  # and do not repeat one token
 
 
+def test_compiled_decode_equals_eager_and_hf_generate(model, tokenizer, device):
+    """rollout.compile: the torch.compile'd decode step (static cache length 64 for 7 + 16,
+    whole-cache mask) gives HF's greedy tokens, and the eager loop's log-probs to float
+    rounding. A second call of another width reuses the compiled step (same (B, L))."""
+    ids, mask = padded(PROMPTS, tokenizer.pad_token_id, device)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    expected = hf_greedy(model, ids, mask, 16, pad, eos)
+    eager = decode(model, ids, mask, 16, 0.0, 0, 1.0, pad, eos)
+    compiled = decode(model, ids, mask, 16, 0.0, 0, 1.0, pad, eos, compile=True)
+    assert torch.equal(eager.ids, expected) and torch.equal(compiled.ids, expected)
+    torch.testing.assert_close(compiled.logprobs, eager.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(compiled.entropy, eager.entropy, atol=1e-5, rtol=0)
+    short = decode(model, ids[:, 3:], mask[:, 3:], 20, 0.0, 0, 1.0, pad, eos, compile=True)
+    assert torch.equal(short.ids, hf_greedy(model, ids[:, 3:], mask[:, 3:], 20, pad, eos))
+
+
 def test_lora_policy_equals_hf_generate(model, tokenizer, device):
     policy = apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, r=4))
     with torch.no_grad():
@@ -149,16 +165,18 @@ def test_decode_raises_no_deprecation_warning(model, tokenizer, lora, device):
 SAMPLER_TOLERANCE = 5e-5
 
 
-@pytest.mark.parametrize("lora,temperature,top_k,top_p", [
-    (False, 1.0, 0, 1.0), (False, 0.7, 50, 0.95), (True, 0.7, 0, 1.0)])
+@pytest.mark.parametrize("lora,temperature,top_k,top_p,compile", [
+    (False, 1.0, 0, 1.0, False), (False, 0.7, 50, 0.95, False), (True, 0.7, 0, 1.0, False),
+    (False, 1.0, 0, 1.0, True)])
 def test_sampler_logprobs_equal_the_trainers_forward(model, tokenizer, lora, temperature, top_k,
-                                                     top_p, device):
+                                                     top_p, compile, device):
     """The decode loop's log-prob of each sampled token and its entropy (KV cache, last-position
     logits, W·xᵀ linears) equal the trainer's forward over the whole sequence
     (``forward.response_logprobs``: softmax of logits / T over the whole vocabulary, whatever
     top-k / top-p the token was drawn through) to 5e-5 nats on tiny-llama in float32, same
     weights, no dropout (LoRA too): the tolerance under which PPO takes its old log-probs from
-    the sampling pass (online/loop.py::sampler_stands_for_trainer)."""
+    the sampling pass (online/loop.py::sampler_stands_for_trainer). The compiled decode step
+    (rollout.compile) too."""
     policy = model
     if lora:
         policy = apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, r=4))
@@ -169,7 +187,7 @@ def test_sampler_logprobs_equal_the_trainers_forward(model, tokenizer, lora, tem
     policy.eval()
     torch.manual_seed(5)
     out = rollout.generate(policy, PROMPTS, 12, temperature, top_p, top_k,
-                           tokenizer.pad_token_id, tokenizer.eos_token_id)
+                           tokenizer.pad_token_id, tokenizer.eos_token_id, compile)
     P, mask = out.prompt_width, out.response_mask
     with torch.no_grad():
         trainer = response_logprobs(policy, out.input_ids, out.attention_mask,
