@@ -104,13 +104,18 @@ PICK_LOCKED = {order: query.with_for_update(of=tasks, skip_locked=True)
 # The queue an annotator sees: open tasks never assigned to them = open tasks − open tasks
 # assigned to them (assignments hold one row per task and annotator): the open tasks from
 # store.queue_counts (a sum of 33 rows: counting the tasks grew with the open tasks, 0.4 ms at
-# 2,500 open on PostgreSQL), then this annotator's assignments (ix_assignments_annotator),
-# each task looked up by its key. As a join PostgreSQL hashed the whole table a second time.
+# 2,500 open on PostgreSQL), then this annotator's assignments from the first open task on
+# (store.ASSIGNMENTS_BY_TASK; no task before it is open), each task looked up by its key. In
+# fifo order those are the few they hold at the head of the queue, not all they ever judged.
+# As a join PostgreSQL hashed the whole table a second time.
 _OPEN_TASKS = select(func.sum(queue_counts.c.open_tasks)).correlate(None)
+_FIRST_OPEN = (select(tasks.c.id).where(_OPEN).order_by(tasks.c.id).limit(_ONE)
+               .correlate(None).scalar_subquery())
 _TASK_OPEN = (select(tasks.c.open).where(tasks.c.id == assignments.c.task_id)
               .correlate(assignments).scalar_subquery())
 _OPEN_MINE = (select(func.count()).select_from(assignments)
-              .where(assignments.c.annotator_id == _ME, _TASK_OPEN == true()).correlate(None))
+              .where(assignments.c.annotator_id == _ME, assignments.c.task_id >= _FIRST_OPEN,
+                     _TASK_OPEN == true()).correlate(None))
 QUEUE_SIZE = select(_OPEN_TASKS.scalar_subquery() - _OPEN_MINE.scalar_subquery())
 DONE = select(func.count()).select_from(judgments).where(judgments.c.annotator_id == _ME)
 # their own open lease (even expired), if any: its task comes back before any other

@@ -167,8 +167,11 @@ assignments = Table("assignments", metadata,
                     Column("expires_at", Float, nullable=False),
                     UniqueConstraint("task_id", "annotator_id"),
                     Index("ix_assignments_state", "task_id", "state", "expires_at"),
-                    # an annotator's own lease and queue size (queue.py: _OWN_TASK, QUEUE_SIZE)
+                    # an annotator's own lease (queue.py: _OWN_TASK)
                     Index("ix_assignments_annotator", "annotator_id", "state"))
+# an annotator's assignments from a task id on (queue.py: QUEUE_SIZE, schema 4)
+ASSIGNMENTS_BY_TASK = Index("ix_assignments_annotator_task", assignments.c.annotator_id,
+                            assignments.c.task_id)
 
 judgments = Table("judgments", metadata,
                   Column("id", Integer, primary_key=True),
@@ -245,8 +248,12 @@ def connect(db: str) -> Engine:
     elif url.get_backend_name() == "postgresql":
         # no pool_pre_ping: a round trip per transaction (a fifth of the bench's throughput);
         # a connection the server dropped fails its first statement, SQLAlchemy then renews
-        # the pool and the app retries the request once (app.py: _store_call)
-        engine = create_engine(url, pool_size=16, max_overflow=48)
+        # the pool and the app retries the request once (app.py: _store_call). The pool hands
+        # out the connection used last (LIFO: the few a server keeps busy stay warm, with their
+        # prepared statements) and psycopg prepares a statement at its first execution
+        # (its default: the sixth), so that a new connection plans each query fewer times
+        engine = create_engine(url, pool_size=16, max_overflow=48, pool_use_lifo=True,
+                               connect_args={"prepare_threshold": 0})
     else:
         raise StoreError(f"--db {db!r}: only SQLite (a file path) and PostgreSQL are supported")
     return engine
@@ -539,10 +546,11 @@ def _add_overlap_and_open(conn) -> None:
 
 
 def _add_queue_counts(conn) -> None:
-    """3 → 4: the queue_counts table, counted from the tasks."""
+    """3 → 4: the queue_counts table, counted from the tasks, and ASSIGNMENTS_BY_TASK."""
     queue_counts.create(conn)
     _add_count_rows(conn)
     conn.execute(RECOUNT)
+    ASSIGNMENTS_BY_TASK.create(conn)
 
 
 # schema version → (the next version, the step that brings a store there)

@@ -10,6 +10,7 @@ from rlhfkit.label.store import (
     SCHEMA_VERSION,
     Store,
     StoreError,
+    assignments,
     init_store,
     judgments,
     meta,
@@ -262,3 +263,45 @@ def test_an_expired_lease_and_a_late_judgment_close_the_task_once(store_and_admi
         row = conn.execute(select(tasks.c.judged, tasks.c.open)).one()
         assert tuple(row) == (2, False)
         assert [queue.queue_size(conn, p.id) for p in (alice, bob, carol)] == [0, 0, 0]
+
+
+def test_the_queue_size_is_the_open_tasks_never_assigned_to_them(store_and_admin, annotator,
+                                                                  add_tasks):
+    """queue_size against the open tasks counted one by one, through judgments, skips, leases
+    and overlap changes (QUEUE_SIZE reads an annotator's assignments from the first open task
+    on: skipped and judged tasks behind it, and open ones after it, must both count right)."""
+    _, store, _ = store_and_admin
+    ids = add_tasks(store, 12, k=2)
+    people = [annotator(store, name) for name in ("a", "b", "c")]
+
+    def by_hand(conn, who) -> int:
+        mine = set(conn.execute(select(assignments.c.task_id)
+                                .where(assignments.c.annotator_id == who.id)).scalars())
+        return sum(1 for task_id, is_open in conn.execute(select(tasks.c.id, tasks.c.open))
+                   if is_open and task_id not in mine)
+
+    def check() -> None:
+        with store.engine.connect() as conn:
+            for who in people:
+                assert queue.queue_size(conn, who.id) == by_hand(conn, who)
+
+    a, b, c = people
+    queue.skip(store, a, queue.next_task(store, a)["task_id"])  # ids[0]: open, a's skip
+    check()
+    for _ in range(3):  # a and b judge ids[0..5] in turn (b takes ids[0], which a skipped)
+        task = queue.next_task(store, a)
+        queue.submit(store, a, task["task_id"], [1, 2])
+        task = queue.next_task(store, b)
+        queue.submit(store, b, task["task_id"], [2, 1])
+    check()
+    update_settings(store, overlap=2)  # judged tasks reopen behind the first open one
+    check()
+    queue.next_task(store, c)  # c leases ids[0]
+    for _ in range(2):
+        task = queue.next_task(store, a)
+        queue.submit(store, a, task["task_id"], [1, 2])
+    check()
+    update_settings(store, overlap=1)
+    check()
+    with store.engine.connect() as conn:  # ids[6:] open, none of them assigned yet
+        assert [queue.queue_size(conn, p.id) for p in people] == [len(ids[6:])] * 3

@@ -11,6 +11,7 @@ from sqlalchemy import DDL, func, inspect, select, update
 from rlhfkit.label import queue
 from rlhfkit.label.sources import import_candidates
 from rlhfkit.label.store import (
+    ASSIGNMENTS_BY_TASK,
     SCHEMA_VERSION,
     TASK_INDEXES,
     Store,
@@ -50,6 +51,7 @@ def to_version_3(store: Store) -> None:
     """What a store written by schema 3 holds: no queue_counts."""
     with store.transaction() as conn:
         queue_counts.drop(conn)
+        ASSIGNMENTS_BY_TASK.drop(conn)
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="3"))
 
 
@@ -58,6 +60,7 @@ def to_version_2(store: Store) -> None:
     (SQLite ≥ 3.35 and PostgreSQL both drop a column)."""
     with store.transaction() as conn:
         queue_counts.drop(conn)
+        ASSIGNMENTS_BY_TASK.drop(conn)
         for index in TASK_INDEXES:
             index.drop(conn)
         conn.execute(DDL("ALTER TABLE tasks DROP COLUMN open"))
@@ -119,6 +122,9 @@ def test_a_version_3_store_gets_its_queue_counts_on_open(db, annotator, add_task
 
     store = open_store(db)  # migrates
     assert open_counted(store) == (4, 4)
+    with store.engine.connect() as conn:
+        assert ASSIGNMENTS_BY_TASK.name in {i["name"] for i in
+                                            inspect(conn).get_indexes("assignments")}
     with store.engine.connect() as conn:
         assert queue.queue_size(conn, a.id) == 4
     judge(store, a)
