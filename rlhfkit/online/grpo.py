@@ -99,6 +99,17 @@ class GRPOPart(KLControl):
     epochs: int = option(1, "Updates per rollout batch (μ); 1 = on-policy, ρ = 1.", min=1)
     minibatches: int = option(1, "Minibatches per epoch (the rollout rows must divide).", min=1)
     clip_eps: float = option(0.2, "ε of the clipped ratio.", above=0)
+    max_forward_tokens: int = option(1280, "Most tokens in one training forward pass: an "
+                                     "update's rows are cut into micro-batches of whole groups "
+                                     "(rows in order, so a micro-batch packs its groups' "
+                                     "prompts once), each group counted at the rollout's widest "
+                                     "(prompt + G responses packed, G × (prompt + response) "
+                                     "unpacked), never below one group nor above "
+                                     "train.micro_batch_size when set; 0 = no cap. Activations "
+                                     "grow with the tokens of a forward (~1.4 MB a token for "
+                                     "SmolLM2-135M in fp32): 1280 = 4 groups of 64 + 4 × 64 "
+                                     "(bench/README.md, memory). Same loss and gradients as one "
+                                     "pass.", min=0)
     share_prompt: bool = option(True, "Run a group's G responses as one packed row with the "
                                 "prompt computed once, in scoring and in the update (causal "
                                 "decoders; the same log-probs, fewer tokens).")
@@ -308,12 +319,29 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
                              "clipfrac": loss.clipfrac * share}
 
     zeros = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
+    size = rows_per_forward(run, roles, config, batch.rollout)
+    if 0 < size < len(rows):  # cut along groups: a group's rows are consecutive in the rollout
+        rows = rows.sort().values
     sums, (grad_norm,) = common.accumulate_step(
-        run, [roles.actor], roles.optimizers, roles.schedulers,
-        common.chunks(rows, config.train.micro_batch_size), losses, zeros)
+        run, [roles.actor], roles.optimizers, roles.schedulers, common.chunks(rows, size), losses,
+        zeros)
     stats = common.global_sum(run.accelerator, sums)
     stats["grad_norm"] = grad_norm
     return stats
+
+
+def rows_per_forward(run, roles: Roles, config: GRPOConfig, rollout) -> int:
+    """Rows of one training forward (0 = all): whole groups under grpo.max_forward_tokens, a
+    group counted at the widest rollout of every process (each then cuts as many pieces), and
+    at most train.micro_batch_size."""
+    G = config.grpo.num_generations
+    P, R = rollout.prompt_width, rollout.response_mask.shape[1]
+    packed = config.grpo.share_prompt and can_pack(roles.policy(run.accelerator))
+    local = torch.tensor([P + G * R if packed else G * (P + R)], device=run.device)
+    group_tokens = int(run.accelerator.gather(local).max())
+    groups = common.rows_per_forward(0, config.grpo.max_forward_tokens, group_tokens)
+    micro = config.train.micro_batch_size
+    return micro if groups == 0 else (G * groups if micro == 0 else min(micro, G * groups))
 
 
 def grpo_update(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,

@@ -205,6 +205,36 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device
         assert (whole / name).read_text() == (broken / name).read_text(), name
 
 
+def test_token_cap_cuts_whole_groups_and_equals_one_pass(repo_root, tmp_path, monkeypatch,
+                                                         on_device):
+    """grpo.max_forward_tokens cuts an update into forwards of whole groups (cap 1: one group,
+    G consecutive rows, a forward): the same loss and gradient norm as one pass (cap 0), to
+    float summation order."""
+    pieces = []
+    accumulate = common.accumulate_step
+
+    def recording(run, models, optimizers, schedulers, chunks, *rest, **kw):
+        pieces.append([sorted(c.tolist()) for c in chunks])
+        return accumulate(run, models, optimizers, schedulers, chunks, *rest, **kw)
+
+    monkeypatch.setattr(common, "accumulate_step", recording)
+    args = (*on_device, "train.max_steps=2", "train.save_every=0", "data.eval_fraction=0")
+    grpo.run(config(repo_root, tmp_path / "one", *args, "grpo.max_forward_tokens=0"))
+    assert [len(p) for p in pieces] == [1, 1]
+    pieces.clear()
+    grpo.run(config(repo_root, tmp_path / "cut", *args, "grpo.max_forward_tokens=1"))
+    assert [len(p) for p in pieces] == [8, 8]  # 8 prompts × 4 responses, one group a forward
+    for update in pieces:
+        assert [rows for rows in update] == [[4 * g + k for k in range(4)] for g in range(8)]
+    # The first update: from there the weights differ in float rounding, and at temperature 0.1
+    # the next rollout may sample other tokens (AdamW's first step moves every weight by ±lr).
+    one, cut = (next(r for r in common.read_metrics(tmp_path / name) if "loss" in r)
+                for name in ("one", "cut"))
+    assert one["grad_norm"] > 0.1 and one["grad_norm"] == pytest.approx(cut["grad_norm"], rel=1e-5)
+    for key in ("loss", "kl_token_mean", "clipfrac", "score_mean"):
+        assert one[key] == pytest.approx(cut[key], abs=1e-6), key
+
+
 def test_config_errors(repo_root, tmp_path):
     with pytest.raises(ConfigError, match="grpo.num_generations"):
         config(repo_root, tmp_path, "grpo.num_generations=1")
@@ -229,6 +259,8 @@ def test_config_errors(repo_root, tmp_path):
         config(repo_root, tmp_path, "grpo.advantage=ppo")
     with pytest.raises(ConfigError, match="grpo.ratio"):
         config(repo_root, tmp_path, "grpo.ratio=word")
+    with pytest.raises(ConfigError, match="grpo.max_forward_tokens=-1 is invalid"):
+        config(repo_root, tmp_path, "grpo.max_forward_tokens=-1")
     with pytest.raises(ConfigError, match="grpo.kl_controller='adaptive' is invalid: expected "
                                           "fixed when grpo.beta and grpo.kl_coef are both 0"):
         config(repo_root, tmp_path, "grpo.kl_controller=adaptive", "grpo.beta=0")
