@@ -297,10 +297,11 @@ class GRPOBatch(NamedTuple):
 
 
 def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBatch,
-                   rows: torch.Tensor, first_step: FirstStepLogprobs, beta: float) -> dict:
-    """One optimiser step on ``rows`` (micro-batches accumulate), ``beta`` weighting the loss's
-    KL term. The log-probs the loss saw go to ``first_step`` while it records (the old ones
-    when the rollout is used once)."""
+                   rows: torch.Tensor, first_step: FirstStepLogprobs, beta: float,
+                   size: int) -> dict:
+    """One optimiser step on ``rows``, in micro-batches of ``size`` rows (0 = one; they
+    accumulate), ``beta`` weighting the loss's KL term. The log-probs the loss saw go to
+    ``first_step`` while it records (the old ones when the rollout is used once)."""
     n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     n_rows = common.global_count(run.accelerator, len(rows))
     denominator = {"token": n_tokens, "sequence": n_rows,  # each shared by every process
@@ -319,7 +320,6 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
                              "clipfrac": loss.clipfrac * share}
 
     zeros = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
-    size = rows_per_forward(run, roles, config, batch.rollout)
     if 0 < size < len(rows):  # cut along groups: a group's rows are consecutive in the rollout
         rows = rows.sort().values
     sums, (grad_norm,) = common.accumulate_step(
@@ -349,10 +349,11 @@ def grpo_update(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRPOBa
     """4. epochs × minibatches steps over shuffled rows → (mean stats, the log-probs the first
     update saw, at the rollout's weights: every row's when the rollout is used once)."""
     first_step = FirstStepLogprobs(batch.rollout.response_mask)
+    size = rows_per_forward(run, roles, config, batch.rollout)  # the same for every minibatch
     stats = update_epochs(run, config.grpo.epochs, config.grpo.minibatches,
                           batch.rollout.input_ids.shape[0], iteration,
                           lambda rows: minibatch_step(run, roles, config, batch, rows, first_step,
-                                                      beta),
+                                                      beta, size),
                           roles.schedulers, first_step)
     return stats, first_step
 

@@ -293,7 +293,8 @@ def train_step(run: common.Run, model: torch.nn.Module, optimizer: torch.optim.O
             "train.batch_size", len(rows), f"a multiple of the processes ({run.world_size}) "
             "with dpo.loss_type=kto")
     # The size comes from the whole global batch, so every process cuts as many micro-batches.
-    longest = max(pair_tokens(data.pairs[i], packs(run, model, reference)) for i in rows)
+    packed = packs(run, model, reference)
+    longest = max(pair_tokens(data.pairs[i], packed) for i in rows)
     size = common.rows_per_forward(run.config.train.micro_batch_size,
                                    run.config.dpo.max_forward_tokens, longest)
     chunks = common.micro_batches(rows, run.rank, run.world_size, size)
