@@ -92,6 +92,9 @@ class DemoConfig(Validated):
                                      "(ppo.minibatches / grpo.minibatches).", min=1)
     eval_prompts: int | None = option(None, "Held-out openings evaluated before and after.",
                                       min=1)
+    eval_samples_per_prompt: int | None = option(
+        None, "Continuations sampled per held-out opening (eval_samples_per_prompt): the "
+        "before/after shares and means are over eval_prompts × this many.", min=1)
     reward_clip: float | None = option(None, "The reward model's normalised score is clipped to "
                                        "±reward_clip before the advantages "
                                        "(reward.reward_clip).", min=0)
@@ -113,7 +116,8 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "rm_head_learning_rate": 0.0, "rm_max_length": 128, "rm_warmup_steps": 10,
            "algorithm": "ppo", "num_generations": 4, "iterations": 30, "batch_size": 16,
            "max_new_tokens": 24, "top_k": 0, "learning_rate": 5e-4, "kl_coef": 0.08,
-           "target_kl": 0.0, "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64, "reward_clip": 5.0}
+           "target_kl": 0.0, "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64,
+           "eval_samples_per_prompt": 4, "reward_clip": 5.0}
 
 
 # A random 2-layer policy starts uniform over 49,152 tokens: LoRA on its attention cannot move
@@ -124,7 +128,7 @@ QUICK = {"policy": "tiny-llama", "lora": False, "reward_backbone": "tiny-llama",
          "rm_head_learning_rate": 0.0, "rm_max_length": 128, "rm_warmup_steps": 10,
          "iterations": 10,
          "batch_size": 32, "max_new_tokens": 6, "top_k": 20, "learning_rate": 3e-3,
-         "eval_prompts": 32, "kl_coef": 0.05, "ppo_epochs": 4}
+         "eval_prompts": 32, "eval_samples_per_prompt": 1, "kl_coef": 0.05, "ppo_epochs": 4}
 
 
 # What differs between the demos; the code path is one. Files are under data/; "defaults" are
@@ -251,6 +255,7 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
         # The held-out openings in one decode pass (64 × 24 tokens of SmolLM2: 7.1 s, against
         # 16.6 s in passes of 8 on 2 cores), scored in passes of batch_size as before.
         "eval_batch_size": config.eval_prompts,
+        "eval_samples_per_prompt": config.eval_samples_per_prompt,
     }
     continuations = config.iterations * config.batch_size * (
         config.num_generations if config.algorithm == "grpo" else 1)
@@ -311,11 +316,7 @@ def write_report(config: DemoConfig, stage_dir: Path, table: list[list], before_
                  after_rows, seconds: float) -> Path:
     from rlhfkit.demo.report import build_report
 
-    after_by_prompt = {r["prompt"]: r for r in after_rows}
-    samples = [{"prompt": b["prompt"], "before": b["response"], "before_score": b["score"],
-                "after": after_by_prompt[b["prompt"]]["response"],
-                "after_score": after_by_prompt[b["prompt"]]["score"]}
-               for b in before_rows[:8] if b["prompt"] in after_by_prompt]
+    samples = report_samples(before_rows, after_rows)
     metrics = [r for r in read_jsonl(stage_dir / "metrics.jsonl") if r.get("step", 0) > 0]
     rollouts = read_jsonl(stage_dir / "rollouts.jsonl")[-3:]
     name = stage_name(config)
@@ -335,6 +336,17 @@ def write_report(config: DemoConfig, stage_dir: Path, table: list[list], before_
     path = Path(config.output_dir) / "report.html"
     path.write_text(page)
     return path
+
+
+def report_samples(before_rows: list[dict], after_rows: list[dict], count: int = 8) -> list[dict]:
+    """The report's before/after pairs: the first continuation (``sample`` 0) of the first
+    ``count`` openings evaluated both times."""
+    after_by_prompt = {r["prompt"]: r for r in after_rows if r.get("sample", 0) == 0}
+    firsts = [b for b in before_rows
+              if b.get("sample", 0) == 0 and b["prompt"] in after_by_prompt]
+    return [{"prompt": b["prompt"], "before": b["response"], "before_score": b["score"],
+             "after": after_by_prompt[b["prompt"]]["response"],
+             "after_score": after_by_prompt[b["prompt"]]["score"]} for b in firsts[:count]]
 
 
 def stage_name(config: DemoConfig) -> str:

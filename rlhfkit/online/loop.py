@@ -122,6 +122,13 @@ class OnlineConfig(StageConfig):
                                   "scored in passes of that size as before. A wide pass decodes "
                                   "faster on CPU: SmolLM2, 64 openings × 24 tokens in 7.1 s in one "
                                   "pass, 16.6 s in passes of 8 (2 cores).", min=0)
+    eval_samples_per_prompt: int = option(1, "Continuations sampled per held-out prompt in the "
+                                          "evaluation before and after; the shares, means and "
+                                          "KL are over all of them (a pass of eval_batch_size "
+                                          "prompts decodes that many times as many rows). With "
+                                          "1 continuation per prompt, 64 prompts measure a "
+                                          "positive share of 0.85 to ±4.5 points (binomial sd).",
+                                          min=1)
 
 
 def resolve_reference(reference: str, lora: bool) -> str:
@@ -301,39 +308,45 @@ def gather_rows(run, tensor: torch.Tensor) -> torch.Tensor:
 def evaluate(run, roles: Roles, config, tokenizer, pool: Prompts,
              iteration: int) -> tuple[dict, list[dict]]:
     """Held-out prompts: score and KL to the reference of sampled responses (same noise before
-    and after training: the sampling seed is fixed). Decoded in passes of ``eval_batch_size``
-    prompts, scored in passes of train.batch_size / processes; the policy's log-probs are the
-    sampler's where they equal the trainer's (``sampler_stands_for_trainer``), and no critic
-    runs: one forward (the reference's) per pass."""
+    and after training: the sampling seed is fixed), ``eval_samples_per_prompt`` of them per
+    prompt, each a row (its ``sample`` 0, 1, ...). Decoded in passes of ``eval_batch_size``
+    prompts (their continuations in one generate call), scored in passes of train.batch_size /
+    processes rows; the policy's log-probs are the sampler's where they equal the trainer's
+    (``sampler_stands_for_trainer``), and no critic runs: one forward (the reference's) per
+    pass."""
     seed_sampling(config.train.seed + 1, 0, run.rank)
-    mine = list(range(len(pool.ids)))[run.rank::run.world_size]
+    n = config.eval_samples_per_prompt
+    mine = [(i, k) for i in list(range(len(pool.ids)))[run.rank::run.world_size]
+            for k in range(n)]  # (prompt, sample) per row, a prompt's samples side by side
     size = max(1, config.train.batch_size // run.world_size)
     use_sampler = sampler_stands_for_trainer(run, config)
     rows, sums = [], {"score": 0.0, "kl": 0.0, "length": 0.0, "count": 0.0}
-    width = config.eval_batch_size or size
+    width = (config.eval_batch_size or size) * n
     for first in range(0, len(mine), width):
         wide = mine[first:first + width]
-        wide_rollout = generate_for(run, roles, config, tokenizer, [pool.ids[i] for i in wide])
+        wide_rollout = generate_for(run, roles, config, tokenizer,
+                                    [pool.ids[i] for i, _ in wide])
         for start in range(0, len(wide), size):
             chunk = wide[start:start + size]
-            prompts = [pool.texts[i] for i in chunk]
+            prompts = [pool.texts[i] for i, _ in chunk]
             rollout = wide_rollout.select(slice(start, start + size))
             scored = score_rollout(run, roles, config, tokenizer, rollout, prompts, use_sampler,
                                    with_values=False)
-            add_eval_pass(rows, sums, iteration, prompts, rollout, scored)
+            add_eval_pass(rows, sums, iteration, prompts, [k for _, k in chunk], rollout, scored)
     sums = common.global_sum(run.accelerator, {k: torch.tensor(v) for k, v in sums.items()})
     n = max(sums["count"], 1.0)
     return {"eval_score_mean": sums["score"] / n, "eval_kl_mean": sums["kl"] / n,
             "eval_response_length_mean": sums["length"] / n}, rows
 
 
-def add_eval_pass(rows: list, sums: dict, iteration: int, prompts, rollout,
+def add_eval_pass(rows: list, sums: dict, iteration: int, prompts, samples: list, rollout,
                   scored: Scored) -> None:
-    """An evaluation pass's eval.jsonl rows (appended to ``rows``) and sums (added to ``sums``)."""
+    """An evaluation pass's eval.jsonl rows (appended to ``rows``) and sums (added to ``sums``);
+    ``samples`` numbers each row's continuation of its prompt."""
     mask = rollout.response_mask
     kl = masked_sum(scored.logprobs - scored.ref_logprobs, mask, dim=1)  # (B,) k1, nats
     for row, prompt in enumerate(prompts):
-        rows.append({"iteration": iteration, "prompt": prompt,
+        rows.append({"iteration": iteration, "prompt": prompt, "sample": samples[row],
                      "response": scored.responses[row], "score": float(scored.scores[row]),
                      "kl": float(kl[row]), "length": int(mask[row].sum())})
     for key, value in (("score", scored.scores.sum()), ("kl", kl.sum()),

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.config import ConfigError, build
-from rlhfkit.demo.pipeline import (ENGLISH, LANGUAGES, QUICK, DemoConfig, policy_settings, resolve,
-                                   reward_model_settings, stage_name)
+from rlhfkit.demo.pipeline import (ENGLISH, LANGUAGES, QUICK, DemoConfig, policy_settings,
+                                   report_samples, resolve, reward_model_settings, stage_name)
 from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
 
@@ -57,6 +57,30 @@ def test_held_out_openings_decode_in_one_pass(algorithm):
     stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
     built = build(stage, policy_settings(config, Path("rm")))
     assert (built.data.max_eval_rows, built.eval_batch_size, built.train.batch_size) == (48, 48, 8)
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_each_held_out_opening_is_continued_four_times_and_once_when_quick(algorithm):
+    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
+    for quick, n in ((False, 4), (True, 1)):
+        config = resolve(DemoConfig(algorithm=algorithm, quick=quick))
+        assert build(stage, policy_settings(config, Path("rm"))).eval_samples_per_prompt == n
+    given = resolve(DemoConfig(algorithm=algorithm, eval_samples_per_prompt=2))
+    assert build(stage, policy_settings(given, Path("rm"))).eval_samples_per_prompt == 2
+
+
+def test_report_pairs_the_first_continuation_of_each_opening():
+    """With several continuations per opening the report shows each opening once: its sample 0
+    before and after (rows without ``sample``, from before the key, count as sample 0)."""
+    def rows(tag):
+        return [{"prompt": p, "sample": k, "response": f"{tag}{p}{k}", "score": float(k)}
+                for p in "abc" for k in range(2)]
+    pairs = report_samples(rows("b"), rows("a")[2:], count=8)
+    assert [(s["prompt"], s["before"], s["after"]) for s in pairs] == [
+        ("b", "bb0", "ab0"), ("c", "bc0", "ac0")]
+    assert len(report_samples(rows("b"), rows("a"), count=2)) == 2
+    old = [{"prompt": "a", "response": "x", "score": 1.0}]
+    assert report_samples(old, old)[0]["after"] == "x"
 
 
 def test_reward_model_reads_rm_max_length_tokens():

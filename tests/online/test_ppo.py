@@ -350,6 +350,32 @@ def test_evaluation_decodes_in_wide_passes_without_policy_or_critic_forward(repo
     assert metrics["eval_kl_mean"] == pytest.approx(sum(r["kl"] for r in rows) / 4)
 
 
+def test_evaluation_samples_several_continuations_per_prompt(repo_root, tmp_path, on_device):
+    """eval_samples_per_prompt=3: each of the 4 held-out prompts gets 3 rows (samples 0, 1, 2,
+    side by side), the 12 continuations of one generate call over the prompts repeated 3 times
+    (eval_batch_size=4 prompts a pass); the means are over all 12 rows. With 1 (the default)
+    the rows are those of the prompts alone, as before."""
+    cfg = config(repo_root, tmp_path, *on_device, "eval_batch_size=4", "train.batch_size=2",
+                 "eval_samples_per_prompt=3")
+    run, tokenizer, roles = setup(cfg)
+    pool = loop.encode_prompts([PromptExample((("user", p),)) for p in PROMPTS], tokenizer,
+                               cfg.data)
+    metrics, rows = loop.evaluate(run, roles, cfg, tokenizer, pool, 0)
+    assert [(r["prompt"], r["sample"]) for r in rows] == [
+        (text, k) for text in pool.texts for k in range(3)]
+    loop.seed_sampling(cfg.train.seed + 1, 0, run.rank)
+    rollout = loop.generate_for(run, roles, cfg, tokenizer,
+                                [ids for ids in pool.ids for _ in range(3)])  # one pass of 12
+    assert [r["response"] for r in rows] == rollouts.decode_responses(tokenizer, rollout)
+    assert len({r["response"] for r in rows}) > len(PROMPTS)  # samples, not copies
+    assert metrics["eval_kl_mean"] == pytest.approx(sum(r["kl"] for r in rows) / 12)
+    assert metrics["eval_score_mean"] == pytest.approx(sum(r["score"] for r in rows) / 12)
+    one = config(repo_root, tmp_path / "one", *on_device, "eval_batch_size=4",
+                 "train.batch_size=2")
+    _, single = loop.evaluate(run, roles, one, tokenizer, pool, 0)
+    assert [(r["prompt"], r["sample"]) for r in single] == [(t, 0) for t in pool.texts]
+
+
 def test_truncated_importance_sampling_weights_the_policy_gradient(repo_root, tmp_path,
                                                                    on_device):
     """rollout.tis_cap reaches the actor loss: at cap 1e-6 each token's surrogate is weighted
