@@ -27,7 +27,8 @@ from rlhfkit.label.agreement import (
     copeland,
     pairwise_agreement,
 )
-from rlhfkit.label.store import Store, annotators, candidates, judgments, prompts, tasks
+from rlhfkit.label.schema import annotators, candidates, judgments, prompts, tasks
+from rlhfkit.label.store import Store
 
 FORMATS = ("ranked", "pairs")
 

@@ -17,7 +17,8 @@ from collections import defaultdict
 from sqlalchemy import select
 
 from rlhfkit.label.export import load_judgments, of_tasks
-from rlhfkit.label.store import Store, candidates
+from rlhfkit.label.schema import candidates
+from rlhfkit.label.store import Store
 from rlhfkit.ops.leaderboard import (
     Comparison,
     bootstrap_intervals,

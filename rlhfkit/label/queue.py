@@ -42,10 +42,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from rlhfkit.label.store import (
-    COUNT_COMPLETED,
-    FLAGS,
-    Store,
+from rlhfkit.label.schema import (
     annotators,
     assignments,
     candidates,
@@ -55,6 +52,7 @@ from rlhfkit.label.store import (
     queue_counts,
     tasks,
 )
+from rlhfkit.label.store import COUNT_COMPLETED, FLAGS, Store
 
 MAX_COMMENT = 4000
 

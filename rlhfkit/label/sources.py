@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from rlhfkit.data import DataError, encode, read_records, render_prompt
 from rlhfkit.data.formats import parse_prompt
-from rlhfkit.label.store import Store, add_task, candidates, count_added, prompts, tasks
+from rlhfkit.label.schema import candidates, prompts, tasks
+from rlhfkit.label.store import Store, add_task, count_added
 
 IMPORTED = "imported"
 MAX_TAG = 100  # tasks.tag is String(100)

@@ -23,14 +23,8 @@ from sqlalchemy import select
 
 from rlhfkit.label import queue
 from rlhfkit.label.leaderboard import leaderboard
-from rlhfkit.label.store import (
-    add_annotator,
-    add_task,
-    candidates,
-    hash_token,
-    init_store,
-    judgments,
-)
+from rlhfkit.label.schema import candidates, judgments
+from rlhfkit.label.store import add_annotator, add_task, hash_token, init_store
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and quiet on a closed network: without the networking flags Chromium keeps

@@ -8,7 +8,8 @@ from sqlalchemy import select
 from rlhfkit.cli import main
 from rlhfkit.label import queue
 from rlhfkit.label.commands import DEFAULT_HOST, _parser
-from rlhfkit.label.store import add_annotator, candidates, hash_token, open_store, tasks
+from rlhfkit.label.schema import candidates, tasks
+from rlhfkit.label.store import add_annotator, hash_token, open_store
 
 
 def test_generate_stores_k_candidates_with_model_and_settings(tmp_path, capsys, device):

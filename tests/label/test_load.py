@@ -8,7 +8,8 @@ import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
 import pytest
 from sqlalchemy import func, select
 
-from rlhfkit.label.store import judgments, open_store
+from rlhfkit.label.schema import judgments
+from rlhfkit.label.store import open_store
 
 CLIENTS, PER_CLIENT = 50, 20
 

@@ -6,18 +6,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from rlhfkit.label import queue
-from rlhfkit.label.store import (
-    SCHEMA_VERSION,
-    Store,
-    StoreError,
-    assignments,
-    init_store,
-    judgments,
-    meta,
-    open_store,
-    tasks,
-    update_settings,
-)
+from rlhfkit.label.schema import SCHEMA_VERSION, assignments, judgments, meta, tasks
+from rlhfkit.label.store import Store, StoreError, init_store, open_store, update_settings
 
 
 def n_judgments(store: Store) -> int:

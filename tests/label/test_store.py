@@ -10,20 +10,15 @@ from sqlalchemy import DDL, func, inspect, select, update
 
 from rlhfkit.label import queue
 from rlhfkit.label.sources import import_candidates
-from rlhfkit.label.store import (
+from rlhfkit.label.schema import (
     ASSIGNMENTS_BY_TASK,
     SCHEMA_VERSION,
     TASK_INDEXES,
-    Store,
-    add_task,
-    connect,
-    init_store,
     meta,
-    open_store,
     queue_counts,
     tasks,
-    update_settings,
 )
+from rlhfkit.label.store import Store, add_task, connect, init_store, open_store, update_settings
 
 
 def judge(store: Store, person: queue.Annotator) -> int:

@@ -1,0 +1,137 @@
+"""The label store's tables: SQLAlchemy Core ``Table``s on one ``MetaData``, and the schema
+version a store records (``meta.schema_version``).
+
+Tables: meta (schema version, settings, admin token hash), prompts, tasks, candidates (text,
+model, sampling settings, reward-model score), annotators (token hashed), assignments (a
+lease per task and annotator with the order shown), judgments (ranks, flags, comment, shown
+order, timestamps, seconds), queue_counts (the open tasks, in a few rows). Times are unix
+seconds (float). Creating, opening and migrating a store: store.py (``init_store``,
+``open_store``, ``MIGRATIONS``); the queries on these tables: queue.py, export.py.
+Tests: tests/label/test_store.py.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# 2: tasks.tag (issue #14); 3: tasks.overlap and tasks.open (the pick's index); 4: queue_counts
+# (the open tasks, counted as they change)
+SCHEMA_VERSION = 4
+
+metadata = MetaData()
+
+meta = Table("meta", metadata,
+             Column("key", String(64), primary_key=True),
+             Column("value", Text, nullable=False))
+
+prompts = Table("prompts", metadata,
+                Column("id", Integer, primary_key=True),
+                Column("text", Text, nullable=False),
+                Column("messages", JSON, nullable=False),  # [[role, content], ...]
+                Column("created_at", Float, nullable=False))
+
+tasks = Table("tasks", metadata,
+              Column("id", Integer, primary_key=True),
+              Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
+              Column("random_key", Float, nullable=False),  # order=random
+              Column("score_gap", Float),  # order=uncertainty: smallest RM score gap (null: unscored)
+              # judgments so far: kept with each submit, so picking a task never counts them
+              Column("judged", Integer, nullable=False, default=0),
+              Column("created_at", Float, nullable=False),
+              # the batch a task belongs to, e.g. "round-0/sample", "round-1/compare" (the
+              # iterated loop, rlhfkit/loop/); null for tasks added without one
+              Column("tag", String(100), index=True),
+              # annotators this task goes to: the `overlap` setting, copied by add_task and by
+              # update_settings, so that ``open`` is a function of the task's own row
+              Column("overlap", Integer, nullable=False),
+              # judged < overlap, kept by the statement that counts a judgment (queue.py:
+              # COUNT_JUDGMENT) and by update_settings: the pick and the queue size read open
+              # tasks from an index range (below) instead of walking the completed ones
+              Column("open", Boolean, nullable=False))
+# one index per queue order, each led by ``open``: a pick starts at the first open task in
+# that order and the queue size counts one range (queue.py: PICK, QUEUE_SIZE)
+TASK_INDEXES = (
+    Index("ix_tasks_open_fifo", tasks.c.open, tasks.c.id),
+    Index("ix_tasks_open_random", tasks.c.open, tasks.c.random_key, tasks.c.id),
+    # unscored (null gap) last on both databases: SQLite sorts nulls first, PostgreSQL last
+    Index("ix_tasks_open_uncertainty", tasks.c.open, tasks.c.score_gap.is_(None),
+          tasks.c.score_gap, tasks.c.id),
+)
+
+# The open tasks, counted where ``open`` changes (add_task, the judgment that completes a task,
+# update_settings): an annotator's queue size reads these few rows instead of counting the open
+# tasks (queue.py: QUEUE_SIZE; the updates: store.py, COUNT_ADDED, COUNT_COMPLETED, RECOUNT).
+# The count is the sum of the rows. Row 0 is add_task's; a
+# completed task is taken off row 1 + task id % QUEUE_SHARDS, so that two submits seldom wait
+# for one row and an import (which holds row 0 until it commits) never blocks a submit.
+queue_counts = Table("queue_counts", metadata,
+                     Column("shard", Integer, primary_key=True, autoincrement=False),
+                     Column("open_tasks", Integer, nullable=False))
+QUEUE_SHARDS = 32
+ADDED_SHARD = 0
+
+
+def completed_shard(task_id: int) -> int:
+    """The queue_counts row a completed task is taken off."""
+    return 1 + task_id % QUEUE_SHARDS
+
+
+candidates = Table("candidates", metadata,
+                   Column("id", Integer, primary_key=True),
+                   Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False, index=True),
+                   Column("slot", Integer, nullable=False),  # canonical order within the task
+                   Column("text", Text, nullable=False),
+                   Column("model", Text, nullable=False),  # model/checkpoint that wrote it
+                   Column("settings", JSON, nullable=False),  # sampling settings ({} if imported)
+                   Column("rm_score", Float),
+                   UniqueConstraint("task_id", "slot"))
+
+annotators = Table("annotators", metadata,
+                   Column("id", Integer, primary_key=True),
+                   Column("name", String(100), nullable=False, unique=True),
+                   Column("token_hash", String(64), nullable=False, unique=True),
+                   Column("active", Boolean, nullable=False),
+                   Column("created_at", Float, nullable=False))
+
+assignments = Table("assignments", metadata,
+                    Column("id", Integer, primary_key=True),
+                    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+                    Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+                    Column("state", String(8), nullable=False),  # leased | done | skipped
+                    Column("shown_order", JSON, nullable=False),  # candidate ids as shown
+                    Column("leased_at", Float, nullable=False),
+                    Column("expires_at", Float, nullable=False),
+                    UniqueConstraint("task_id", "annotator_id"),
+                    Index("ix_assignments_state", "task_id", "state", "expires_at"),
+                    # an annotator's own lease (queue.py: _OWN_TASK)
+                    Index("ix_assignments_annotator", "annotator_id", "state"))
+# an annotator's assignments from a task id on (queue.py: QUEUE_SIZE, schema 4)
+ASSIGNMENTS_BY_TASK = Index("ix_assignments_annotator_task", assignments.c.annotator_id,
+                            assignments.c.task_id)
+
+judgments = Table("judgments", metadata,
+                  Column("id", Integer, primary_key=True),
+                  Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+                  Column("annotator_id", Integer, ForeignKey("annotators.id"), nullable=False),
+                  Column("ranks", JSON, nullable=False),  # canonical slot order, 1 = best
+                  Column("shown_order", JSON, nullable=False),  # candidate ids as shown
+                  Column("flags", JSON, nullable=False),
+                  Column("comment", Text, nullable=False),
+                  Column("leased_at", Float, nullable=False),
+                  Column("submitted_at", Float, nullable=False),
+                  Column("seconds", Float),  # measured by the page (null if it sent none)
+                  Column("server_seconds", Float, nullable=False),  # lease → submit
+                  UniqueConstraint("task_id", "annotator_id"),
+                  Index("ix_judgments_annotator", "annotator_id"))
