@@ -21,6 +21,7 @@ synchronous SQLAlchemy. Tests: tests/label/test_app.py.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hmac
 import os
 import time
@@ -105,9 +106,21 @@ def app_from_env() -> FastAPI:
     """The app `label serve --workers N` starts in each worker process (uvicorn imports it by
     name): settings come from RLHFKIT_LABEL_* variables set by `serve`."""
     env = os.environ
-    return create_app(env["RLHFKIT_LABEL_DB"], env.get("RLHFKIT_LABEL_ADMIN_TOKEN") or None,
-                      max_body_bytes=int(env.get("RLHFKIT_LABEL_MAX_BODY", MAX_BODY_BYTES)),
-                      store_threads=int(env.get("RLHFKIT_LABEL_STORE_THREADS") or 0) or None)
+    app = create_app(env["RLHFKIT_LABEL_DB"], env.get("RLHFKIT_LABEL_ADMIN_TOKEN") or None,
+                     max_body_bytes=int(env.get("RLHFKIT_LABEL_MAX_BODY", MAX_BODY_BYTES)),
+                     store_threads=int(env.get("RLHFKIT_LABEL_STORE_THREADS") or 0) or None)
+    freeze_startup_objects()
+    return app
+
+
+def freeze_startup_objects() -> None:
+    """In a server process, once its app is built: what it holds then (modules, the app, the
+    tables) lives as long as the process, so keep it out of the garbage collector's full
+    collections (``gc.freeze``), which otherwise walk all of it with every thread stopped —
+    40–90 ms each in the bench (docs/label.md, schema 5), on the submits' p99. Not called
+    where apps come and go (tests): what it freezes is never collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",

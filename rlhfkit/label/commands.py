@@ -245,7 +245,7 @@ def run_command(args) -> None:
 def serve(args) -> None:
     import uvicorn
 
-    from rlhfkit.label.app import create_app
+    from rlhfkit.label.app import create_app, freeze_startup_objects
 
     if args.store_threads < 0:
         raise StoreError(f"--store-threads {args.store_threads}: expected a count ≥ 0")
@@ -260,6 +260,7 @@ def serve(args) -> None:
         uvicorn.run("rlhfkit.label.app:app_from_env", factory=True, workers=args.workers,
                     host=args.host, port=args.port, log_level="warning", access_log=False)
         return
+    freeze_startup_objects()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
