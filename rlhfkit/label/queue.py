@@ -3,23 +3,26 @@
 - A task goes to ``overlap`` annotators (``tasks.overlap``, the setting), never twice to the
   same one (unique (task, annotator) on assignments and on judgments). Its slots are taken by
   judgments and by leases not yet expired; a task with ``overlap`` judgments
-  (``tasks.judged``, kept by submit) leaves the queue: submit clears ``tasks.open`` in the
-  statement that counts the judgment. An annotator's queue: open tasks never assigned to them.
+  (``tasks.judged``) leaves the queue: the judgment's INSERT counts it and clears
+  ``tasks.open`` (schema.COUNT_JUDGMENT). An annotator's queue: open tasks never assigned to
+  them.
 - Opening a task leases it for ``lease_seconds``; an annotator who comes back gets their own
   open lease again (same shown order). An expired lease frees its slot for someone else.
 - Order: ``fifo`` (import order), ``random`` (a random key drawn at import), ``uncertainty``
   (smallest gap between the reward-model scores of a task's candidates first; unscored last).
 - Submit is atomic: the judgment row and the assignment's state together, in a transaction
-  it may share with other submits and leases (SQLite: ``Store.write``, group commit); a
+  it may share with other submits and leases (SQLite: ``Store.write``, group commit); the
+  judgment's INSERT counts it on its task and its annotator (triggers: schema.TRIGGERS); a
   second identical POST finds the judgment and returns it (idempotent), the unique
   constraint settles a race between two such POSTs.
-- Cost (the bench, docs/label.md): a judgment is two writes of two and three or four
-  statements (SQLite: each committed with the others that queued meanwhile). Opening a task
-  is one query (their own lease or the pick, the task's text and the progress counts: the
-  queue size from store.queue_counts, not a count of the open tasks) and the lease's
-  INSERT; submit closes the lease with UPDATE … RETURNING, inserts the judgment, counts it
-  on the task and, if that completes the task, takes it off queue_counts. The pick reads an
-  index led by ``open`` (store.py: TASK_INDEXES), so it starts at the first open task in the
+- Cost (the bench, docs/label.md): a judgment is two writes of two statements each (SQLite:
+  each committed with the others that queued meanwhile). Opening a task is one query (their
+  own lease or the pick, the task's text and the progress counts: the queue size from
+  schema.queue_counts, not a count of the open tasks, and ``done`` from annotators.judged,
+  not a count of their judgments) and the lease's INSERT; submit closes the lease with
+  UPDATE … RETURNING and inserts the judgment, whose triggers count it (the task's count and
+  open flag, the annotator's count, queue_counts when it completes the task). The pick reads
+  an index led by ``open`` (schema.TASK_INDEXES), so it starts at the first open task in the
   queue's order: its cost does not grow with the tasks completed before it.
 Tests: tests/label/test_queue.py.
 """
@@ -46,13 +49,12 @@ from rlhfkit.label.schema import (
     annotators,
     assignments,
     candidates,
-    completed_shard,
     judgments,
     prompts,
     queue_counts,
     tasks,
 )
-from rlhfkit.label.store import COUNT_COMPLETED, FLAGS, Store
+from rlhfkit.label.store import FLAGS, Store
 
 MAX_COMMENT = 4000
 
@@ -92,7 +94,7 @@ _ORDER_KEYS = {"fifo": [tasks.c.id],
                "random": [tasks.c.random_key, tasks.c.id],
                "uncertainty": [tasks.c.score_gap.is_(None), tasks.c.score_gap, tasks.c.id]}
 # the next task: open, never assigned to this annotator, a slot free; each order is one of
-# store.TASK_INDEXES after ``open``, so the pick walks only open tasks (those leased to others
+# schema.TASK_INDEXES after ``open``, so the pick walks only open tasks (those leased to others
 # at the head of the queue, and with overlap > 1 those this annotator has judged)
 PICK = {order: select(tasks.c.id).where(_OPEN, _SLOTS < tasks.c.overlap)
         .order_by(*keys).limit(_ONE) for order, keys in _ORDER_KEYS.items()}
@@ -101,9 +103,9 @@ PICK_LOCKED = {order: query.with_for_update(of=tasks, skip_locked=True)
                for order, query in PICK.items()}
 # The queue an annotator sees: open tasks never assigned to them = open tasks − open tasks
 # assigned to them (assignments hold one row per task and annotator): the open tasks from
-# store.queue_counts (a sum of 33 rows: counting the tasks grew with the open tasks, 0.4 ms at
+# schema.queue_counts (a sum of 33 rows: counting the tasks grew with the open tasks, 0.4 ms at
 # 2,500 open on PostgreSQL), then this annotator's assignments from the first open task on
-# (store.ASSIGNMENTS_BY_TASK; no task before it is open), each task looked up by its key. In
+# (schema.ASSIGNMENTS_BY_TASK; no task before it is open), each task looked up by its key. In
 # fifo order those are the few they hold at the head of the queue, not all they ever judged.
 # As a join PostgreSQL hashed the whole table a second time.
 _OPEN_TASKS = select(func.sum(queue_counts.c.open_tasks)).correlate(None)
@@ -115,7 +117,8 @@ _OPEN_MINE = (select(func.count()).select_from(assignments)
               .where(assignments.c.annotator_id == _ME, assignments.c.task_id >= _FIRST_OPEN,
                      _TASK_OPEN == true()).correlate(None))
 QUEUE_SIZE = select(_OPEN_TASKS.scalar_subquery() - _OPEN_MINE.scalar_subquery())
-DONE = select(func.count()).select_from(judgments).where(judgments.c.annotator_id == _ME)
+# their judgments, as the trigger schema.COUNT_JUDGMENT counts them
+DONE = select(annotators.c.judged).where(annotators.c.id == _ME)
 # their own open lease (even expired), if any: its task comes back before any other
 _OWN_TASK = (select(assignments.c.task_id)
              .where(assignments.c.annotator_id == _ME, assignments.c.state == "leased")
@@ -160,14 +163,8 @@ CLOSE_LEASE = (update(assignments)
                .returning(assignments.c.shown_order, assignments.c.leased_at))
 LEASE = select(assignments.c.state).where(assignments.c.task_id == _TASK,
                                           assignments.c.annotator_id == _ME)
+# counted on its task, its annotator and queue_counts by the database (schema.TRIGGERS)
 ADD_JUDGMENT = insert(judgments)
-# the count and the open flag in one statement, from the task's own row (SET sees the row as
-# it was: judged + 1 is the new count); it returns the new count and the overlap: equal, this
-# judgment completed the task (store.queue_counts then counts one open task fewer)
-COUNT_JUDGMENT = (update(tasks).where(tasks.c.id == _TASK)
-                  .values(judged=tasks.c.judged + 1,
-                          open=tasks.c.judged + 1 < tasks.c.overlap)
-                  .returning(tasks.c.judged, tasks.c.overlap))
 EXISTING = select(judgments.c.id).where(judgments.c.task_id == _TASK,
                                         judgments.c.annotator_id == _ME)
 BY_TOKEN = select(annotators.c.id, annotators.c.name, annotators.c.active).where(
@@ -268,9 +265,6 @@ def submit(store: Store, annotator: Annotator, task_id: int, ranks: list[int],
             "comment": comment, "leased_at": lease.leased_at, "submitted_at": now,
             "seconds": seconds, "server_seconds": max(now - lease.leased_at, 0.0),
         }).inserted_primary_key[0]
-        judged, overlap = conn.execute(COUNT_JUDGMENT, key).one()
-        if judged == overlap:  # complete now (a judgment past the overlap finds it closed)
-            conn.execute(COUNT_COMPLETED, {"of_shard": completed_shard(task_id)})
         return judgment_id, True
 
     try:

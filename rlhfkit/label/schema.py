@@ -27,8 +27,9 @@ from sqlalchemy import (
 )
 
 # 2: tasks.tag (issue #14); 3: tasks.overlap and tasks.open (the pick's index); 4: queue_counts
-# (the open tasks, counted as they change)
-SCHEMA_VERSION = 4
+# (the open tasks, counted as they change); 5: annotators.judged and the triggers (below) that
+# count a judgment
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -47,7 +48,8 @@ tasks = Table("tasks", metadata,
               Column("prompt_id", Integer, ForeignKey("prompts.id"), nullable=False),
               Column("random_key", Float, nullable=False),  # order=random
               Column("score_gap", Float),  # order=uncertainty: smallest RM score gap (null: unscored)
-              # judgments so far: kept with each submit, so picking a task never counts them
+              # judgments so far, counted by the database as each is stored (COUNT_JUDGMENT,
+              # below), so picking a task never counts them
               Column("judged", Integer, nullable=False, default=0),
               Column("created_at", Float, nullable=False),
               # the batch a task belongs to, e.g. "round-0/sample", "round-1/compare" (the
@@ -56,9 +58,9 @@ tasks = Table("tasks", metadata,
               # annotators this task goes to: the `overlap` setting, copied by add_task and by
               # update_settings, so that ``open`` is a function of the task's own row
               Column("overlap", Integer, nullable=False),
-              # judged < overlap, kept by the statement that counts a judgment (queue.py:
-              # COUNT_JUDGMENT) and by update_settings: the pick and the queue size read open
-              # tasks from an index range (below) instead of walking the completed ones
+              # judged < overlap, kept with ``judged`` (COUNT_JUDGMENT) and by update_settings:
+              # the pick and the queue size read open tasks from an index range (below)
+              # instead of walking the completed ones
               Column("open", Boolean, nullable=False))
 # one index per queue order, each led by ``open``: a pick starts at the first open task in
 # that order and the queue size counts one range (queue.py: PICK, QUEUE_SIZE)
@@ -72,19 +74,19 @@ TASK_INDEXES = (
 
 # The open tasks, counted where ``open`` changes (add_task, the judgment that completes a task,
 # update_settings): an annotator's queue size reads these few rows instead of counting the open
-# tasks (queue.py: QUEUE_SIZE; the updates: store.py, COUNT_ADDED, COUNT_COMPLETED, RECOUNT).
-# The count is the sum of the rows. Row 0 is add_task's; a
-# completed task is taken off row 1 + task id % QUEUE_SHARDS, so that two submits seldom wait
-# for one row and an import (which holds row 0 until it commits) never blocks a submit.
+# tasks (queue.py: QUEUE_SIZE; the updates: store.py, COUNT_ADDED and RECOUNT, and
+# COUNT_COMPLETED below). The count is the sum of the rows. Row 0 is add_task's; a completed
+# task is taken off row 1 + task id % QUEUE_SHARDS, so that two submits seldom wait for one row
+# and an import (which holds row 0 until it commits) never blocks a submit.
 queue_counts = Table("queue_counts", metadata,
                      Column("shard", Integer, primary_key=True, autoincrement=False),
                      Column("open_tasks", Integer, nullable=False))
-QUEUE_SHARDS = 32
+QUEUE_SHARDS = 32  # a power of two: COUNT_COMPLETED takes id % QUEUE_SHARDS as id & (it − 1)
 ADDED_SHARD = 0
 
 
 def completed_shard(task_id: int) -> int:
-    """The queue_counts row a completed task is taken off."""
+    """The queue_counts row a completed task is taken off (COUNT_COMPLETED)."""
     return 1 + task_id % QUEUE_SHARDS
 
 
@@ -103,7 +105,10 @@ annotators = Table("annotators", metadata,
                    Column("name", String(100), nullable=False, unique=True),
                    Column("token_hash", String(64), nullable=False, unique=True),
                    Column("active", Boolean, nullable=False),
-                   Column("created_at", Float, nullable=False))
+                   Column("created_at", Float, nullable=False),
+                   # their judgments, counted as each is stored (COUNT_JUDGMENT): the page's
+                   # "done" reads it instead of counting them (schema 5)
+                   Column("judged", Integer, nullable=False, default=0))
 
 assignments = Table("assignments", metadata,
                     Column("id", Integer, primary_key=True),
@@ -135,3 +140,40 @@ judgments = Table("judgments", metadata,
                   Column("server_seconds", Float, nullable=False),  # lease → submit
                   UniqueConstraint("task_id", "annotator_id"),
                   Index("ix_judgments_annotator", "annotator_id"))
+
+
+# ----------------------------------------------------------------------------- triggers
+# What a stored judgment changes besides its own row, done by the database in the INSERT's
+# statement: the task's count and open flag, the annotator's count, and, when that closes the
+# task, queue_counts. As statements of the server's they were two of the ten round trips of a
+# judgment on PostgreSQL (BEGIN and COMMIT included; docs/label.md, schema 5), and the
+# annotator's count was a count of their judgments. One body for both databases (SET sees the row as it was:
+# judged + 1 is the new count); a judgment past the overlap finds the task closed already and
+# takes nothing off. update_settings' overlap change fires COUNT_COMPLETED too, then recounts.
+# Tests: tests/label/test_store.py (the counts against counts of the rows, migrations).
+COUNT_JUDGMENT = ("UPDATE tasks SET judged = judged + 1, open = judged + 1 < overlap"
+                  " WHERE id = NEW.task_id;"
+                  " UPDATE annotators SET judged = judged + 1 WHERE id = NEW.annotator_id;")
+assert QUEUE_SHARDS & (QUEUE_SHARDS - 1) == 0
+COUNT_COMPLETED = ("UPDATE queue_counts SET open_tasks = open_tasks - 1"
+                   f" WHERE shard = 1 + (NEW.id & {QUEUE_SHARDS - 1});")
+# name → (table, when it fires, the condition, the body)
+TRIGGERS = {"count_judgment": ("judgments", "AFTER INSERT", None, COUNT_JUDGMENT),
+            "count_completed": ("tasks", "AFTER UPDATE OF open", "OLD.open AND NOT NEW.open",
+                                COUNT_COMPLETED)}
+
+
+def create_triggers(conn) -> None:
+    """TRIGGERS in the store of ``conn`` (init_store, the 4 → 5 migration): SQLite takes the
+    body in the trigger, PostgreSQL in a PL/pgSQL function of the same name."""
+    for name, (table, event, condition, body) in TRIGGERS.items():
+        if conn.dialect.name == "sqlite":
+            when = f" WHEN {condition}" if condition else ""
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} {event} ON {table} FOR EACH ROW"
+                                 f"{when} BEGIN {body} END")
+        else:
+            conn.exec_driver_sql(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql"
+                                 f" AS $$ BEGIN {body} RETURN NULL; END $$")
+            when = f" WHEN ({condition})" if condition else ""
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} {event} ON {table} FOR EACH ROW"
+                                 f"{when} EXECUTE FUNCTION {name}()")

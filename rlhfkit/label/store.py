@@ -58,6 +58,7 @@ from rlhfkit.label.schema import (
     TASK_INDEXES,
     annotators,
     candidates,
+    create_triggers,
     judgments,
     meta,
     metadata,
@@ -70,12 +71,9 @@ DEFAULT_LEASE_SECONDS = 600.0
 ORDERS = ("fifo", "random", "uncertainty")
 FLAGS = ("all_bad",)
 
-# more open tasks (add_task, count_added) / one fewer (queue.submit, on the shard of its task)
+# more open tasks (add_task, count_added); one fewer: the trigger schema.COUNT_COMPLETED
 COUNT_ADDED = (update(queue_counts).where(queue_counts.c.shard == ADDED_SHARD)
                .values(open_tasks=queue_counts.c.open_tasks + bindparam("added")))
-COUNT_COMPLETED = (update(queue_counts)
-                   .where(queue_counts.c.shard == bindparam("of_shard"))
-                   .values(open_tasks=queue_counts.c.open_tasks - 1))
 # every row afresh from the tasks (update_settings, the 3 → 4 migration): the count on row 0
 RECOUNT = update(queue_counts).values(open_tasks=case(
     (queue_counts.c.shard == ADDED_SHARD,
@@ -351,6 +349,7 @@ def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
     store = Store(engine)
     admin_token = new_token()
     with store.transaction() as conn:
+        create_triggers(conn)
         store.set_meta(conn, "schema_version", str(SCHEMA_VERSION))
         store.set_meta(conn, "settings", json.dumps(settings.__dict__))
         store.set_meta(conn, "admin_token_hash", hash_token(admin_token))
@@ -447,8 +446,19 @@ def _add_queue_counts(conn) -> None:
     ASSIGNMENTS_BY_TASK.create(conn)
 
 
+def _add_judgment_counts(conn) -> None:
+    """4 → 5: annotators.judged, counted from their judgments, and the triggers that count
+    each judgment from now on (schema.TRIGGERS)."""
+    conn.execute(DDL("ALTER TABLE annotators ADD COLUMN judged INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(update(annotators).values(judged=select(func.count()).select_from(judgments)
+                                           .where(judgments.c.annotator_id == annotators.c.id)
+                                           .scalar_subquery()))
+    create_triggers(conn)
+
+
 # schema version → (the next version, the step that brings a store there)
-MIGRATIONS = {"2": ("3", _add_overlap_and_open), "3": ("4", _add_queue_counts)}
+MIGRATIONS = {"2": ("3", _add_overlap_and_open), "3": ("4", _add_queue_counts),
+              "4": ("5", _add_judgment_counts)}
 _VERSION_LOCKED = (select(meta.c.value).where(meta.c.key == "schema_version")
                    .with_for_update())
 

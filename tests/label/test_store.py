@@ -1,6 +1,7 @@
 """The store's schema on SQLite and PostgreSQL: a version 2 store (before tasks.overlap and
-tasks.open) and a version 3 store (before queue_counts) are migrated when opened and then work;
-the open flag and the count of open tasks follow judgments, imports and overlap changes."""
+tasks.open), a version 3 store (before queue_counts) and a version 4 store (before the triggers
+that count judgments) are migrated when opened and then work; the open flag, the count of open
+tasks and the annotators' counts follow judgments, imports and overlap changes."""
 import json
 import random
 import threading
@@ -14,6 +15,9 @@ from rlhfkit.label.schema import (
     ASSIGNMENTS_BY_TASK,
     SCHEMA_VERSION,
     TASK_INDEXES,
+    TRIGGERS,
+    annotators,
+    judgments,
     meta,
     queue_counts,
     tasks,
@@ -42,8 +46,37 @@ def open_counted(store: Store) -> tuple[int, int]:
                 .scalar())
 
 
+def judged_counted(store: Store) -> dict[str, tuple[int, int]]:
+    """annotator name → (annotators.judged, their judgments counted)."""
+    with store.engine.connect() as conn:
+        return {name: (judged, conn.execute(select(func.count()).select_from(judgments).where(
+            judgments.c.annotator_id == id_)).scalar()) for id_, name, judged in conn.execute(
+            select(annotators.c.id, annotators.c.name, annotators.c.judged))}
+
+
+def trigger_names(conn) -> set[str]:
+    query = ("SELECT name FROM sqlite_master WHERE type = 'trigger'"
+             if conn.dialect.name == "sqlite" else
+             "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+    return set(conn.exec_driver_sql(query).scalars())
+
+
+def to_version_4(store: Store) -> None:
+    """What a store written by schema 4 holds: no triggers, no annotators.judged; the server
+    counted each judgment itself (as these statements did)."""
+    with store.transaction() as conn:
+        for name, (table, *_) in TRIGGERS.items():
+            conn.execute(DDL(f"DROP TRIGGER {name}" if conn.dialect.name == "sqlite" else
+                             f"DROP TRIGGER {name} ON {table}"))
+            if conn.dialect.name == "postgresql":
+                conn.execute(DDL(f"DROP FUNCTION {name}()"))
+        conn.execute(DDL("ALTER TABLE annotators DROP COLUMN judged"))
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="4"))
+
+
 def to_version_3(store: Store) -> None:
     """What a store written by schema 3 holds: no queue_counts."""
+    to_version_4(store)
     with store.transaction() as conn:
         queue_counts.drop(conn)
         ASSIGNMENTS_BY_TASK.drop(conn)
@@ -53,6 +86,7 @@ def to_version_3(store: Store) -> None:
 def to_version_2(store: Store) -> None:
     """What a store written by schema 2 holds: tasks without overlap, open and their indexes
     (SQLite ≥ 3.35 and PostgreSQL both drop a column)."""
+    to_version_4(store)
     with store.transaction() as conn:
         queue_counts.drop(conn)
         ASSIGNMENTS_BY_TASK.drop(conn)
@@ -90,7 +124,7 @@ def test_a_version_2_store_is_migrated_on_open_and_works(db, annotator, add_task
     store = open_store(db)  # migrates
     with store.engine.connect() as conn:
         version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version"))
-        assert version.scalar() == str(SCHEMA_VERSION) == "4"
+        assert version.scalar() == str(SCHEMA_VERSION) == "5"
         assert {i.name for i in TASK_INDEXES} <= index_names(conn)
     assert flags(store) == {ids[0]: (2, 2, False), judged_by_a: (1, 2, True),
                             ids[2]: (0, 2, True), ids[3]: (0, 2, True)}
@@ -124,6 +158,36 @@ def test_a_version_3_store_gets_its_queue_counts_on_open(db, annotator, add_task
         assert queue.queue_size(conn, a.id) == 4
     judge(store, a)
     assert open_counted(store) == (3, 3)
+    store.close()
+
+
+def test_a_version_4_store_gets_its_judgment_counts_on_open(db, annotator, add_tasks):
+    """4 → 5: annotators.judged counted from the judgments there, and the triggers: from then on
+    a judgment counts itself on its task, its annotator and queue_counts."""
+    store, _ = init_store(db)
+    update_settings(store, overlap=2)
+    ids = add_tasks(store, 4, k=2)
+    a, b, c = (annotator(store, n) for n in "abc")
+    judge(store, a), judge(store, a), judge(store, b)  # b judges a's first: complete
+    to_version_4(store)
+    store.close()
+    engine = connect(db)
+    assert "judged" not in {col["name"] for col in inspect(engine).get_columns("annotators")}
+    with engine.connect() as conn:
+        assert not trigger_names(conn) & set(TRIGGERS)
+    engine.dispose()
+
+    store = open_store(db)  # migrates
+    with store.engine.connect() as conn:
+        assert set(TRIGGERS) <= trigger_names(conn)
+        assert [queue.done_count(conn, p.id) for p in (a, b, c)] == [2, 1, 0]
+    assert judged_counted(store) == {"a": (2, 2), "b": (1, 1), "c": (0, 0)}
+    assert judge(store, b) == ids[1]  # completes a's second
+    assert judge(store, c) == ids[2]
+    assert judged_counted(store) == {"a": (2, 2), "b": (2, 2), "c": (1, 1)}
+    assert flags(store) == {ids[0]: (2, 2, False), ids[1]: (2, 2, False),
+                            ids[2]: (1, 2, True), ids[3]: (0, 2, True)}
+    assert open_counted(store) == (2, 2)
     store.close()
 
 
@@ -170,6 +234,9 @@ def test_the_open_count_follows_imports_judgments_and_overlap_changes(store_and_
     assert queue.submit(store, b, late, [1, 2])[1]  # completes it
     assert queue.submit(store, c, late, [2, 1])[1]  # past the overlap: the task was closed
     assert open_counted(store) == (34, 34)
+    assert not queue.submit(store, c, late, [2, 1])[1]  # the same again: counted once
+    assert judged_counted(store) == {"a": (5, 5), "b": (4, 4), "c": (1, 1)}
+    assert flags(store)[late] == (2, 1, False)
     with store.engine.connect() as conn:
         assert [queue.queue_size(conn, p.id) for p in (a, b, c)] == [34, 34, 34]
     assert sorted(flags(store)) == ids
