@@ -40,12 +40,16 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
     assert (config.policy, config.reward_backbone) == ("gemma3-270m", "gemma3-270m")
     rm = build(reward.RMConfig, {"output_dir": "x", **reward_model_settings(config)})
     assert rm.data.train_path == str(DATA / "sentiment_zh/pairs_train.jsonl.gz")
-    # stage 3 as measured on Gemma (LANGUAGES["zh"]["defaults"]): GRPO, scores clipped at ±1
+    # stage 3 as measured on Gemma (LANGUAGES["zh"]["defaults"]): Dr. GRPO, scores clipped at
+    # ±1, evaluated on 64 openings × 4 continuations as the English demo
     built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
     assert built.data.eval_path == str(DATA / "sentiment_zh/openings_test.jsonl")
-    assert (built.grpo.num_generations, built.grpo.beta, built.grpo.minibatches,
-            built.reward.reward_clip, built.train.batch_size, built.train.max_steps) == \
-        (4, 0.1, 2, 1.0, 8, 24)
+    assert (built.grpo.advantage, built.grpo.num_generations, built.grpo.beta,
+            built.grpo.minibatches, built.reward.reward_clip, built.train.batch_size,
+            built.train.max_steps, built.train.learning_rate) == \
+        ("dr_grpo", 4, 0.05, 2, 1.0, 8, 20, 5e-4)
+    assert (built.data.max_eval_rows, built.eval_samples_per_prompt) == (64, 4)
+    assert resolve(DemoConfig(lang="zh", advantage="grpo")).advantage == "grpo"
     with_ppo = resolve(DemoConfig(lang="zh", algorithm="ppo"))  # explicit, though the English default
     assert with_ppo.algorithm == "ppo" and with_ppo.policy == "gemma3-270m"
     built = build(ppo.PPOConfig, policy_settings(with_ppo, Path("rm")))
