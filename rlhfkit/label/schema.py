@@ -81,14 +81,8 @@ TASK_INDEXES = (
 queue_counts = Table("queue_counts", metadata,
                      Column("shard", Integer, primary_key=True, autoincrement=False),
                      Column("open_tasks", Integer, nullable=False))
-QUEUE_SHARDS = 32  # a power of two: COUNT_COMPLETED takes id % QUEUE_SHARDS as id & (it − 1)
+QUEUE_SHARDS = 32  # a power of two (COUNT_COMPLETED)
 ADDED_SHARD = 0
-
-
-def completed_shard(task_id: int) -> int:
-    """The queue_counts row a completed task is taken off (COUNT_COMPLETED)."""
-    return 1 + task_id % QUEUE_SHARDS
-
 
 candidates = Table("candidates", metadata,
                    Column("id", Integer, primary_key=True),
@@ -147,9 +141,11 @@ judgments = Table("judgments", metadata,
 # statement: the task's count and open flag, the annotator's count, and, when that closes the
 # task, queue_counts. As statements of the server's they were two of the ten round trips of a
 # judgment on PostgreSQL (BEGIN and COMMIT included; docs/label.md, schema 5), and the
-# annotator's count was a count of their judgments. One body for both databases (SET sees the row as it was:
-# judged + 1 is the new count); a judgment past the overlap finds the task closed already and
-# takes nothing off. update_settings' overlap change fires COUNT_COMPLETED too, then recounts.
+# annotator's count was a count of their judgments. One body for both databases (SET sees the
+# row as it was: judged + 1 is the new count); a judgment past the overlap finds the task
+# closed already and takes nothing off. update_settings' overlap change fires COUNT_COMPLETED
+# too, then recounts. The shard is 1 + id % QUEUE_SHARDS, written id & (QUEUE_SHARDS − 1): a
+# ``%`` in DDL text would need escaping for psycopg and not for SQLite.
 # Tests: tests/label/test_store.py (the counts against counts of the rows, migrations).
 COUNT_JUDGMENT = ("UPDATE tasks SET judged = judged + 1, open = judged + 1 < overlap"
                   " WHERE id = NEW.task_id;"
