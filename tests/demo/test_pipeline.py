@@ -6,7 +6,8 @@ import pytest
 
 from rlhfkit.config import ConfigError, build
 from rlhfkit.demo.pipeline import (ENGLISH, LANGUAGES, QUICK, DemoConfig, policy_settings,
-                                   report_samples, resolve, reward_model_settings, stage_name)
+                                   report_samples, resolve, reward_model_settings, stage_name,
+                                   summarize)
 from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
 
@@ -29,6 +30,14 @@ def test_grpo_settings_build_a_critic_free_config(advantage, name):
             built.grpo.minibatches) == (advantage, 4, 0.1, 2)
     assert built.train.batch_size == 8 and built.output_dir.endswith("grpo")
     assert not hasattr(built, "critic") and stage_name(config) == name
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "dr_grpo"])
+def test_kl_in_reward_moves_kl_coef_from_the_loss_to_the_rewards(advantage):
+    config = resolve(DemoConfig(algorithm="grpo", advantage=advantage, kl_coef=0.07,
+                                kl_in_reward=True))
+    built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
+    assert (built.grpo.beta, built.grpo.kl_coef) == (0.0, 0.07) and built.needs_old_logprobs
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
@@ -60,13 +69,14 @@ def test_held_out_openings_decode_in_one_pass(algorithm):
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_each_held_out_opening_is_continued_four_times_and_once_when_quick(algorithm):
+def test_eval_samples_per_prompt_reaches_the_stage(algorithm):
+    """One continuation per opening unless asked (4 costs 1.4 min more on a first run)."""
     stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
-    for quick, n in ((False, 4), (True, 1)):
+    for quick in (False, True):
         config = resolve(DemoConfig(algorithm=algorithm, quick=quick))
-        assert build(stage, policy_settings(config, Path("rm"))).eval_samples_per_prompt == n
-    given = resolve(DemoConfig(algorithm=algorithm, eval_samples_per_prompt=2))
-    assert build(stage, policy_settings(given, Path("rm"))).eval_samples_per_prompt == 2
+        assert build(stage, policy_settings(config, Path("rm"))).eval_samples_per_prompt == 1
+    given = resolve(DemoConfig(algorithm=algorithm, eval_samples_per_prompt=4))
+    assert build(stage, policy_settings(given, Path("rm"))).eval_samples_per_prompt == 4
 
 
 def test_report_pairs_the_first_continuation_of_each_opening():
@@ -117,3 +127,19 @@ def test_every_key_a_language_or_quick_sets_is_unset_by_default():
 def test_a_bad_value_is_still_refused_where_a_key_may_be_unset():
     with pytest.raises(ConfigError, match="rm_steps"):
         DemoConfig(rm_steps=0)
+
+
+def test_distinct_2_is_the_mean_over_the_draws_and_shares_count_every_row():
+    """Two openings, two draws. Draw 0: "a b c" and "a b d" → bigrams ab bc ab bd, 3 distinct
+    of 4 = 0.75; draw 1: "x y" and "y x" → xy yx, 2 of 2 = 1.0; mean 0.875 (all four texts
+    together: ab bc ab bd xy yx, 5 of 6). Positive: 3 of the 4 rows."""
+    rows = [{"prompt": p, "sample": k, "response": text, "score": score, "kl": 1.0, "length": 3}
+            for p, k, text, score in (("p", 0, "a b c", 1.0), ("q", 0, "a b d", -1.0),
+                                      ("p", 1, "x y", 0.5), ("q", 1, "y x", 0.2))]
+    summary = summarize(rows)
+    assert summary["distinct_2"] == pytest.approx(0.875)
+    assert summary["positive_share"] == 0.75
+    one = [dict(r, sample=0) for r in rows[:2]]
+    assert summarize(one)["distinct_2"] == 0.75
+    assert summarize([{k: v for k, v in r.items() if k != "sample"} for r in rows[:2]]) == \
+        summarize(one)  # rows written before the key: one draw
