@@ -87,6 +87,10 @@ class DemoConfig(Validated):
                                      "continuation (nats; ppo/grpo.kl_controller=adaptive, "
                                      "horizon = the run's continuations / 8); 0 = a fixed "
                                      "kl_coef.", min=0)
+    kl_in_reward: bool = option(False, "algorithm=grpo: kl_coef penalises the KL in each "
+                                "continuation's reward (grpo.kl_coef, r − kl_coef·Σ_t KL_t: the "
+                                "reverse KL, as PPO's per-token penalty) instead of the loss's k3 "
+                                "term (grpo.beta). PPO's KL is always in its rewards.")
     ppo_epochs: int | None = option(None, "PPO passes over each batch of rollouts.", min=1)
     minibatches: int | None = option(None, "Updates per pass over a batch of rollouts "
                                      "(ppo.minibatches / grpo.minibatches).", min=1)
@@ -267,7 +271,9 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
     kl_control = ({"kl_controller": "adaptive", "target_kl": config.target_kl,
                    "kl_horizon": max(1, continuations // 8)} if config.target_kl else {})
     if config.algorithm == "grpo":
-        settings["grpo"] = {"num_generations": config.num_generations, "beta": config.kl_coef,
+        kl = ({"beta": 0.0, "kl_coef": config.kl_coef} if config.kl_in_reward
+              else {"beta": config.kl_coef})
+        settings["grpo"] = {"num_generations": config.num_generations, **kl,
                             "advantage": config.advantage, "minibatches": config.minibatches,
                             **kl_control}
         return settings

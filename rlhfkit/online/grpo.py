@@ -11,11 +11,12 @@ One iteration (``grpo_iteration``):
      ``shaped_scores``), then by ``grpo.advantage`` (ops/grpo.py::ADVANTAGES): grpo = against
      its group, A = (r − group mean) / (group std + 1e-4) (``grpo.scale_rewards``), the same for
      every token of the response; dr_grpo, rloo; reinforce++(_baseline) = per token, the KL
-     penalty grpo.kl_coef folded into the rewards, whitened over every process's tokens.
+     penalty grpo.kl_coef folded into the rewards, whitened over every process's tokens; the
+     per-response estimators fold grpo.kl_coef·Σ_t KL_t into each score before the baseline.
   4. Update: ``grpo.epochs`` × ``grpo.minibatches`` steps of ops.grpo_loss (clipped ratio, per
      token or per response (GSPO, ``grpo.ratio``), + beta · k3 KL to the reference). With one
      update per rollout the old log-probs are the current ones (ρ = 1): no extra forward pass,
-     unless the rewards need them (reinforce++'s KL penalty).
+     unless the rewards need them (the KL penalty grpo.kl_coef).
 Logs, evaluation on held-out prompts, checkpoints, ``resume=true`` and the update's epochs
 are PPO's (rlhfkit/online/loop.py: ``train_online``, ``update_epochs``); per-iteration metrics:
 score_mean/std, kl_mean (k1 per response, nats), kl_token_mean (k3 per token, the loss term),
@@ -84,9 +85,11 @@ class GRPOPart(KLControl):
                             "over the batch (needs grpo.beta=0, uses grpo.kl_coef); "
                             "reinforce++_baseline = the same after subtracting the group mean.",
                             choices=tuple(ADVANTAGES))
-    kl_coef: float = option(0.0, "KL penalty folded into the per-token rewards, r_t = −kl_coef·"
-                            "KL_t (k1), reinforce++ estimators only: their loss has no β term "
-                            "(0 = off).", min=0)
+    kl_coef: float = option(0.0, "KL penalty in the rewards (k1, the reverse KL's REINFORCE "
+                            "gradient): reinforce++ per token, r_t = −kl_coef·KL_t (its loss has "
+                            "no β term); grpo, dr_grpo, rloo per response, r_i − kl_coef·Σ_t KL_t "
+                            "before the baseline (RLOO's form; beside or instead of β). 0 = off.",
+                            min=0)
     ratio: str = option("token", "Importance ratio: token = ρ_t per token (GRPO), sequence = "
                         "GSPO's exp(mean_t log ρ_t) per response, clipped per response.",
                         choices=tuple(RATIOS))
@@ -132,9 +135,6 @@ class GRPOConfig(OnlineConfig):
         require(not kl_in_reward or grpo.beta == 0, "grpo.beta", grpo.beta,
                 f"0 with grpo.advantage={grpo.advantage} (its KL penalty is in the rewards, "
                 "grpo.kl_coef; the loss has no separate KL term)")
-        require(kl_in_reward or grpo.kl_coef == 0, "grpo.kl_coef", grpo.kl_coef,
-                f"0 with grpo.advantage={grpo.advantage} (only the reinforce++ estimators fold "
-                "the KL into the rewards; grpo.beta is the loss's KL term)")
         require(grpo.advantage == "grpo" or grpo.scale_rewards == "group", "grpo.scale_rewards",
                 grpo.scale_rewards, f"the default 'group' with grpo.advantage={grpo.advantage} "
                 "(only grpo.advantage=grpo reads it)")
@@ -180,7 +180,7 @@ class GRPOConfig(OnlineConfig):
     @property
     def needs_old_logprobs(self) -> bool:
         """The scoring pass computes the rollout policy's log-probs: for the clipped ratio of a
-        reused rollout, or for the KL penalty in reinforce++'s rewards (step 3)."""
+        reused rollout, or for the KL penalty in the rewards, grpo.kl_coef (step 3)."""
         return self.reuses_rollout or self.grpo.kl_coef > 0
 
 
@@ -254,9 +254,9 @@ def shaped_scores(config: GRPOConfig, scores: torch.Tensor, ended: torch.Tensor)
 
 def kl_penalty_for(config: GRPOConfig, kl_coef: float, old_logprobs, ref_logprobs,
                    mask) -> torch.Tensor:
-    """3. −kl_coef·KL_t (k1) at each real token (B, R): the KL-to-reference that the reinforce++
-    estimators fold into the rewards (``kl_coef``: grpo.kl_coef, or the adaptive controller's
-    value of it); zeros when grpo.kl_coef is 0."""
+    """3. −kl_coef·KL_t (k1) at each real token (B, R): the KL-to-reference that the estimators
+    fold into the rewards, per token (reinforce++) or summed per response (``kl_coef``:
+    grpo.kl_coef, or the adaptive controller's value of it); zeros when grpo.kl_coef is 0."""
     if old_logprobs is None:  # kl_coef 0 and one update per rollout: nothing to fold in
         return torch.zeros(mask.shape, device=mask.device)
     return -kl_coef * kl_k1(old_logprobs, ref_logprobs, mask)

@@ -68,6 +68,9 @@ Critic-free advantage estimators, picked by name (ops/grpo.py::ADVANTAGES):
     test_grpo_ops.py::test_reinforce_pp_folds_the_kl_into_token_rewards_and_whitens_over_the_batch
     test_grpo_ops.py::test_reinforce_pp_baseline_subtracts_the_group_mean_first
     test_grpo_ops.py::test_returns_to_go_is_gae_with_no_critic_and_lambda_1
+KL in the reward for the per-response estimators (RLOO's r − β·log π/π_ref): r_i − kl_coef·Σ_t KL_t
+    ops/grpo.py::kl_folded_scores
+    test_grpo_ops.py::test_per_response_estimators_fold_the_summed_kl_penalty_into_the_score
 GSPO sequence ratio (Zheng et al. 2025): s_i = exp(mean_t log ρ_t), clipped per response
     ops/grpo.py::RATIOS, grpo_loss
     test_grpo_ops.py::test_sequence_ratio_is_the_geometric_mean_and_clips_whole_responses

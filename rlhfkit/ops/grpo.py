@@ -17,6 +17,7 @@ import torch
 from rlhfkit.ops.masked import (
     masked_log_ratio,
     masked_mean,
+    masked_sum,
     masked_whiten,
     zero_outside_mask,
 )
@@ -65,30 +66,45 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group"
 # One signature, so the stage picks one by name from ADVANTAGES (as DPO_LOSSES):
 #   estimator(scores (B,), group_size, response_mask (B, T), kl_penalty (B, T), scale) →
 #   (B,) one advantage per response, or (B, T) one per token (REINFORCE++).
-# ``kl_penalty`` is −kl_coef·KL_t at each real token, the KL-to-reference folded into the rewards
-# (REINFORCE++ only; the others leave the KL to the loss's β·k3 and ignore it). Statistics over
-# "the batch" are over all B rows given: the stage hands in every process's rows.
+# ``kl_penalty`` is −kl_coef·KL_t at each real token, the KL-to-reference folded into the rewards:
+# REINFORCE++ per token; the per-response estimators (grpo, dr_grpo, rloo) add its sum to the
+# response's score first (``kl_folded_scores``). All zeros when grpo.kl_coef is 0, so they see
+# the score alone. Statistics over "the batch" are over all B rows given: the stage hands in
+# every process's rows.
+
+def kl_folded_scores(scores: torch.Tensor, response_mask: torch.Tensor,
+                     kl_penalty: torch.Tensor) -> torch.Tensor:
+    """r_i − kl_coef·Σ_t KL_t: each response's score with its KL-to-reference penalty summed
+    over its real tokens (``kl_penalty`` = −kl_coef·KL_t), the sequence-level KL-in-reward of
+    RLOO (Ahmadian et al. 2024, §2: r(x, y) − β·log π(y|x)/π_ref(y|x)) and of TRL's RLOOTrainer.
+    Unlike the loss's β·k3 term, whose gradient is that of the forward KL(π_ref‖π), this is the
+    REINFORCE gradient of the reverse KL(π‖π_ref), the regulariser of the RLHF objective. (B,)"""
+    return scores.float() + masked_sum(kl_penalty.float(), response_mask, dim=1)
+
 
 def grpo_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
                     kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
-    """GRPO: ``group_advantages`` with ``scale`` (``grpo.scale_rewards``). (B,)."""
-    return group_advantages(scores, group_size, scale)
+    """GRPO: ``group_advantages`` of the KL-folded scores with ``scale``
+    (``grpo.scale_rewards``). (B,)."""
+    return group_advantages(kl_folded_scores(scores, response_mask, kl_penalty), group_size, scale)
 
 
 def dr_grpo_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
                        kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
     """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training", §3.1): A_i = r_i − mean
     of its group, exactly: no division by the group's std (no question-difficulty bias). The
-    other half of Dr. GRPO is the ``constant`` loss aggregation. (B,)."""
-    return group_advantages(scores, group_size, "none", eps=0.0)
+    other half of Dr. GRPO is the ``constant`` loss aggregation. Scores KL-folded. (B,)."""
+    return group_advantages(kl_folded_scores(scores, response_mask, kl_penalty), group_size,
+                            "none", eps=0.0)
 
 
 def rloo_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
                     kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, eq. 5): A_i = r_i − mean of the G − 1 *other* scores of its
-    group = G/(G − 1)·(r_i − group mean); unscaled. G = 2: A_i = r_i − r_other. (B,)."""
+    group = G/(G − 1)·(r_i − group mean); unscaled. G = 2: A_i = r_i − r_other. Scores
+    KL-folded. (B,)."""
     _require_groups(scores, group_size)
-    groups = scores.float().view(-1, group_size)  # (B / G, G)
+    groups = kl_folded_scores(scores, response_mask, kl_penalty).view(-1, group_size)  # (B / G, G)
     others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)
     return (groups - others).reshape(-1)
 
@@ -124,7 +140,7 @@ def reinforce_pp_baseline_advantages(scores: torch.Tensor, group_size: int,
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce++": reinforce_pp_advantages,
               "reinforce++_baseline": reinforce_pp_baseline_advantages}
-KL_IN_REWARD = ("reinforce++", "reinforce++_baseline")  # estimators that read ``kl_penalty``
+KL_IN_REWARD = ("reinforce++", "reinforce++_baseline")  # the KL only in the rewards: β = 0
 
 
 # --- importance ratios (``grpo.ratio``) --------------------------------------------------------

@@ -32,6 +32,14 @@ def test_grpo_settings_build_a_critic_free_config(advantage, name):
     assert not hasattr(built, "critic") and stage_name(config) == name
 
 
+@pytest.mark.parametrize("advantage", ["grpo", "rloo", "dr_grpo"])
+def test_kl_in_reward_moves_kl_coef_from_the_loss_to_the_rewards(advantage):
+    config = resolve(DemoConfig(algorithm="grpo", advantage=advantage, kl_coef=0.07,
+                                kl_in_reward=True))
+    built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
+    assert (built.grpo.beta, built.grpo.kl_coef) == (0.0, 0.07) and built.needs_old_logprobs
+
+
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_reward_clip_reaches_the_stage(algorithm):
     config = resolve(DemoConfig(algorithm=algorithm, reward_clip=0.75))

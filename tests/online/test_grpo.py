@@ -246,13 +246,13 @@ def test_config_errors(repo_root, tmp_path):
         config(repo_root, tmp_path, "grpo.scale_rewards=median")
     with pytest.raises(ConfigError, match="reward.model_path"):
         config(repo_root, tmp_path, "reward.function=")
-    # REINFORCE++ puts the KL in the rewards (grpo.kl_coef): no β term in its loss, and no
-    # kl_coef for the estimators whose KL is the loss's; scale_rewards is read by grpo only
+    # REINFORCE++ puts the KL in the rewards (grpo.kl_coef): no β term in its loss; the other
+    # estimators may fold it into each score too; scale_rewards is read by grpo only
     with pytest.raises(ConfigError, match=r"grpo.beta=0.04 is invalid: expected 0 with "
                                           r"grpo.advantage=reinforce\+\+ \(its KL penalty"):
         config(repo_root, tmp_path, "grpo.advantage=reinforce++")
-    with pytest.raises(ConfigError, match="grpo.kl_coef=0.1 is invalid"):
-        config(repo_root, tmp_path, "grpo.kl_coef=0.1")
+    assert config(repo_root, tmp_path, "grpo.advantage=rloo",
+                  "grpo.kl_coef=0.1").needs_old_logprobs  # the KL in the rewards, RLOO's form
     with pytest.raises(ConfigError, match="grpo.scale_rewards='none' is invalid"):
         config(repo_root, tmp_path, "grpo.advantage=rloo", "grpo.scale_rewards=none")
     with pytest.raises(ConfigError, match="grpo.advantage"):
@@ -350,6 +350,41 @@ def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_r
     real = batch.advantages[mask]
     assert abs(float(real.mean())) < 1e-5 and abs(float(real.std()) - 1) < 1e-4
     assert (batch.advantages[~mask] == 0).all()
+
+
+def test_rloo_with_kl_coef_folds_the_summed_kl_into_each_score(repo_root, tmp_path, monkeypatch,
+                                                               on_device):
+    """rloo + grpo.kl_coef: the rollout policy's log-probs are scored for the penalty, and each
+    response's advantage is RLOO's of r_i − kl_coef·Σ_t (log π − log π_ref), one per response."""
+    cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=2", "grpo.advantage=rloo",
+                 "grpo.kl_coef=0.5")
+    run, tokenizer, roles, pool = setup(cfg)
+    seen = {}
+    original = grpo.ADVANTAGES["rloo"]
+
+    def record(scores, group_size, mask, kl_penalty, scale):
+        seen.update(scores=scores, mask=mask)
+        return original(scores, group_size, mask, kl_penalty, scale)
+
+    def capture(run_, roles_, config_, batch, iteration, beta):
+        seen["batch"] = batch
+        return {}, loop.FirstStepLogprobs(batch.rollout.response_mask)
+
+    monkeypatch.setitem(grpo.ADVANTAGES, "rloo", record)
+    monkeypatch.setattr(grpo, "grpo_update", capture)
+    monkeypatch.setattr(grpo, "group_metrics", lambda *args: {})
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy off its frozen copy, so that the KL is not 0
+        for param in roles.policy(run.accelerator).parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)
+    batch, mask, G = seen["batch"], seen["mask"], cfg.grpo.num_generations
+    assert batch.logprobs is not None and batch.advantages.shape == (mask.shape[0],)
+    kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(1)
+    folded = (seen["scores"] - 0.5 * kl).view(-1, G)
+    expected = folded - (folded.sum(1, keepdim=True) - folded) / (G - 1)
+    torch.testing.assert_close(batch.advantages, expected.reshape(-1), atol=1e-5, rtol=0)
+    assert float(kl.abs().max()) > 0  # the policy and the reference differ: the test can fail
 
 
 TWO_PROCESS_SCRIPT = '''

@@ -9,6 +9,7 @@ from rlhfkit.ops.grpo import (
     dr_grpo_advantages,
     group_advantages,
     grpo_loss,
+    kl_folded_scores,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     returns_to_go,
@@ -176,6 +177,23 @@ def test_rloo_subtracts_the_mean_of_the_other_samples():
 def test_rloo_with_two_samples_is_each_score_minus_the_other():
     # G = 2, pairs (1, 2), (3, 4), (0, 0), (0, 0): A_i = r_i − r_other
     close(rloo_advantages(SCORES, 2, ONE_TOKEN, NO_KL), [-1, 1, -1, 1, 0, 0, 0, 0])
+
+
+def test_per_response_estimators_fold_the_summed_kl_penalty_into_the_score():
+    # One group of G = 2: scores [1, 3]; kl_penalty −kl_coef·KL_t = [[−0.1, −0.2], [−0.5, pad]]
+    # (NaN padding never enters) → folded scores [1 − 0.3, 3 − 0.5] = [0.7, 2.5].
+    scores = torch.tensor([1.0, 3.0])
+    kl_penalty = torch.tensor([[-0.1, -0.2], [-0.5, NAN]])
+    mask = torch.tensor([[T_, T_], [T_, F_]])
+    close(kl_folded_scores(scores, mask, kl_penalty), [0.7, 2.5])
+    close(rloo_advantages(scores, 2, mask, kl_penalty), [-1.8, 1.8])  # 0.7 − 2.5, 2.5 − 0.7
+    close(dr_grpo_advantages(scores, 2, mask, kl_penalty), [-0.9, 0.9])  # mean 1.6
+    std = 1.8 / math.sqrt(2)  # unbiased std of [0.7, 2.5]
+    close(ADVANTAGES["grpo"](scores, 2, mask, kl_penalty, "group"),
+          [-0.9 / (std + 1e-4), 0.9 / (std + 1e-4)], atol=1e-5)
+    # a penalty that is the same for both responses changes nothing: only differences count
+    same = torch.tensor([[-0.5, 0.0], [-0.5, NAN]])
+    close(rloo_advantages(scores, 2, mask, same), rloo_advantages(scores, 2, mask, 0 * same))
 
 
 def test_returns_to_go_by_hand():
