@@ -143,6 +143,9 @@ def create_app(db_url: str, admin_token: str | None = None, base_url: str = "",
                   description="Rank model responses; the judgments train `rlhfkit rm`/`dpo`.")
     app.state.store = store
     app.state.store_threads = store_threads or STORE_THREADS[store.engine.dialect.name]
+    # the connections the store threads will use, opened before the first request (not
+    # while it waits): docs/label.md, "Start-up"
+    store.open_connections(app.state.store_threads)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     annotator, admin, forget = _auth(store, admin_hash)

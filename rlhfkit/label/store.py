@@ -319,6 +319,18 @@ class Store:
             self._settings = now, _parse_settings(conn.execute(READ_SETTINGS).scalar())
         return self._settings[1]
 
+    def open_connections(self, n: int) -> int:
+        """Open up to ``n`` pooled connections now, one cheap query on each, and leave them in
+        the pool → how many it holds. A server calls this before it takes requests: else its
+        pool opens them while the first requests wait (PostgreSQL: connect, authentication,
+        the session's first statements). At most the pool's size: a connection above it would
+        be closed as soon as it went back. Test: tests/label/test_app.py."""
+        n = min(n, self.engine.pool.size())
+        with contextlib.ExitStack() as stack:
+            for _ in range(n):  # all checked out at once: n distinct connections
+                stack.enter_context(self.engine.connect()).exec_driver_sql("SELECT 1")
+        return self.engine.pool.checkedin()
+
     def close(self) -> None:
         self.engine.dispose()
         if self._lock_file is not None:

@@ -263,3 +263,22 @@ def test_a_connection_the_database_dropped_costs_no_request(postgres_server):
         assert again.status_code == 200 and again.json() == task  # their lease, same order
         body = {"task_id": task["task_id"], "ranks": [1, 2]}
         assert client.post("/api/judgments", json=body, headers=alice).status_code == 201
+
+
+def test_the_pool_is_open_before_the_first_request(store_and_admin):
+    """create_app opens the connections its store threads will use (Store.open_connections),
+    so the first requests do not wait for connect + authentication: right after start-up the
+    pool holds min(store threads, pool size) idle connections — PostgreSQL 4 of 16, SQLite 8
+    of 8 (16 threads) — where a lazy pool would hold the one that read the admin token."""
+    db, _, _ = store_and_admin
+    app = create_app(db)
+    try:
+        pool = app.state.store.engine.pool
+        expected = min(app.state.store_threads, pool.size())
+        assert expected == {"sqlite": 8, "postgresql": 4}[app.state.store.engine.dialect.name]
+        assert (pool.checkedin(), pool.checkedout()) == (expected, 0)
+        two = create_app(db, store_threads=2).state.store
+        assert two.engine.pool.checkedin() == 2
+        two.close()
+    finally:
+        app.state.store.close()
