@@ -22,7 +22,8 @@ import torch
 from sqlalchemy import func, select
 
 from rlhfkit.label.queue import Annotator, next_task, submit
-from rlhfkit.label.store import Store, StoreError, add_annotator, annotators, judgments, tasks
+from rlhfkit.label.schema import annotators, judgments, tasks
+from rlhfkit.label.store import Store, StoreError, add_annotator
 from rlhfkit.ops.noise import noisy_ranks
 
 

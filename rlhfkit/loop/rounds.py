@@ -30,8 +30,9 @@ from sqlalchemy import bindparam, select, update
 from rlhfkit.data import collate_sequences, encode, read_records, render_prompt
 from rlhfkit.data.formats import parse_prompt
 from rlhfkit.label.export import merged_tasks, pair_rows, ranked_rows
+from rlhfkit.label.schema import candidates, prompts, tasks
 from rlhfkit.label.sources import Sampling, distinct, sample_responses, smallest_gap
-from rlhfkit.label.store import Store, add_task, candidates, prompts, tasks
+from rlhfkit.label.store import Store, add_task
 from rlhfkit.loop.config import LoopConfig, stage_config
 from rlhfkit.ops.ranking import ranking_loss
 

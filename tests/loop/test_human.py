@@ -11,7 +11,8 @@ import time
 import httpx
 from sqlalchemy import func, select
 
-from rlhfkit.label.store import add_annotator, init_store, judgments, open_store, tasks
+from rlhfkit.label.schema import judgments, tasks
+from rlhfkit.label.store import add_annotator, init_store, open_store
 
 
 def free_port() -> int:

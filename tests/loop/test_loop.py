@@ -11,7 +11,8 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from rlhfkit.label.store import annotators, judgments, open_store, tasks
+from rlhfkit.label.schema import annotators, judgments, tasks
+from rlhfkit.label.store import open_store
 
 TAGS = ["round-0/sample", "round-0/compare", "round-1/sample", "round-1/compare"]
 
