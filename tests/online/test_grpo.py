@@ -319,6 +319,34 @@ def test_each_estimator_learns_the_tiny_task(repo_root, tmp_path, name, on_devic
         assert any(r["clipfrac"] > 0 for r in rows)
 
 
+def kl_in_reward_iteration(cfg, monkeypatch, move_policy=False) -> dict:
+    """One GRPO iteration of ``cfg`` with its update stubbed out: what its estimator saw
+    (scores, mask, kl_penalty) and the batch handed to the update. ``move_policy`` first moves
+    the policy off its frozen copy, so that the KL is not 0."""
+    run, tokenizer, roles, pool = setup(cfg)
+    seen = {}
+    original = grpo.ADVANTAGES[cfg.grpo.advantage]
+
+    def record(scores, group_size, mask, kl_penalty, scale):
+        seen.update(scores=scores, mask=mask, kl_penalty=kl_penalty)
+        return original(scores, group_size, mask, kl_penalty, scale)
+
+    def capture(run_, roles_, config_, batch, iteration, beta):
+        seen["batch"] = batch
+        return {}, loop.FirstStepLogprobs(batch.rollout.response_mask)
+
+    monkeypatch.setitem(grpo.ADVANTAGES, cfg.grpo.advantage, record)
+    monkeypatch.setattr(grpo, "grpo_update", capture)
+    monkeypatch.setattr(grpo, "group_metrics", lambda *args: {})
+    if move_policy:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for param in roles.policy(run.accelerator).parameters():
+                param.add_(0.05 * torch.randn_like(param))
+    grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)
+    return seen
+
+
 def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_root, tmp_path,
                                                                           monkeypatch,
                                                                           on_device):
@@ -327,22 +355,7 @@ def test_reinforce_pp_advantages_are_per_token_with_the_kl_in_the_rewards(repo_r
     real tokens (mean 0, unbiased std 1), 0 at padding."""
     cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=2",
                  "grpo.advantage=reinforce++", "grpo.beta=0", "grpo.kl_coef=0.5")
-    run, tokenizer, roles, pool = setup(cfg)
-    seen = {}
-    original = grpo.ADVANTAGES["reinforce++"]
-
-    def record(scores, group_size, mask, kl_penalty, scale):
-        seen.update(mask=mask, kl_penalty=kl_penalty)
-        return original(scores, group_size, mask, kl_penalty, scale)
-
-    def capture(run_, roles_, config_, batch, iteration, beta):
-        seen["batch"] = batch
-        return {}, loop.FirstStepLogprobs(batch.rollout.response_mask)
-
-    monkeypatch.setitem(grpo.ADVANTAGES, "reinforce++", record)
-    monkeypatch.setattr(grpo, "grpo_update", capture)
-    monkeypatch.setattr(grpo, "group_metrics", lambda *args: {})
-    grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)
+    seen = kl_in_reward_iteration(cfg, monkeypatch)
     batch, mask = seen["batch"], seen["mask"]
     assert batch.logprobs is not None and batch.advantages.shape == mask.shape
     expected = -0.5 * (batch.logprobs - batch.ref_logprobs)
@@ -358,26 +371,7 @@ def test_rloo_with_kl_coef_folds_the_summed_kl_into_each_score(repo_root, tmp_pa
     response's advantage is RLOO's of r_i − kl_coef·Σ_t (log π − log π_ref), one per response."""
     cfg = config(repo_root, tmp_path, *on_device, "train.batch_size=2", "grpo.advantage=rloo",
                  "grpo.kl_coef=0.5")
-    run, tokenizer, roles, pool = setup(cfg)
-    seen = {}
-    original = grpo.ADVANTAGES["rloo"]
-
-    def record(scores, group_size, mask, kl_penalty, scale):
-        seen.update(scores=scores, mask=mask)
-        return original(scores, group_size, mask, kl_penalty, scale)
-
-    def capture(run_, roles_, config_, batch, iteration, beta):
-        seen["batch"] = batch
-        return {}, loop.FirstStepLogprobs(batch.rollout.response_mask)
-
-    monkeypatch.setitem(grpo.ADVANTAGES, "rloo", record)
-    monkeypatch.setattr(grpo, "grpo_update", capture)
-    monkeypatch.setattr(grpo, "group_metrics", lambda *args: {})
-    torch.manual_seed(0)
-    with torch.no_grad():  # move the policy off its frozen copy, so that the KL is not 0
-        for param in roles.policy(run.accelerator).parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)
+    seen = kl_in_reward_iteration(cfg, monkeypatch, move_policy=True)
     batch, mask, G = seen["batch"], seen["mask"], cfg.grpo.num_generations
     assert batch.logprobs is not None and batch.advantages.shape == (mask.shape[0],)
     kl = ((batch.logprobs - batch.ref_logprobs) * mask).sum(1)
