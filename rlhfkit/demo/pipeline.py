@@ -91,6 +91,8 @@ class DemoConfig(Validated):
                                 "continuation's reward (grpo.kl_coef, r − kl_coef·Σ_t KL_t: the "
                                 "reverse KL, as PPO's per-token penalty) instead of the loss's k3 "
                                 "term (grpo.beta). PPO's KL is always in its rewards.")
+    entropy_coef: float | None = option(None, "Entropy bonus weight (ppo.entropy_coef / "
+                                        "grpo.entropy_coef; 0 = off).", min=0)
     ppo_epochs: int | None = option(None, "PPO passes over each batch of rollouts.", min=1)
     minibatches: int | None = option(None, "Updates per pass over a batch of rollouts "
                                      "(ppo.minibatches / grpo.minibatches).", min=1)
@@ -123,7 +125,7 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "rm_head_learning_rate": 0.0, "rm_max_length": 128, "rm_warmup_steps": 10,
            "algorithm": "ppo", "advantage": "grpo", "num_generations": 4, "iterations": 30,
            "batch_size": 16, "max_new_tokens": 24, "top_k": 0, "learning_rate": 5e-4,
-           "kl_coef": 0.08, "target_kl": 0.0, "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64,
+           "kl_coef": 0.08, "target_kl": 0.0, "entropy_coef": 0.0, "ppo_epochs": 2, "minibatches": 1, "eval_prompts": 64,
            "eval_samples_per_prompt": 1, "reward_clip": 5.0}
 
 
@@ -275,13 +277,14 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
               else {"beta": config.kl_coef})
         settings["grpo"] = {"num_generations": config.num_generations, **kl,
                             "advantage": config.advantage, "minibatches": config.minibatches,
-                            **kl_control}
+                            "entropy_coef": config.entropy_coef, **kl_control}
         return settings
     # The critic reads policy tokens: from the RM when it shares the policy's backbone.
     settings["critic"] = {"model_name": "" if config.reward_backbone == config.policy
                           else config.policy}
     settings["ppo"] = {"kl_coef": config.kl_coef, "ppo_epochs": config.ppo_epochs,
-                       "minibatches": config.minibatches, **kl_control}
+                       "minibatches": config.minibatches, "entropy_coef": config.entropy_coef,
+                       **kl_control}
     return settings
 
 

@@ -26,7 +26,7 @@ import torch
 
 from rlhfkit.data import Encoded
 from rlhfkit.models.forward import score_head, unwrap
-from rlhfkit.ops.logprobs import gathered_logprobs
+from rlhfkit.ops.logprobs import entropy_from_logits, gathered_logprobs
 
 MASKS = ("sdpa", "eager")  # attention implementations that take a custom 4-D mask
 # Decoder families whose attention is plain causal (no sliding window of their own) and whose
@@ -133,19 +133,24 @@ def _forward(model, batch: PackedBatch, **kwargs):
                  position_ids=batch.position_ids, use_cache=False, **kwargs)
 
 
-def _picked_logprobs(model, batch: PackedBatch, temperature: float = 1.0) -> torch.Tensor:
-    """log π of every response token that has a predecessor (M,); logits only at the columns
+def _picked_logprobs(model, batch: PackedBatch, temperature: float = 1.0,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π of every response token that has a predecessor (M,), and with ``with_entropy`` the
+    policy's entropy at the position predicting it (M,), else None; logits only at the columns
     some response token is predicted from."""
     keep, where = torch.unique(batch.token_source, return_inverse=True)  # (K,), (M,)
     logits = _forward(model, batch, logits_to_keep=keep).logits  # (N, K, V)
     if temperature != 1.0:
         logits = logits / temperature
-    return gathered_logprobs(logits, batch.token_row, where, batch.token_label)
+    picked = gathered_logprobs(logits, batch.token_row, where, batch.token_label)
+    if not with_entropy:
+        return picked, None
+    return picked, entropy_from_logits(logits)[batch.token_row, where]
 
 
 def packed_sequence_logprobs(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ_t log π(y_t | x, y_<t) per response (S,), response lengths (S,))."""
-    picked = _picked_logprobs(model, batch)
+    picked, _ = _picked_logprobs(model, batch)
     S = batch.n_responses
     sums = torch.zeros(S, dtype=picked.dtype, device=picked.device).index_add(
         0, batch.token_owner, picked)
@@ -154,13 +159,18 @@ def packed_sequence_logprobs(model, batch: PackedBatch) -> tuple[torch.Tensor, t
     return sums, lengths
 
 
-def packed_token_logprobs(model, batch: PackedBatch, width: int,
-                          temperature: float = 1.0) -> torch.Tensor:
-    """log π of each response token at its index in the response: (S, width), 0 elsewhere (the
-    layout of a rollout's response columns)."""
-    picked = _picked_logprobs(model, batch, temperature)
-    out = torch.zeros(batch.n_responses, width, dtype=picked.dtype, device=picked.device)
-    return out.index_put((batch.token_owner, batch.token_index), picked)
+def packed_token_logprobs(model, batch: PackedBatch, width: int, temperature: float = 1.0,
+                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log π of each response token at its index in the response, (S, width), 0 elsewhere (the
+    layout of a rollout's response columns); with ``with_entropy`` the entropy at the position
+    that predicts each token, same layout, else None)."""
+    picked, entropy = _picked_logprobs(model, batch, temperature, with_entropy)
+
+    def laid_out(values):
+        out = torch.zeros(batch.n_responses, width, dtype=values.dtype, device=values.device)
+        return out.index_put((batch.token_owner, batch.token_index), values)
+
+    return laid_out(picked), (None if entropy is None else laid_out(entropy))
 
 
 def packed_sequence_scores(model, batch: PackedBatch) -> torch.Tensor:

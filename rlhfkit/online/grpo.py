@@ -102,6 +102,11 @@ class GRPOPart(KLControl):
     epochs: int = option(1, "Updates per rollout batch (μ); 1 = on-policy, ρ = 1.", min=1)
     minibatches: int = option(1, "Minibatches per epoch (the rollout rows must divide).", min=1)
     clip_eps: float = option(0.2, "ε of the clipped ratio.", above=0)
+    entropy_coef: float = option(0.0, "Entropy bonus weight: the loss subtracts entropy_coef × "
+                                 "the policy's mean entropy over the update's tokens, which "
+                                 "resists the sharpening that spends KL without reward "
+                                 "(ppo.entropy_coef's term). 0 = off (no entropy computed).",
+                                 min=0)
     max_forward_tokens: int = option(1280, "Most tokens in one training forward pass: an "
                                      "update's rows are cut into micro-batches of whole groups "
                                      "(rows in order, so a micro-batch packs its groups' "
@@ -196,9 +201,11 @@ def packed_rows(rollout, rows) -> PackedBatch:
     return pack_shared_prompts([encoded], pad_id=0).to(rollout.input_ids.device)  # pad: masked
 
 
-def policy_logprobs(run, roles: Roles, config: GRPOConfig, rollout, rows, reference=False):
+def policy_logprobs(run, roles: Roles, config: GRPOConfig, rollout, rows, reference=False,
+                    with_entropy=False):
     """(len(rows), R) log-probs of the response tokens under the policy (through the actor
-    module, so DDP sees the forward) or the ref_policy; packed when ``grpo.share_prompt``."""
+    module, so DDP sees the forward) or the ref_policy; packed when ``grpo.share_prompt``. With
+    ``with_entropy`` (the policy only): (log-probs, the policy's entropy at each token)."""
     P, R = rollout.prompt_width, rollout.response_mask.shape[1]
     temperature = config.rollout.temperature
     packed = config.grpo.share_prompt and can_pack(roles.policy(run.accelerator))
@@ -206,14 +213,19 @@ def policy_logprobs(run, roles: Roles, config: GRPOConfig, rollout, rows, refere
         batch = packed_rows(rollout, rows)
         if reference:
             with roles.reference(run.accelerator) as ref_policy:
-                return packed_token_logprobs(ref_policy, batch, R, temperature)
-        return roles.actor(None, None, None, False, temperature, packed=(batch, R))[0]
+                return packed_token_logprobs(ref_policy, batch, R, temperature)[0]
+        out = roles.actor(None, None, None, with_entropy, temperature, packed=(batch, R))[0]
+        return out if with_entropy else out[0]
     mb = rollout.select(rows)
-    args = (mb.input_ids, mb.attention_mask, mb.sequence_response_mask, False, temperature)
+    args = (mb.input_ids, mb.attention_mask, mb.sequence_response_mask, with_entropy,
+            temperature)
     if reference:
         with roles.reference(run.accelerator) as ref_policy:
             return response_logprobs(ref_policy, *args).logprobs[:, P - 1:]
-    return roles.actor(*args)[0].logprobs[:, P - 1:]
+    out = roles.actor(*args)[0]
+    if with_entropy:
+        return out.logprobs[:, P - 1:], out.entropy[:, P - 1:]
+    return out.logprobs[:, P - 1:]
 
 
 def old_logprobs_forward(run, config: GRPOConfig) -> bool:
@@ -307,19 +319,30 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
     denominator = {"token": n_tokens, "sequence": n_rows,  # each shared by every process
                    "constant": n_rows * config.rollout.max_new_tokens}[config.loss_aggregation]
 
+    entropy_coef = config.grpo.entropy_coef
+
     def losses(chunk):
         mb = batch.select(chunk)
-        logprobs = policy_logprobs(run, roles, config, batch.rollout, chunk).float()
+        mask = mb.rollout.response_mask
+        logprobs, entropy = policy_logprobs(run, roles, config, batch.rollout, chunk,
+                                            with_entropy=True) if entropy_coef > 0 else (
+            policy_logprobs(run, roles, config, batch.rollout, chunk), None)
+        logprobs = logprobs.float()
         old = mb.logprobs if mb.logprobs is not None else logprobs.detach()
-        loss = grpo_loss(logprobs, old, mb.ref_logprobs, mb.advantages, mb.rollout.response_mask,
+        loss = grpo_loss(logprobs, old, mb.ref_logprobs, mb.advantages, mask,
                          config.grpo.clip_eps, beta, config.loss_aggregation,
                          denominator, config.grpo.ratio, tis_weights(config, old, mb.rollout))
         first_step.record(chunk, logprobs)
-        share = mb.rollout.response_mask.sum() / n_tokens  # token-weighted over micro-batches
-        return [loss.loss], {"loss": loss.loss, "kl_token_mean": loss.kl * share,
-                             "clipfrac": loss.clipfrac * share}
+        share = mask.sum() / n_tokens  # token-weighted over micro-batches
+        # The entropy bonus: the mean entropy over the minibatch's tokens, as PPO's.
+        bonus = (masked_sum(entropy.float(), mask) / n_tokens if entropy is not None
+                 else torch.zeros((), device=run.device))
+        return [loss.loss - entropy_coef * bonus], {
+            "loss": loss.loss, "kl_token_mean": loss.kl * share, "clipfrac": loss.clipfrac * share,
+            "entropy_bonus": bonus}
 
-    zeros = {k: torch.zeros((), device=run.device) for k in ("loss", "kl_token_mean", "clipfrac")}
+    zeros = {k: torch.zeros((), device=run.device)
+             for k in ("loss", "kl_token_mean", "clipfrac", "entropy_bonus")}
     if 0 < size < len(rows):  # cut along groups: a group's rows are consecutive in the rollout
         rows = rows.sort().values
     sums, (grad_norm,) = common.accumulate_step(
@@ -397,6 +420,9 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
     advantages = per_response(advantages, mask)  # (B,) for the logs
     metrics = {**group_metrics(run, config, scores, rewards, advantages, kl, mask, ended),
                **update, **fidelity, **coefs}
+    if rollout.sampler_entropy is not None:  # the policy's entropy, from the sampling pass
+        entropy = gather_rows(run, masked_sum(rollout.sampler_entropy.float(), mask, dim=1))
+        metrics["entropy_mean"] = float(entropy.sum() / gather_rows(run, mask.sum(1)).sum())
     for name, part in parts.items():
         if len(parts) > 1:
             metrics[f"score_{name}_mean"] = float(gather_rows(run, part.to(run.device)).mean())

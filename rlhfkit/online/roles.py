@@ -49,9 +49,10 @@ class ActorModule(torch.nn.Module):
     def forward(self, input_ids, attention_mask, response_mask, with_entropy=False,
                 temperature=1.0, packed=None):
         """(ResponseLogprobs over (B, T−1), values (B, T) or None). With ``packed`` =
-        (PackedBatch, width) instead: (response-aligned log-probs (S, width), None)."""
+        (PackedBatch, width) instead: ((response-aligned log-probs (S, width), entropy (S, width)
+        or None), None)."""
         if packed is not None:
-            return packed_token_logprobs(self.policy, *packed, temperature), None
+            return packed_token_logprobs(self.policy, *packed, temperature, with_entropy), None
         if self.value_head is None:
             return response_logprobs(self.policy, input_ids, attention_mask, response_mask,
                                      with_entropy, temperature), None

@@ -50,7 +50,8 @@ def test_tiny_example_score_rises_and_writes_artefacts(repo_root, tmp_path, on_d
     for key in ("score_mean", "score_std", "score_group_std_mean", "zero_std_group_share",
                 "advantage_abs_mean", "kl_mean", "kl_token_mean", "loss", "clipfrac",
                 "grad_norm", "eos_share", "response_length_mean", "time_generate",
-                "time_score", "time_update", "tokens_per_second", "lr"):
+                "time_score", "time_update", "tokens_per_second", "lr", "entropy_mean",
+                "entropy_bonus"):
         assert all(isinstance(r[key], float) for r in rows), key
     assert rows[0]["kl_mean"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as the reference
     # Rollout fidelity, on-policy: the update's own forward against the sampler's log-probs
@@ -158,6 +159,43 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
     after = list(roles.policy(run.accelerator).parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
     assert stats["grad_norm"] > 0
+
+
+def test_entropy_bonus_packed_equals_unpacked_and_raises_the_entropy(repo_root, tmp_path,
+                                                                     on_device):
+    """grpo.entropy_coef: the trainer's entropy at each response token, packed (each group's
+    prompt once) and one row per response, equals the sampler's; with zero advantages and no
+    KL term, the bonus alone moves the weights, and the policy's entropy rises (without it,
+    nothing moves)."""
+    def mean_entropy(cfg, run, roles, rollout, rows):
+        with torch.no_grad():
+            _, entropy = grpo.policy_logprobs(run, roles, cfg, rollout, rows, with_entropy=True)
+        return float(entropy[rollout.response_mask].mean()), entropy
+
+    for coef, rises in ((0.0, False), (1.0, True)):
+        cfg = config(repo_root, tmp_path, *on_device, "rollout.max_new_tokens=6", "grpo.beta=0",
+                     f"grpo.entropy_coef={coef}", "train.learning_rate=1e-2")
+        run, tokenizer, roles, pool = setup(cfg)
+        loop.seed_sampling(0, 1, 0)
+        rollout = loop.generate_for(run, roles, cfg, tokenizer,
+                                    [pool.ids[i] for i in range(2) for _ in range(4)])
+        rows, mask = torch.arange(8, device=run.device), rollout.response_mask
+        before, packed = mean_entropy(cfg, run, roles, rollout, rows)
+        unpacked_cfg = config(repo_root, tmp_path, *on_device, "rollout.max_new_tokens=6",
+                              "grpo.share_prompt=false")
+        _, unpacked = mean_entropy(unpacked_cfg, run, roles, rollout, rows)
+        torch.testing.assert_close(packed[mask], unpacked[mask], atol=1e-4, rtol=0)
+        torch.testing.assert_close(packed[mask], rollout.sampler_entropy[mask].float(),
+                                   atol=1e-3, rtol=0)
+        batch = grpo.GRPOBatch(rollout, torch.zeros_like(packed), None,
+                               torch.zeros(8, device=run.device))
+        stats, _ = grpo.grpo_update(run, roles, cfg, batch, 1, cfg.grpo.beta)
+        after, _ = mean_entropy(cfg, run, roles, rollout, rows)
+        if rises:
+            assert stats["entropy_bonus"] == pytest.approx(before, abs=1e-4)
+            assert stats["grad_norm"] > 0 and after > before + 1e-3, (before, after)
+        else:
+            assert stats["grad_norm"] == 0 and after == pytest.approx(before, abs=1e-6)
 
 
 def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path, on_device):
