@@ -106,9 +106,9 @@ def sampling(config: LoopConfig, seed: int) -> Sampling:
 
 
 def sample_texts(config: LoopConfig, policy: str, messages: list, k: int, seed: int):
-    return sample_responses(policy, messages, k, sampling(config, seed), 16,
-                            config.data.template, config.data.max_prompt_length,
-                            config.model.device)
+    return sample_responses(policy, messages, k, sampling(config, seed),
+                            config.sample_batch_size, config.data.template,
+                            config.data.max_prompt_length, config.model.device)
 
 
 def tagged_task_ids(store: Store, tag_: str) -> list[int]:

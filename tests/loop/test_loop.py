@@ -145,6 +145,31 @@ def test_uncertainty_selection_ranks_the_smallest_score_gaps(tiny_loop, tiny_exa
     assert len(picked) == 3 and no_scores == {}
 
 
+def test_sample_batch_size_sets_the_decode_passes(tiny_example, tmp_path, monkeypatch):
+    """The loop's sampling (step 1's candidates, step 5's answers) decodes its k × prompts rows
+    in passes of ``sample_batch_size``: 3 prompts × 3 = 9 rows → passes of 4, 4, 1 (default
+    16: one pass of 9)."""
+    import rlhfkit.online.rollout as rollout
+    from rlhfkit.config import load_config
+    from rlhfkit.loop.config import LoopConfig
+    from rlhfkit.loop.rounds import sample_texts
+
+    widths, real = [], rollout.generate
+
+    def counting(model, prompt_ids, *args, **kwargs):
+        widths.append(len(prompt_ids))
+        return real(model, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "generate", counting)
+    example, overrides = tiny_example
+    messages = [(("user", f"Review {i}:"),) for i in range(3)]
+    for extra, passes in (["sample_batch_size=4"], [4, 4, 1]), ([], [9]):
+        widths.clear()
+        config = load_config(LoopConfig, str(example), overrides(tmp_path) + extra)
+        samples = sample_texts(config, config.model.name, messages, 3, seed=0)
+        assert widths == passes and [len(s) for s in samples] == [3, 3, 3]
+
+
 @pytest.mark.parametrize("algorithm, section", [
     ("grpo", ["grpo.train.batch_size=4", "grpo.train.max_steps=2", "grpo.train.report_to=[]",
               "grpo.grpo.num_generations=2", "grpo.rollout.max_new_tokens=8"]),
