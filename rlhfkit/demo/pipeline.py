@@ -68,7 +68,7 @@ class DemoConfig(Validated):
                                    "or grpo (critic-free; the estimator is `advantage`).",
                                    choices=("ppo", "grpo"))
     advantage: str | None = option(None, "algorithm=grpo: the advantage estimator "
-                                   "(grpo.advantage).", choices=("grpo", "dr_grpo", "rloo"))
+                                   "(grpo.advantage).", choices=("grpo", "dr_grpo", "rloo", "raft"))
     num_generations: int | None = option(None, "algorithm=grpo: continuations per opening (G).",
                                          min=2)
     iterations: int | None = option(None, "Policy-optimisation iterations.", min=1)

@@ -83,12 +83,15 @@ class GRPOPart(KLControl):
                             "mean, no std (with the constant aggregation); rloo = r − mean of "
                             "the other G − 1; reinforce++ = KL-in-reward token returns whitened "
                             "over the batch (needs grpo.beta=0, uses grpo.kl_coef); "
-                            "reinforce++_baseline = the same after subtracting the group mean.",
+                            "reinforce++_baseline = the same after subtracting the group mean; "
+                            "raft = 1 for each group's best response, 0 for the others "
+                            "(fine-tuning on the winners, nothing pushed down).",
                             choices=tuple(ADVANTAGES))
     kl_coef: float = option(0.0, "KL penalty in the rewards (k1, the reverse KL's REINFORCE "
                             "gradient): reinforce++ per token, r_t = −kl_coef·KL_t (its loss has "
-                            "no β term); grpo, dr_grpo, rloo per response, r_i − kl_coef·Σ_t KL_t "
-                            "before the baseline (RLOO's form; beside or instead of β). 0 = off.",
+                            "no β term); grpo, dr_grpo, rloo, raft per response, "
+                            "r_i − kl_coef·Σ_t KL_t before the baseline (RLOO's form; beside or "
+                            "instead of β). 0 = off.",
                             min=0)
     ratio: str = option("token", "Importance ratio: token = ρ_t per token (GRPO), sequence = "
                         "GSPO's exp(mean_t log ρ_t) per response, clipped per response.",

@@ -1,8 +1,8 @@
 """GRPO math (Shao et al. 2024, DeepSeekMath §4.1): group-relative advantages and the clipped
 loss with a k3 KL term to the reference; the critic-free family around it as variants picked by
 name: advantage estimators (``ADVANTAGES``: GRPO, Dr. GRPO, RLOO, REINFORCE++ and its baseline
-variant), importance ratios (``RATIOS``: per token, or GSPO's per sequence) and loss
-aggregations (``AGGREGATIONS``). Pure torch.
+variant, RAFT's best of each group), importance ratios (``RATIOS``: per token, or GSPO's per
+sequence) and loss aggregations (``AGGREGATIONS``). Pure torch.
 
 A group is the G responses sampled for one prompt; they sit in consecutive rows
 (rows g·G … g·G + G − 1). Shapes: B = rows (prompts × G), T = response tokens;
@@ -67,7 +67,7 @@ def group_advantages(scores: torch.Tensor, group_size: int, scale: str = "group"
 #   estimator(scores (B,), group_size, response_mask (B, T), kl_penalty (B, T), scale) →
 #   (B,) one advantage per response, or (B, T) one per token (REINFORCE++).
 # ``kl_penalty`` is −kl_coef·KL_t at each real token, the KL-to-reference folded into the rewards:
-# REINFORCE++ per token; the per-response estimators (grpo, dr_grpo, rloo) add its sum to the
+# REINFORCE++ per token; the per-response estimators (grpo, dr_grpo, rloo, raft) add its sum to the
 # response's score first (``kl_folded_scores``). All zeros when grpo.kl_coef is 0, so they see
 # the score alone. Statistics over "the batch" are over all B rows given: the stage hands in
 # every process's rows.
@@ -137,9 +137,23 @@ def reinforce_pp_baseline_advantages(scores: torch.Tensor, group_size: int,
     return reinforce_pp_advantages(centred, group_size, response_mask, kl_penalty)
 
 
+def raft_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.Tensor,
+                    kl_penalty: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """RAFT, reward-ranked fine-tuning (Dong et al. 2023; online best-of-G, as ReST's inner
+    step): A_i = 1 for the highest KL-folded score of its group, 0 for the others, so the
+    update is supervised fine-tuning on each group's winner — nothing is pushed down. A group
+    whose G scores are all equal has no winner (all 0); among tied best scores the first row
+    wins. (B,)."""
+    _require_groups(scores, group_size)
+    groups = kl_folded_scores(scores, response_mask, kl_penalty).view(-1, group_size)
+    winners = torch.zeros_like(groups).scatter_(1, groups.argmax(dim=1, keepdim=True), 1.0)
+    spread = groups.max(dim=1, keepdim=True).values > groups.min(dim=1, keepdim=True).values
+    return (winners * spread).reshape(-1)
+
+
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce++": reinforce_pp_advantages,
-              "reinforce++_baseline": reinforce_pp_baseline_advantages}
+              "reinforce++_baseline": reinforce_pp_baseline_advantages, "raft": raft_advantages}
 KL_IN_REWARD = ("reinforce++", "reinforce++_baseline")  # the KL only in the rewards: β = 0
 
 

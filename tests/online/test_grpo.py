@@ -334,6 +334,7 @@ ESTIMATORS = {
                              "grpo.kl_coef=0.04"),
     "dr_grpo": ("grpo.advantage=dr_grpo",),
     "gspo": ("grpo.ratio=sequence", "grpo.minibatches=2"),  # 2 updates: the ratio leaves 1
+    "raft": ("grpo.advantage=raft",),
 }
 
 

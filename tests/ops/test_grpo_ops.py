@@ -10,6 +10,7 @@ from rlhfkit.ops.grpo import (
     group_advantages,
     grpo_loss,
     kl_folded_scores,
+    raft_advantages,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     returns_to_go,
@@ -196,6 +197,18 @@ def test_per_response_estimators_fold_the_summed_kl_penalty_into_the_score():
     close(rloo_advantages(scores, 2, mask, same), rloo_advantages(scores, 2, mask, 0 * same))
 
 
+def test_raft_takes_each_groups_best_and_only_it():
+    # group 1 [1, 2, 3, 4]: the 4 wins; group 2 all 0: no winner; G = 2 pairs (1, 2), (3, 4)
+    close(raft_advantages(SCORES, 4, ONE_TOKEN, NO_KL), [0, 0, 0, 1, 0, 0, 0, 0])
+    close(raft_advantages(SCORES, 2, ONE_TOKEN, NO_KL), [0, 1, 0, 1, 0, 0, 0, 0])
+    ties = torch.tensor([2.0, 5.0, 5.0, 1.0])  # tied best: the first of them
+    close(raft_advantages(ties, 4, ONE_TOKEN[:4], NO_KL[:4]), [0, 1, 0, 0])
+    # the KL penalty picks the winner: folded scores [1 − 0.3, 3 − 2.5] = [0.7, 0.5]
+    scores, mask = torch.tensor([1.0, 3.0]), torch.tensor([[T_, T_], [T_, F_]])
+    close(raft_advantages(scores, 2, mask, torch.tensor([[-0.1, -0.2], [-2.5, NAN]])), [1, 0])
+    close(raft_advantages(scores, 2, mask, torch.zeros(2, 2)), [0, 1])
+
+
 def test_returns_to_go_by_hand():
     # row 0: 1 + 2 + 3, 2 + 3, 3; row 1: 4 (NaN padding never enters the sums)
     rewards = torch.tensor([[1.0, 2.0, 3.0], [4.0, NAN, NAN]])
@@ -249,7 +262,7 @@ def test_reinforce_pp_baselines_shift_invariance():
     assert not torch.allclose(reinforce_pp_advantages(scores + per_group, 4, mask, kl), base)
 
 
-@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "reinforce++_baseline"])
+@pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo", "reinforce++_baseline", "raft"])
 def test_every_group_estimator_refuses_broken_groups(name):
     # (plain reinforce++ has no groups: its baseline is the whole batch)
     with pytest.raises(ValueError, match="group_size"):
