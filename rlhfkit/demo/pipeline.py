@@ -36,6 +36,10 @@ from rlhfkit.models.loading import cache_root
 DATA = Path(__file__).resolve().parents[2] / "data"  # the bundled data (editable install)
 
 
+# algorithm=grpo's estimators the demo offers (grpo.advantage), by the name the report gives them.
+CRITIC_FREE = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "rloo": "RLOO", "raft": "RAFT"}
+
+
 # The keys a language or --quick sets are None ("unset") in DemoConfig: ``resolve`` fills each
 # unset key from --quick's tiny settings, else the language's, else ENGLISH; a value the user
 # gave (file, command line, Python) always wins, even where it equals a default.
@@ -68,7 +72,7 @@ class DemoConfig(Validated):
                                    "or grpo (critic-free; the estimator is `advantage`).",
                                    choices=("ppo", "grpo"))
     advantage: str | None = option(None, "algorithm=grpo: the advantage estimator "
-                                   "(grpo.advantage).", choices=("grpo", "dr_grpo", "rloo", "raft"))
+                                   "(grpo.advantage).", choices=tuple(CRITIC_FREE))
     num_generations: int | None = option(None, "algorithm=grpo: continuations per opening (G).",
                                          min=2)
     iterations: int | None = option(None, "Policy-optimisation iterations.", min=1)
@@ -370,10 +374,10 @@ def report_samples(before_rows: list[dict], after_rows: list[dict], count: int =
 
 
 def stage_name(config: DemoConfig) -> str:
-    """How the report names stage 3: PPO, GRPO, RLOO or Dr. GRPO."""
+    """How the report names stage 3: PPO, or the critic-free estimator's name."""
     if config.algorithm == "ppo":
         return "PPO"
-    return {"grpo": "GRPO", "rloo": "RLOO", "dr_grpo": "Dr. GRPO"}[config.advantage]
+    return CRITIC_FREE[config.advantage]
 
 
 def optimise_policy(config: DemoConfig, reward_model: Path) -> Path:

@@ -21,7 +21,7 @@ def test_ppo_settings_build_a_ppo_config_with_a_critic():
 
 
 @pytest.mark.parametrize("advantage, name", [("grpo", "GRPO"), ("rloo", "RLOO"),
-                                             ("dr_grpo", "Dr. GRPO")])
+                                             ("dr_grpo", "Dr. GRPO"), ("raft", "RAFT")])
 def test_grpo_settings_build_a_critic_free_config(advantage, name):
     config = resolve(DemoConfig(algorithm="grpo", advantage=advantage, num_generations=4,
                                 batch_size=8, kl_coef=0.1, minibatches=2))
