@@ -4,7 +4,8 @@
   candidates; ``ops.noise.noisy_ranks`` turns the scores into a noisy person's ranking, and the
   judgment goes through the queue exactly as a person's does (``queue.next_task`` leases the
   task, ``queue.submit`` stores it under the judge's annotator name). The noise of a task is
-  seeded by (seed, task id): a rerun ranks a task the same way.
+  seeded by (seed, task id) and drawn in candidate order, not in the order the queue shows
+  (random per lease): a rerun, or a second run of the same config, ranks a task the same way.
 - human: the loop waits, polling the store, until every task of the batch has its judgments
   (``overlap`` per task), printing progress; it can start ``rlhfkit label serve`` itself.
 Restart: a judgment is one transaction in the store, so a rerun finds what was stored and
@@ -48,9 +49,16 @@ def judge_queue(store: Store, judge: Annotator, score: Callable, temperature: fl
     the judge's scores (B,)."""
     stored = 0
     while (task := next_task(store, judge)) is not None:
-        texts = [c["text"] for c in task["candidates"]]  # as shown to the judge
+        shown = task["candidates"]  # in the lease's random order
+        # the noise is drawn in candidate-id (slot) order, then put back in the shown order: the
+        # same candidate gets the same draw in every run, whatever order the queue showed
+        slots = sorted(range(len(shown)), key=lambda i: shown[i]["id"])
+        texts = [shown[i]["text"] for i in slots]
         scores = score([task["prompt"]] * len(texts), texts)
-        ranks = simulated_ranks(scores, temperature, flip_prob, seed, task["task_id"])
+        in_slots = simulated_ranks(scores, temperature, flip_prob, seed, task["task_id"])
+        ranks = [0] * len(shown)
+        for i, rank in zip(slots, in_slots):
+            ranks[i] = rank
         _, created = submit(store, judge, task["task_id"], ranks)
         stored += created
     return stored

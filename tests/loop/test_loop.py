@@ -145,6 +145,44 @@ def test_uncertainty_selection_ranks_the_smallest_score_gaps(tiny_loop, tiny_exa
     assert len(picked) == 3 and no_scores == {}
 
 
+def test_simulated_labels_do_not_depend_on_the_shown_order(tmp_path, monkeypatch):
+    """judge_queue draws a task's noise in candidate order, not in the order the queue shows
+    (random per lease): two stores holding the same six tasks, judged at T 1 (the noise
+    decides) with the queue's shuffle seeded 1 and 2, store the same rankings."""
+    import random
+
+    import torch
+
+    from rlhfkit.label.queue import next_task
+    from rlhfkit.label.store import add_task, init_store
+    from rlhfkit.loop import annotate
+
+    def score(prompts, responses):  # 0.0, 0.1, 0.2, 0.3 by the answer's last digit
+        return torch.tensor([0.1 * int(text[-1]) for text in responses])
+
+    def judged(name: str, order_seed: int):
+        store, _ = init_store(str(tmp_path / f"{name}.sqlite"))
+        with store.transaction() as conn:
+            for t in range(6):
+                add_task(conn, (("user", f"Review {t}:"),), [f"answer {t} {c}" for c in range(4)],
+                         ["m"] * 4, [{}] * 4, random.Random(t), "round-0/sample")
+        shuffle = random.Random(order_seed)
+        monkeypatch.setattr(annotate, "next_task", lambda s, a: next_task(s, a, shuffle))
+        judge = annotate.annotator_named(store, "judge")
+        assert annotate.judge_queue(store, judge, score, 1.0, 0.0, 0) == 6
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(judgments.c.task_id, judgments.c.ranks,
+                                       judgments.c.shown_order)
+                                .order_by(judgments.c.task_id)).all()
+        store.close()
+        return [(r.task_id, list(r.ranks)) for r in rows], [list(r.shown_order) for r in rows]
+
+    ranks_1, shown_1 = judged("one", 1)
+    ranks_2, shown_2 = judged("two", 2)
+    assert shown_1 != shown_2  # the queue showed the candidates in other orders
+    assert ranks_1 == ranks_2
+
+
 def test_sample_batch_size_sets_the_decode_passes(tiny_example, tmp_path, monkeypatch):
     """The loop's sampling (step 1's candidates, step 5's answers) decodes its k × prompts rows
     in passes of ``sample_batch_size``: 3 prompts × 3 = 9 rows → passes of 4, 4, 1 (default
