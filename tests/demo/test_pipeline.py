@@ -24,7 +24,7 @@ def test_ppo_settings_build_a_ppo_config_with_a_critic():
                                              ("dr_grpo", "Dr. GRPO"), ("raft", "RAFT")])
 def test_grpo_settings_build_a_critic_free_config(advantage, name):
     config = resolve(DemoConfig(algorithm="grpo", advantage=advantage, num_generations=4,
-                                batch_size=8, kl_coef=0.1, minibatches=2))
+                                batch_size=8, kl_coef=0.1, minibatches=2, kl_in_reward=False))
     built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
     assert (built.grpo.advantage, built.grpo.num_generations, built.grpo.beta,
             built.grpo.minibatches) == (advantage, 4, 0.1, 2)

@@ -50,7 +50,7 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
         ("dr_grpo", 4, 0.05, 2, 1.0, 8, 20, 5e-4)
     assert (built.data.max_eval_rows, built.eval_samples_per_prompt) == (64, 4)
     assert resolve(DemoConfig(lang="zh", advantage="grpo")).advantage == "grpo"
-    with_ppo = resolve(DemoConfig(lang="zh", algorithm="ppo"))  # explicit, though the English default
+    with_ppo = resolve(DemoConfig(lang="zh", algorithm="ppo"))  # explicit
     assert with_ppo.algorithm == "ppo" and with_ppo.policy == "gemma3-270m"
     built = build(ppo.PPOConfig, policy_settings(with_ppo, Path("rm")))
     assert built.critic.model_name == ""  # policy and RM share Gemma's tokenizer: critic from RM
@@ -58,7 +58,9 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
     quick = resolve(DemoConfig(lang="zh", quick=True))
     assert (quick.policy, quick.reward_backbone, quick.lang) == ("tiny-llama", "tiny-llama", "zh")
     english = resolve(DemoConfig())
-    assert (english.policy, english.algorithm, english.rm_steps) == ("smollm2-135m-instruct", "ppo", 80)
+    assert (english.policy, english.algorithm, english.rm_steps, english.kl_in_reward) == (
+        "smollm2-135m-instruct", "grpo", 60, True)
+    assert resolve(DemoConfig(lang="zh")).kl_in_reward is False  # zh keeps β in the loss
 
 
 def test_the_example_config_is_the_chinese_demo(repo_root):

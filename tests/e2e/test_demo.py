@@ -21,4 +21,4 @@ def test_demo_quick_writes_report_and_the_score_rises(repo_root, tmp_path):
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 and "Inside a rollout" in page
     assert "<b>fidelity</b>" in page  # the fourth token row: sampler vs trainer log-probs
-    assert (out / "ppo" / "final" / "config.json").exists()
+    assert (out / "grpo" / "final" / "config.json").exists()  # the default stage 3: GRPO
