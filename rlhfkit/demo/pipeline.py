@@ -131,8 +131,9 @@ class DemoConfig(Validated):
 # openings × 4 continuations, scores clipped at ±1; the reward model reads 64 tokens, 60 steps
 # at lr 2e-4 (82.0% held-out pair accuracy in 74 s, against 82.8% in 153 s at 128 tokens, 80
 # steps, 5e-5). Measured (docs/grpo.md, "The demo's budget", trial X6; 256 held-out
-# continuations): 65.2% → 93.0% positive, KL 2.52 nats, distinct-2 0.854. PPO (algorithm=ppo,
-# its own keys below) reached 87.5% at 4.71 nats in 11.3 min.
+# continuations): 65.2% → 93.0% positive, KL 2.52 nats, distinct-2 0.854 at seed 0; seed 1
+# reached 92.2% at 5.49 nats (X7). PPO (algorithm=ppo; ppo_epochs below is its own key)
+# reached 87.5% at 4.71 nats in 11.3 min.
 ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "all-minilm-l6-v2",
            "rm_steps": 60, "rm_batch_size": 16, "rm_freeze_layers": 0, "rm_learning_rate": 2e-4,
            "rm_head_learning_rate": 0.0, "rm_max_length": 64, "rm_warmup_steps": 10,
