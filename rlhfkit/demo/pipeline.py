@@ -83,6 +83,9 @@ class DemoConfig(Validated):
     max_new_tokens: int | None = option(None, "Tokens generated per continuation.", min=1)
     top_k: int | None = option(None, "Sample among the k likeliest tokens (0 = off).", min=0)
     learning_rate: float | None = option(None, "Policy (LoRA) learning rate.", min=0)
+    lr_scheduler: str | None = option(None, "Stage 3's learning-rate schedule over its updates "
+                                      "(train.lr_scheduler): linear and cosine decay to 0.",
+                                      choices=("constant", "linear", "cosine"))
     kl_coef: float | None = option(None, "β of the KL to the reference (ppo.kl_coef per token; "
                                    "algorithm=grpo: grpo.beta, the k3 term of the loss). "
                                    "Measured (PPO): 0.05 (4 epochs) let the KL reach ~9 nats "
@@ -139,7 +142,7 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "rm_head_learning_rate": 0.0, "rm_max_length": 64, "rm_warmup_steps": 10,
            "algorithm": "grpo", "advantage": "grpo", "num_generations": 4, "iterations": 24,
            "batch_size": 8, "max_new_tokens": 24, "top_k": 0, "learning_rate": 5e-4,
-           "kl_coef": 0.07, "kl_in_reward": True, "target_kl": 0.0, "entropy_coef": 0.0,
+           "lr_scheduler": "constant", "kl_coef": 0.07, "kl_in_reward": True, "target_kl": 0.0, "entropy_coef": 0.0,
            "ppo_epochs": 2, "minibatches": 2, "eval_prompts": 64, "eval_samples_per_prompt": 1,
            "reward_clip": 1.0}
 
@@ -276,7 +279,7 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
                    "model_input": "response", "reward_clip": config.reward_clip},
         "rollout": {"max_new_tokens": config.max_new_tokens, "top_k": config.top_k},
         "train": {"learning_rate": config.learning_rate, "batch_size": config.batch_size,
-                  "max_steps": config.iterations, "lr_scheduler": "constant",
+                  "max_steps": config.iterations, "lr_scheduler": config.lr_scheduler,
                   "seed": config.seed},
         "sample_every": max(1, config.iterations // 4),
         # The held-out openings in one decode pass (64 × 24 tokens of SmolLM2: 7.1 s, against

@@ -61,6 +61,15 @@ def test_target_kl_turns_on_the_adaptive_controller(algorithm, continuations):
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_lr_scheduler_reaches_the_stage(algorithm):
+    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
+    default = build(stage, policy_settings(resolve(DemoConfig(algorithm=algorithm)), Path("rm")))
+    assert default.train.lr_scheduler == ENGLISH["lr_scheduler"]
+    config = resolve(DemoConfig(algorithm=algorithm, lr_scheduler="linear"))
+    assert build(stage, policy_settings(config, Path("rm"))).train.lr_scheduler == "linear"
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_held_out_openings_decode_in_one_pass(algorithm):
     config = resolve(DemoConfig(algorithm=algorithm, eval_prompts=48, batch_size=8))
     stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
