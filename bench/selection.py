@@ -27,8 +27,9 @@ ask about: measured"):
   without noise (every strictly ordered pair of their candidates).
 Round 0 is the same for every strategy (same seed, same picks, same training): it is trained
 once per seed and linked. Each round's result is kept (<out>/seed-<s>/<strategy>/round-<r>/
-result.json), so a rerun continues where it stopped. The figure (matplotlib, Agg): accuracy
-against labels per strategy, the mean over seeds in bold.
+result.json), so a rerun continues where it stopped; <out>/settings.json records the annotator,
+rm section and schedule they were measured with, and a rerun with others is refused. The
+figure (matplotlib, Agg): accuracy against labels per strategy, the mean over seeds in bold.
 Tests: tests/loop/test_selection_bench.py (the pieces on tiny models, through ``main``).
 """
 from __future__ import annotations
@@ -46,13 +47,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- pool
 def pool_key(config, size: int) -> dict:
-    """What a cached pool was built from: a different key rebuilds it."""
+    """What a cached pool was built from: a different key rebuilds it. sample_batch_size is
+    part of it: passes of 64 rows draw other continuations than passes of 16."""
     from rlhfkit.config import to_dict
 
     return {"policy": config.model.name, "k": config.k, "size": size, "seed": config.seed,
             "train_path": config.data.train_path, "template": config.data.template,
             "max_prompt_length": config.data.max_prompt_length,
-            "rollout": to_dict(config.rollout), "judge": to_dict(config.judge.reward)}
+            "rollout": to_dict(config.rollout), "sample_batch_size": config.sample_batch_size,
+            "judge": to_dict(config.judge.reward)}
+
+
+def check_settings(config, args, path: Path) -> None:
+    """The rounds kept under ``--out`` (result.json per round, read back on a rerun) were
+    measured under the settings in ``path``: another annotator, rm section or schedule would mix
+    two measurements, so it is refused (a longer ``--budget``, more seeds or strategies
+    continue). Written on the first run."""
+    from rlhfkit.config import ConfigError
+
+    settings = {"pool": pool_key(config, args.pool + args.heldout), "heldout": args.heldout,
+                "start": args.start, "batch": args.batch,
+                "judge": {"temperature": config.judge.temperature,
+                          "flip_prob": config.judge.flip_prob},
+                "rm": config.rm, "rm_init": config.rm_init}
+    settings = json.loads(json.dumps(settings))  # as read back
+    if path.exists():
+        kept = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | kept.keys()
+                         if settings.get(k) != kept.get(k))
+        if changed:
+            raise ConfigError(f"--out {path.parent}: its rounds were measured with other "
+                              f"{', '.join(changed)} ({path}); expected the same settings, or "
+                              f"another --out")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def build_pool(config, size: int, path: Path) -> list[dict]:
@@ -331,6 +360,7 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = schedule(args.start, args.batch, args.budget)
     out = Path(args.out)
+    check_settings(config, args, out / "settings.json")
     began = time.perf_counter()
     rows = build_pool(config, args.pool + args.heldout, out / "pool.jsonl")
     if len(rows) <= args.heldout or len(rows) - args.heldout < args.budget:

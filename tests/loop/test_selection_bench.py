@@ -114,3 +114,25 @@ def test_main_on_the_tiny_loop(tmp_path):
     again = bench.main(argv)  # every round done: read back, nothing rebuilt or retrained
     assert again["curves"] == result["curves"]
     assert (out / "pool.jsonl").stat().st_mtime_ns == mtime
+    # the kept rounds were labelled at the file's temperature: another one is refused before
+    # anything is read back or rebuilt, and says which setting differs
+    with pytest.raises(ValueError, match=r"--out .*other judge"):
+        bench.main(argv + ["judge.temperature=0.7"])
+    assert (out / "pool.jsonl").stat().st_mtime_ns == mtime
+
+
+def test_pool_key_names_the_decode_passes():
+    """A pool sampled in passes of 64 rows holds other continuations than one sampled in passes
+    of 16: its cache key differs, so the cached pool is rebuilt."""
+    from dataclasses import replace
+
+    from rlhfkit.config import load_config
+    from rlhfkit.loop.config import LoopConfig
+
+    config = load_config(LoopConfig, str(ROOT / "examples/loop_tiny.yaml"))
+    key = bench.pool_key(config, 10)
+    assert key["sample_batch_size"] == config.sample_batch_size
+    assert bench.pool_key(replace(config, sample_batch_size=config.sample_batch_size + 1), 10) \
+        != key
+    assert bench.pool_key(replace(config, judge=replace(config.judge, temperature=0.9)), 10) \
+        == key  # the noise-free truth does not depend on the annotator's noise
