@@ -15,7 +15,8 @@ import sys
 
 from rlhfkit.data import DataError
 from rlhfkit.label import store as label_store
-from rlhfkit.label.store import ORDERS, Settings, StoreError
+from rlhfkit.label.schema import Settings
+from rlhfkit.label.store import ORDERS, StoreError
 from rlhfkit.models import ModelLoadError
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8765

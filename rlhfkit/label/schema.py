@@ -5,11 +5,17 @@ Tables: meta (schema version, settings, admin token hash), prompts, tasks, candi
 model, sampling settings, reward-model score), annotators (token hashed), assignments (a
 lease per task and annotator with the order shown), judgments (ranks, flags, comment, shown
 order, timestamps, seconds), queue_counts (the open tasks, in a few rows). Times are unix
-seconds (float). Creating, opening and migrating a store: store.py (``init_store``,
-``open_store``, ``MIGRATIONS``); the queries on these tables: queue.py, export.py.
+seconds (float). Also what the store's runtime and its migrations both use: the queue
+settings as meta holds them (``Settings``, ``READ_SETTINGS``, ``parse_settings``) and the
+statements that fill queue_counts (``add_count_rows``, ``RECOUNT``). Creating and opening a
+store: store.py (``init_store``, ``open_store``); migrating one: migrations.py; the queries on
+these tables: queue.py, export.py.
 Tests: tests/label/test_store.py.
 """
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +30,11 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
+    func,
+    insert,
+    select,
+    update,
 )
 
 # 2: tasks.tag (issue #14); 3: tasks.overlap and tasks.open (the pick's index); 4: queue_counts
@@ -36,6 +47,26 @@ metadata = MetaData()
 meta = Table("meta", metadata,
              Column("key", String(64), primary_key=True),
              Column("value", Text, nullable=False))
+
+DEFAULT_LEASE_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The queue settings: JSON in meta's "settings" row (a key missing there has its default
+    here). Checked and changed by store.py (``check_settings``, ``update_settings``)."""
+    overlap: int = 1  # annotators per task
+    order: str = "fifo"
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+
+
+READ_SETTINGS = select(meta.c.value).where(meta.c.key == "settings")
+
+
+def parse_settings(stored: str | None) -> Settings:
+    """meta's "settings" value (``READ_SETTINGS``; None: no row) → Settings."""
+    return Settings(**json.loads(stored or "{}"))
+
 
 prompts = Table("prompts", metadata,
                 Column("id", Integer, primary_key=True),
@@ -74,7 +105,7 @@ TASK_INDEXES = (
 
 # The open tasks, counted where ``open`` changes (add_task, the judgment that completes a task,
 # update_settings): an annotator's queue size reads these few rows instead of counting the open
-# tasks (queue.py: QUEUE_SIZE; the updates: store.py, COUNT_ADDED and RECOUNT, and
+# tasks (queue.py: QUEUE_SIZE; the updates: store.py's COUNT_ADDED, and RECOUNT and
 # COUNT_COMPLETED below). The count is the sum of the rows. Row 0 is add_task's; a completed
 # task is taken off row 1 + task id % QUEUE_SHARDS, so that two submits seldom wait for one row
 # and an import (which holds row 0 until it commits) never blocks a submit.
@@ -83,6 +114,18 @@ queue_counts = Table("queue_counts", metadata,
                      Column("open_tasks", Integer, nullable=False))
 QUEUE_SHARDS = 32  # a power of two (COUNT_COMPLETED)
 ADDED_SHARD = 0
+# every row afresh from the tasks (update_settings, the 3 → 4 migration): the count on row 0
+RECOUNT = update(queue_counts).values(open_tasks=case(
+    (queue_counts.c.shard == ADDED_SHARD,
+     select(func.count()).select_from(tasks).where(tasks.c.open).scalar_subquery()),
+    else_=0))
+
+
+def add_count_rows(conn) -> None:
+    """queue_counts' rows, all 0 (then RECOUNT where there are tasks): init_store, the 3 → 4
+    migration."""
+    conn.execute(insert(queue_counts), [{"shard": shard, "open_tasks": 0}
+                                        for shard in range(QUEUE_SHARDS + 1)])
 
 candidates = Table("candidates", metadata,
                    Column("id", Integer, primary_key=True),

@@ -17,8 +17,8 @@ On SQLite the server's writes (leases, submits, skips) share transactions: ``Sto
 group commit — one commit for all the writes that queued while the previous group committed,
 each answered only after that commit.
 
-The tables and the schema version: schema.py. A store of an older schema version is migrated
-on open (``MIGRATIONS``).
+The tables, the schema version and the settings' row: schema.py. A store of an older schema
+version is migrated on open (migrations.py).
 Tests: tests/label/test_store.py and tests/label/test_queue.py.
 """
 from __future__ import annotations
@@ -36,9 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
-    DDL,
     bindparam,
-    case,
     create_engine,
     event,
     func,
@@ -50,35 +48,33 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
+from rlhfkit.label.migrations import MIGRATIONS, migrate
 from rlhfkit.label.schema import (
     ADDED_SHARD,
-    ASSIGNMENTS_BY_TASK,
-    QUEUE_SHARDS,
+    READ_SETTINGS,
+    RECOUNT,
     SCHEMA_VERSION,
-    TASK_INDEXES,
+    Settings,
+    add_count_rows,
     annotators,
     candidates,
     create_triggers,
     judgments,
     meta,
     metadata,
+    parse_settings,
     prompts,
     queue_counts,
     tasks,
 )
 
-DEFAULT_LEASE_SECONDS = 600.0
 ORDERS = ("fifo", "random", "uncertainty")
 FLAGS = ("all_bad",)
 
-# more open tasks (add_task, count_added); one fewer: the trigger schema.COUNT_COMPLETED
+# more open tasks (add_task, count_added); one fewer: the trigger schema.COUNT_COMPLETED;
+# all of them afresh: schema.RECOUNT
 COUNT_ADDED = (update(queue_counts).where(queue_counts.c.shard == ADDED_SHARD)
                .values(open_tasks=queue_counts.c.open_tasks + bindparam("added")))
-# every row afresh from the tasks (update_settings, the 3 → 4 migration): the count on row 0
-RECOUNT = update(queue_counts).values(open_tasks=case(
-    (queue_counts.c.shard == ADDED_SHARD,
-     select(func.count()).select_from(tasks).where(tasks.c.open).scalar_subquery()),
-    else_=0))
 
 
 class StoreError(Exception):
@@ -158,13 +154,6 @@ class _Write:
     finished: bool = False
     result: object = None
     error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class Settings:
-    overlap: int = 1  # annotators per task
-    order: str = "fifo"
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
 
 class Store:
@@ -316,7 +305,7 @@ class Store:
         """The queue settings, read at most once a second (`label config` may change them)."""
         now = time.monotonic()
         if self._settings is None or now - self._settings[0] > self.SETTINGS_TTL:
-            self._settings = now, _parse_settings(conn.execute(READ_SETTINGS).scalar())
+            self._settings = now, parse_settings(conn.execute(READ_SETTINGS).scalar())
         return self._settings[1]
 
     def open_connections(self, n: int) -> int:
@@ -335,13 +324,6 @@ class Store:
         self.engine.dispose()
         if self._lock_file is not None:
             self._lock_file.close()
-
-
-READ_SETTINGS = select(meta.c.value).where(meta.c.key == "settings")
-
-
-def _parse_settings(stored: str | None) -> Settings:
-    return Settings(**json.loads(stored or "{}"))
 
 
 def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
@@ -365,14 +347,8 @@ def init_store(db: str, settings: Settings = Settings()) -> tuple[Store, str]:
         store.set_meta(conn, "schema_version", str(SCHEMA_VERSION))
         store.set_meta(conn, "settings", json.dumps(settings.__dict__))
         store.set_meta(conn, "admin_token_hash", hash_token(admin_token))
-        _add_count_rows(conn)
+        add_count_rows(conn)
     return store, admin_token
-
-
-def _add_count_rows(conn) -> None:
-    """queue_counts' rows, all 0 (then RECOUNT where there are tasks)."""
-    conn.execute(insert(queue_counts), [{"shard": shard, "open_tasks": 0}
-                                        for shard in range(QUEUE_SHARDS + 1)])
 
 
 def open_store(db: str) -> Store:
@@ -437,57 +413,6 @@ def update_settings(store: Store, **changes) -> Settings:
     return settings
 
 
-# ----------------------------------------------------------------------------- migrations
-def _add_overlap_and_open(conn) -> None:
-    """2 → 3: tasks.overlap and tasks.open from the settings and the judgments so far, and the
-    pick's indexes. The DEFAULTs only fill the existing rows (SQLite cannot add a NOT NULL
-    column without one); add_task always sets both."""
-    overlap = _parse_settings(conn.execute(READ_SETTINGS).scalar()).overlap
-    conn.execute(DDL("ALTER TABLE tasks ADD COLUMN overlap INTEGER NOT NULL DEFAULT 1"))
-    conn.execute(DDL("ALTER TABLE tasks ADD COLUMN open BOOLEAN NOT NULL DEFAULT true"))
-    conn.execute(update(tasks).values(overlap=overlap, open=tasks.c.judged < overlap))
-    for index in TASK_INDEXES:
-        index.create(conn)
-
-
-def _add_queue_counts(conn) -> None:
-    """3 → 4: the queue_counts table, counted from the tasks, and ASSIGNMENTS_BY_TASK."""
-    queue_counts.create(conn)
-    _add_count_rows(conn)
-    conn.execute(RECOUNT)
-    ASSIGNMENTS_BY_TASK.create(conn)
-
-
-def _add_judgment_counts(conn) -> None:
-    """4 → 5: annotators.judged, counted from their judgments, and the triggers that count
-    each judgment from now on (schema.TRIGGERS)."""
-    conn.execute(DDL("ALTER TABLE annotators ADD COLUMN judged INTEGER NOT NULL DEFAULT 0"))
-    conn.execute(update(annotators).values(judged=select(func.count()).select_from(judgments)
-                                           .where(judgments.c.annotator_id == annotators.c.id)
-                                           .scalar_subquery()))
-    create_triggers(conn)
-
-
-# schema version → (the next version, the step that brings a store there)
-MIGRATIONS = {"2": ("3", _add_overlap_and_open), "3": ("4", _add_queue_counts),
-              "4": ("5", _add_judgment_counts)}
-_VERSION_LOCKED = (select(meta.c.value).where(meta.c.key == "schema_version")
-                   .with_for_update())
-
-
-def migrate(store: Store) -> None:
-    """Bring a store to SCHEMA_VERSION in one transaction. The version is read again under a
-    lock (SQLite: the write lock; PostgreSQL: FOR UPDATE on its row): of several processes
-    opening an old store at once (`serve --workers N`), one migrates and the others then find
-    the new version."""
-    with store.transaction() as conn:
-        version = conn.execute(_VERSION_LOCKED).scalar()
-        while version in MIGRATIONS:
-            version, step = MIGRATIONS[version]
-            step(conn)
-            store.set_meta(conn, "schema_version", version)
-
-
 # ----------------------------------------------------------------------------- content
 # the settings as add_task reads them: FOR SHARE (PostgreSQL) waits for an update_settings
 # in flight, and makes a later one wait for this transaction (SET_OVERLAP then sees the task)
@@ -502,7 +427,7 @@ def add_task(conn, messages, responses: list[str], models: list[str], settings: 
     PostgreSQL each update of one row in one transaction costs more than the one before (its
     old versions stay until the commit: 190 µs per update over 5,000, 607 µs over 60,000)."""
     now = time.time()
-    overlap = _parse_settings(conn.execute(_SETTINGS_SHARED).scalar()).overlap
+    overlap = parse_settings(conn.execute(_SETTINGS_SHARED).scalar()).overlap
     text = messages[0][1] if len(messages) == 1 else "".join(
         f"{role}: {content}\n\n" for role, content in messages).strip()
     prompt_id = conn.execute(insert(prompts).values(
