@@ -10,8 +10,10 @@ import random
 
 import bench_label as live  # bench/label.py (tests/conftest.py: BenchModules)
 import pytest
+from sqlalchemy import func, select
 
 from rlhfkit.label import queue
+from rlhfkit.label.schema import annotators, judgments, queue_counts, tasks
 from rlhfkit.label.store import (
     Store,
     add_annotator,
@@ -73,3 +75,53 @@ def store_and_admin(db):
     store, admin_token = init_store(db)
     yield db, store, admin_token
     store.close()
+
+
+# What the store tests check after each change (tests/label/test_store.py, test_migrations.py)
+@pytest.fixture
+def judge():
+    """``judge(store, person)`` → the id of the task ``person`` got next, ranked [1, 2]."""
+    def judge_next(store: Store, person: queue.Annotator) -> int:
+        task = queue.next_task(store, person)
+        queue.submit(store, person, task["task_id"], [1, 2])
+        return task["task_id"]
+
+    return judge_next
+
+
+@pytest.fixture
+def flags():
+    """``flags(store)`` → {task id: (judged, overlap, open)}."""
+    def read(store: Store) -> dict[int, tuple[int, int, bool]]:
+        with store.engine.connect() as conn:
+            return {row[0]: tuple(row[1:]) for row in conn.execute(
+                select(tasks.c.id, tasks.c.judged, tasks.c.overlap, tasks.c.open))}
+
+    return read
+
+
+@pytest.fixture
+def open_counted():
+    """``open_counted(store)`` → (open tasks as queue_counts sums them, open tasks counted)."""
+    def read(store: Store) -> tuple[int, int]:
+        with store.engine.connect() as conn:
+            return (conn.execute(select(func.sum(queue_counts.c.open_tasks))).scalar(),
+                    conn.execute(select(func.count()).select_from(tasks).where(tasks.c.open))
+                    .scalar())
+
+    return read
+
+
+@pytest.fixture
+def judged_counted():
+    """``judged_counted(store)`` → {annotator name: (annotators.judged, their judgments
+    counted)}."""
+    def read(store: Store) -> dict[str, tuple[int, int]]:
+        with store.engine.connect() as conn:
+            return {name: (judged, conn.execute(select(func.count()).select_from(judgments)
+                                                .where(judgments.c.annotator_id == id_))
+                           .scalar())
+                    for id_, name, judged in conn.execute(
+                        select(annotators.c.id, annotators.c.name, annotators.c.judged))}
+
+    return read
