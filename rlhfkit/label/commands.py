@@ -184,6 +184,9 @@ def run_command(args) -> None:
         print(f"created {args.db}\nadmin link (keep it secret): "
               f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/admin?token={token}")
         return
+    if args.command == "serve":  # opens the store where it serves it (serve)
+        serve(args)
+        return
     store = label_store.open_store(args.db)
     try:
         if args.command == "config":
@@ -237,30 +240,35 @@ def run_command(args) -> None:
                 raise StoreError(f"--bootstrap {args.bootstrap}: expected a count ≥ 0")
             rows = leaderboard(store, args.tag, n=args.bootstrap)
             print(json.dumps(rows, indent=2) if args.json else leaderboard_table(rows))
-        elif args.command == "serve":
-            serve(args)
     finally:
         store.close()
 
 
 def serve(args) -> None:
+    """One process: the app over its store, served. ``--workers N`` > 1: each worker process
+    opens the store and builds its own app (app.app_from_env); this one only checks the store
+    (and migrates an older one, once) and closes it: no connection of its own while the workers
+    run. Test: tests/label/test_commands.py (test_serve_holds_only_the_connections_it_serves)."""
     import uvicorn
 
     from rlhfkit.label.app import create_app, freeze_startup_objects
 
     if args.store_threads < 0:
         raise StoreError(f"--store-threads {args.store_threads}: expected a count ≥ 0")
-    app = create_app(args.db, args.admin_token or None, max_body_bytes=args.max_body_bytes,
-                     store_threads=args.store_threads or None)
-    print(f"rlhfkit label: serving http://{args.host}:{args.port} (Ctrl-C stops); annotators "
-          "log in with the link `label add-annotator` printed", flush=True)
-    if args.workers > 1:  # each worker process builds its own app from the environment
+    serving = (f"rlhfkit label: serving http://{args.host}:{args.port} (Ctrl-C stops); "
+               "annotators log in with the link `label add-annotator` printed")
+    if args.workers > 1:
+        label_store.open_store(args.db).close()
+        print(serving, flush=True)
         os.environ.update(RLHFKIT_LABEL_DB=args.db, RLHFKIT_LABEL_ADMIN_TOKEN=args.admin_token,
                           RLHFKIT_LABEL_MAX_BODY=str(args.max_body_bytes),
                           RLHFKIT_LABEL_STORE_THREADS=str(args.store_threads))
         uvicorn.run("rlhfkit.label.app:app_from_env", factory=True, workers=args.workers,
                     host=args.host, port=args.port, log_level="warning", access_log=False)
         return
+    app = create_app(args.db, args.admin_token or None, max_body_bytes=args.max_body_bytes,
+                     store_threads=args.store_threads or None)
+    print(serving, flush=True)
     freeze_startup_objects()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

@@ -165,3 +165,52 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys, argv, message):
 def test_serve_binds_loopback_unless_told():
     args = _parser().parse_args(["serve", "--db", "x.sqlite"])
     assert (args.host, args.port) == (DEFAULT_HOST, 8765) and DEFAULT_HOST == "127.0.0.1"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_holds_only_the_connections_it_serves(db, tmp_path, capsys, monkeypatch,
+                                                     workers):
+    """While uvicorn runs, the only store with connections is the app's: one process serves its
+    own (create_app opens its pool), with ``--workers 2`` the workers open theirs and the parent
+    holds none (it checked the store and closed it), and a store it cannot open is still a
+    one-line error before anything is served. uvicorn.run is replaced: it records, for every
+    engine the command connected, the connections in its pool at that moment."""
+    import uvicorn
+
+    from rlhfkit.label import app as label_app
+    from rlhfkit.label import store as label_store
+
+    assert main(["label", "init", "--db", db]) == 0
+    engines, held = [], []
+    connect = label_store.connect
+
+    def recording_connect(db_):
+        engines.append(connect(db_))
+        return engines[-1]
+
+    def run(app, **options):
+        served = None if isinstance(app, str) else app.state.store.engine
+        held.append({"workers": options.get("workers", 1), "app's": sum(
+            e.pool.checkedin() + e.pool.checkedout() for e in engines if e is served),
+            "others'": [e.pool.checkedin() + e.pool.checkedout() for e in engines
+                        if e is not served]})
+        if served is not None:
+            app.state.store.close()  # its lifespan never runs
+
+    monkeypatch.setattr(label_store, "connect", recording_connect)
+    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(label_app, "freeze_startup_objects", lambda: None)  # apps come and go
+    for name in ("DB", "ADMIN_TOKEN", "MAX_BODY", "STORE_THREADS"):  # serve sets them: undone
+        monkeypatch.setenv(f"RLHFKIT_LABEL_{name}", "")
+    assert main(["label", "serve", "--db", db, "--workers", str(workers)]) == 0
+    if workers == 1:  # the pool create_app opened (SQLite 8, PostgreSQL 4), and nothing else
+        assert held == [{"workers": 1, "app's": 8 if "://" not in db else 4, "others'": []}]
+    else:  # the store was checked (opened) here, then closed before the workers started
+        assert held == [{"workers": 2, "app's": 0, "others'": [0]}]
+    capsys.readouterr()
+    missing = str(tmp_path / "none.sqlite")
+    assert main(["label", "serve", "--db", missing, "--workers", str(workers)]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and len(err.strip().splitlines()) == 1 and len(held) == 1
+    for engine in engines:
+        engine.dispose()
