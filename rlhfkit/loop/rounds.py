@@ -84,6 +84,9 @@ def load_prompts(config: LoopConfig) -> Prompts:
     if config.data.eval_path:
         held = [parse_prompt(r) for r in read_records(
             config.data.eval_path, config.data.eval_split, config.data.subset)]
+        if len(held) < config.compare_prompts:  # a shorter slice would pass unnoticed
+            raise ConfigError(f"compare_prompts={config.compare_prompts}, but data.eval_path "
+                              f"({config.data.eval_path}) has {len(held)} prompts")
         compare = [e.messages for e in held[:config.compare_prompts]]
     else:  # the last rows of the pool, never sampled nor trained on
         compare = [e.messages for e in examples[-config.compare_prompts:]]

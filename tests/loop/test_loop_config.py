@@ -71,3 +71,19 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "rlhfkit loop: config error: k=1 is invalid: expected a number >= 2"]
+
+
+def test_compare_prompts_beyond_the_eval_file_is_an_error(repo_root, tmp_path):
+    """The compare prompts are the first compare_prompts rows of data.eval_path: asking for more
+    than it holds is a config error naming both, not a silently shorter comparison."""
+    from rlhfkit.loop.rounds import load_prompts
+
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "c"}\n')
+    values = {**BASE, "data": {"train_path": str(repo_root / "data/tiny/prompts.jsonl"),
+                               "eval_path": str(held)}}
+    assert len(load_prompts(build(LoopConfig, {**values, "compare_prompts": 3}))
+               .compare_messages) == 3
+    with pytest.raises(ConfigError, match=r"compare_prompts=4, but data.eval_path \(.*held"
+                                          r"\.jsonl\) has 3 prompts"):
+        load_prompts(build(LoopConfig, {**values, "compare_prompts": 4}))
