@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from rlhfkit.config import ConfigError, dump_yaml
-from rlhfkit.label.store import Settings, StoreError, init_store, open_store
+from rlhfkit.label.schema import Settings
+from rlhfkit.label.store import StoreError, init_store, open_store
 from rlhfkit.loop import annotate, rounds
 from rlhfkit.loop.config import LoopConfig, has_source
 from rlhfkit.loop.rounds import COMPARE, SAMPLE, Layout, policy_name, tag
