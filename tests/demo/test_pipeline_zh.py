@@ -46,8 +46,8 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
     assert built.data.eval_path == str(DATA / "sentiment_zh/openings_test.jsonl")
     assert (built.grpo.advantage, built.grpo.num_generations, built.grpo.beta,
             built.grpo.minibatches, built.reward.reward_clip, built.train.batch_size,
-            built.train.max_steps, built.train.learning_rate) == \
-        ("dr_grpo", 4, 0.05, 2, 1.0, 8, 20, 5e-4)
+            built.train.max_steps, built.train.learning_rate, built.train.lr_scheduler) == \
+        ("dr_grpo", 4, 0.05, 2, 1.0, 8, 20, 5e-4, "constant")
     assert (built.data.max_eval_rows, built.eval_samples_per_prompt) == (64, 4)
     assert resolve(DemoConfig(lang="zh", advantage="grpo")).advantage == "grpo"
     with_ppo = resolve(DemoConfig(lang="zh", algorithm="ppo"))  # explicit
