@@ -162,6 +162,10 @@ TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvc
             "swanlab", "trackio")
 
 
+# train.lr_scheduler's choices (transformers.get_scheduler names); the demo offers the same
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+
 @dataclass(frozen=True)
 class TrainConfig(Validated):
     learning_rate: float = option(1e-5, "Peak learning rate.", min=0)
@@ -174,8 +178,7 @@ class TrainConfig(Validated):
                                    "processes, no accumulation).", min=0)
     max_steps: int = option(0, "Optimiser steps (0 = num_epochs over the data).", min=0)
     num_epochs: float = option(1.0, "Epochs when max_steps is 0.", above=0)
-    lr_scheduler: str = option("cosine", "Schedule after warm-up.",
-                               choices=("cosine", "linear", "constant"))
+    lr_scheduler: str = option("cosine", "Schedule after warm-up.", choices=LR_SCHEDULERS)
     warmup_steps: int = option(0, "Linear warm-up steps.", min=0)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 = off).", min=0)
     seed: int = option(42, "Seed for init, data order and sampling.")

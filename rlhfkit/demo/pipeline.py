@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.config import Validated, build, option, to_dict
+from rlhfkit.config import LR_SCHEDULERS, Validated, build, option, to_dict
 from rlhfkit.demo.judge import judge_fn
 from rlhfkit.demo.textstats import distinct_n, mean_repetition
 from rlhfkit.models.loading import cache_root
@@ -85,7 +85,7 @@ class DemoConfig(Validated):
     learning_rate: float | None = option(None, "Policy (LoRA) learning rate.", min=0)
     lr_scheduler: str | None = option(None, "Stage 3's learning-rate schedule over its updates "
                                       "(train.lr_scheduler): linear and cosine decay to 0.",
-                                      choices=("constant", "linear", "cosine"))
+                                      choices=LR_SCHEDULERS)
     kl_coef: float | None = option(None, "β of the KL to the reference (ppo.kl_coef per token; "
                                    "algorithm=grpo: grpo.beta, the k3 term of the loss). "
                                    "Measured (PPO): 0.05 (4 epochs) let the KL reach ~9 nats "
