@@ -101,6 +101,10 @@ class DemoConfig(Validated):
                                        "Σ_t KL_t: the reverse KL, as PPO's per-token penalty) "
                                        "instead of the loss's k3 term (grpo.beta). PPO's KL is "
                                        "always in its rewards.")
+    positive_weight: float | None = option(None, "algorithm=grpo: W-REINFORCE's λ, the weight "
+                                           "of positive advantages (grpo.positive_weight; 1 = "
+                                           "off, 0 = from the bad continuations only).",
+                                           min=0, max=1)
     entropy_coef: float | None = option(None, "Entropy bonus weight (ppo.entropy_coef / "
                                         "grpo.entropy_coef; 0 = off).", min=0)
     ppo_epochs: int | None = option(None, "PPO passes over each batch of rollouts.", min=1)
@@ -143,7 +147,7 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "algorithm": "grpo", "advantage": "grpo", "num_generations": 4, "iterations": 20,
            "batch_size": 8, "max_new_tokens": 24, "top_k": 0, "learning_rate": 1e-3,
            "lr_scheduler": "linear", "kl_coef": 0.07, "kl_in_reward": True, "target_kl": 0.0,
-           "entropy_coef": 0.0,
+           "entropy_coef": 0.0, "positive_weight": 1.0,
            "ppo_epochs": 2, "minibatches": 2, "eval_prompts": 64, "eval_samples_per_prompt": 1,
            "reward_clip": 1.0}
 
@@ -298,6 +302,7 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
               else {"beta": config.kl_coef})
         settings["grpo"] = {"num_generations": config.num_generations, **kl,
                             "advantage": config.advantage, "minibatches": config.minibatches,
+                            "positive_weight": config.positive_weight,
                             "entropy_coef": config.entropy_coef, **kl_control}
         return settings
     # The critic reads policy tokens: from the RM when it shares the policy's backbone.

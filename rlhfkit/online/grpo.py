@@ -65,6 +65,7 @@ from rlhfkit.ops.grpo import (
     RATIOS,
     REWARD_SCALES,
     grpo_loss,
+    weight_positive,
 )
 from rlhfkit.ops.ppo import apply_missing_eos_penalty, clip_scores, kl_k1
 from rlhfkit.trainers import common
@@ -87,6 +88,12 @@ class GRPOPart(KLControl):
                             "raft = 1 for each group's best response, 0 for the others "
                             "(fine-tuning on the winners, nothing pushed down).",
                             choices=tuple(ADVANTAGES))
+    positive_weight: float = option(1.0, "λ of W-REINFORCE (Zhu et al. 2025): every positive "
+                                    "advantage × λ after the estimator, the negative ones "
+                                    "kept; 1 = off, 0 = learn from the bad responses only "
+                                    "(NSR: push them down, their mass spread over the rest in "
+                                    "proportion, no sharpening towards the sampled good ones).",
+                                    min=0, max=1)
     kl_coef: float = option(0.0, "KL penalty in the rewards (k1, the reverse KL's REINFORCE "
                             "gradient): reinforce++ per token, r_t = −kl_coef·KL_t (its loss has "
                             "no β term); grpo, dr_grpo, rloo, raft per response, "
@@ -287,6 +294,7 @@ def advantages_for(run, config: GRPOConfig, scores: torch.Tensor, kl_penalty: to
     advantages = estimator(gather_rows(run, scores), config.grpo.num_generations,
                            gather_rows(run, mask), gather_rows(run, kl_penalty),
                            config.grpo.scale_rewards)
+    advantages = weight_positive(advantages, config.grpo.positive_weight)
     B, R = mask.shape
     mine = advantages[run.rank * B:(run.rank + 1) * B]
     return mine[:, :R] if mine.dim() == 2 else mine  # (B, R) without the gather's padding, (B,)

@@ -151,6 +151,15 @@ def raft_advantages(scores: torch.Tensor, group_size: int, response_mask: torch.
     return (winners * spread).reshape(-1)
 
 
+def weight_positive(advantages: torch.Tensor, positive_weight: float) -> torch.Tensor:
+    """W-REINFORCE's reweighting (Zhu et al. 2025, "The Surprising Effectiveness of Negative
+    Reinforcement in LLM Reasoning", §4): every positive advantage × λ = ``positive_weight``,
+    the negative ones kept. λ = 1: unchanged; λ = 0: negative samples only (NSR), which pushes
+    the sampled bad responses down and spreads their mass over the rest of the distribution in
+    proportion to it (no sharpening towards the sampled good ones). Any shape."""
+    return torch.where(advantages > 0, advantages * positive_weight, advantages)
+
+
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce++": reinforce_pp_advantages,
               "reinforce++_baseline": reinforce_pp_baseline_advantages, "raft": raft_advantages}

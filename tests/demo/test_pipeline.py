@@ -69,6 +69,13 @@ def test_lr_scheduler_reaches_the_stage(algorithm):
     assert build(stage, policy_settings(config, Path("rm"))).train.lr_scheduler == "linear"
 
 
+def test_positive_weight_reaches_the_grpo_stage():
+    default = build(grpo.GRPOConfig, policy_settings(resolve(DemoConfig()), Path("rm")))
+    assert default.grpo.positive_weight == 1.0
+    config = resolve(DemoConfig(positive_weight=0.2))
+    assert build(grpo.GRPOConfig, policy_settings(config, Path("rm"))).grpo.positive_weight == 0.2
+
+
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
 def test_held_out_openings_decode_in_one_pass(algorithm):
     config = resolve(DemoConfig(algorithm=algorithm, eval_prompts=48, batch_size=8))

@@ -475,6 +475,22 @@ def test_advantages_of_two_processes_equal_one(repo_root, tmp_path, advantage):
     assert results[0].abs().sum() > 0
 
 
+def test_positive_weight_scales_the_estimators_positive_advantages(repo_root, tmp_path):
+    """grpo.positive_weight (W-REINFORCE's λ) reaches the advantages: each positive one × λ after
+    the estimator, the negative ones as they were."""
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(world_size=1, rank=0)
+    scores = torch.tensor([1.0, 2.0, 4.0, 5.0, -1.0, 0.0, 3.0, 2.0])
+    mask, kl = torch.ones(8, 3, dtype=torch.bool), torch.zeros(8, 3)
+    full = grpo.advantages_for(run, config(repo_root, tmp_path / "a", "grpo.advantage=dr_grpo"),
+                               scores, kl, mask)
+    torch.testing.assert_close(full, torch.tensor([-2.0, -1.0, 1.0, 2.0, -2.0, -1.0, 2.0, 1.0]))
+    weighted = grpo.advantages_for(run, config(repo_root, tmp_path / "b", "grpo.advantage=dr_grpo",
+                                               "grpo.positive_weight=0.25"), scores, kl, mask)
+    torch.testing.assert_close(weighted, torch.tensor([-2.0, -1.0, 0.25, 0.5, -2.0, -1.0, 0.5, 0.25]))
+
+
 def test_old_logprobs_from_the_sampler_and_tis_wiring(repo_root, tmp_path, monkeypatch,
                                                       on_device):
     """A reused rollout (2 minibatches) takes its old log-probs from the sampling pass under

@@ -11,6 +11,7 @@ from rlhfkit.ops.grpo import (
     grpo_loss,
     kl_folded_scores,
     raft_advantages,
+    weight_positive,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     returns_to_go,
@@ -207,6 +208,15 @@ def test_raft_takes_each_groups_best_and_only_it():
     scores, mask = torch.tensor([1.0, 3.0]), torch.tensor([[T_, T_], [T_, F_]])
     close(raft_advantages(scores, 2, mask, torch.tensor([[-0.1, -0.2], [-2.5, NAN]])), [1, 0])
     close(raft_advantages(scores, 2, mask, torch.zeros(2, 2)), [0, 1])
+
+
+def test_weight_positive_scales_only_the_positive_advantages():
+    advantages = torch.tensor([1.5, -0.5, 0.0, -1.0])
+    close(weight_positive(advantages, 0.2), [0.3, -0.5, 0.0, -1.0])
+    close(weight_positive(advantages, 1.0), advantages)  # λ = 1: unchanged
+    close(weight_positive(advantages, 0.0), [0.0, -0.5, 0.0, -1.0])  # NSR: the bad ones only
+    per_token = torch.tensor([[2.0, -1.0], [-3.0, 4.0]])  # REINFORCE++'s (B, T) alike
+    close(weight_positive(per_token, 0.5), [[1.0, -1.0], [-3.0, 2.0]])
 
 
 def test_returns_to_go_by_hand():
