@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlhfkit.config import Validated, option, require
+from rlhfkit.config import option, require
 from rlhfkit.data import Encoded
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.packing import (
