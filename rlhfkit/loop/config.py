@@ -89,6 +89,13 @@ class LoopConfig(Validated):
     compare_prompts: int = option(8, "Held-out prompts on which each new policy is compared "
                                   "with the previous one and round 0's (data.eval_path, else "
                                   "the last rows of data.train_path, never sampled).", min=1)
+    compare_samples: int = option(1, "Answers of each compared policy per compare prompt, all "
+                                  "in the prompt's one ranking task: n answers give n² "
+                                  "comparisons of two policies per ranking (the win rate's "
+                                  "interval is still bootstrapped over rankings). A policy's "
+                                  "answers are decoded once, in the first round that compares "
+                                  "it, and reused after (one sampling seed for every round).",
+                                  min=1)
     sample_batch_size: int = option(16, "Rows decoded in one pass when the loop samples (the "
                                     "candidates of step 1, the answers of step 5). A wide pass "
                                     "decodes faster on CPU: SmolLM2, 64 rows × 24 tokens in "

@@ -138,7 +138,10 @@ def run_round(config: LoopConfig, layout: Layout, store, pool, judge, annotation
           f"accuracy {rm['heldout_accuracy']}", flush=True)
     rounds.policy_step(config, layout, store, r)
     print(f"[loop] round {r}: 4 {config.algorithm} — {layout.policy(r + 1)}", flush=True)
-    rounds.compare_tasks_step(config, layout, store, pool, r)
+    reused = rounds.compare_tasks_step(config, layout, store, pool, r)
+    if reused:
+        print(f"[loop] round {r}: 5 compare — the answers of {', '.join(reused)} as round "
+              f"{r - 1} decoded them ({tag(r - 1, COMPARE)})", flush=True)
     annotation.rank(tag(r, COMPARE))
     compare = compare_step(config, layout, store, judge, r)
     row = round_row(store, r, rm, compare)

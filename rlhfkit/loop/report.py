@@ -85,7 +85,8 @@ def write_report(config: LoopConfig, layout: Layout, rows: list[dict], store=Non
                 f"{config.judge.flip_prob})" if config.annotator == "simulated" else "")
              + f"; selection {config.selection}; policy step {config.algorithm} from "
                f"{config.model.name}; reward model {config.rm_init} start; "
-               f"{config.compare_prompts} held-out prompts per comparison.")
+               f"{config.compare_prompts} held-out prompts per comparison, "
+               f"{config.compare_samples} answer(s) of each policy per prompt.")
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>rlhfkit loop: iterated online RLHF</title><style>{STYLE}</style></head><body>
 <h1>rlhfkit loop: iterated online RLHF</h1><p class="note">{html.escape(notes)}</p>

@@ -9,8 +9,10 @@
                 per round; warm start from RM_{r−1} or scratch (done = round-<r>/rm.json).
   4. policy   — ppo / grpo against RM_r, or dpo on the round's pairs, from policy_r →
                 policy_{r+1} (done = round-<r>/policy.json; the stage resumes its checkpoints).
-  5. compare  — policy_{r+1}, policy_r and policy_0 answer the held-out prompts, one ranking
-                task each, tagged ``round-<r>/compare``, ranked by the annotator; scores by RM_r
+  5. compare  — policy_{r+1}, policy_r and policy_0 answer the held-out prompts
+                (``compare_samples`` answers each, one sampling seed in every round: policy_r's
+                and policy_0's are round r−1's, read back from the store), one ranking task per
+                prompt, tagged ``round-<r>/compare``, ranked by the annotator; scores by RM_r
                 and by the judge, KL to round 0 (done = round-<r>/compare.json).
 A step's done-marker is written after its work is durable; the store's own state (tags,
 judgments) decides steps 1, 2 and 5's ranking, so a ``kill -9`` anywhere followed by a rerun
@@ -307,24 +309,65 @@ def compare_models(r: int) -> list[int]:
     return sorted({r + 1, r, 0}, reverse=True)
 
 
+def compare_seed(config: LoopConfig) -> int:
+    """The sampling seed of every compare answer, in every round and of every policy: the
+    policies answer with the same sampling noise (common random numbers), and policy_r's answers
+    in round r are the ones round r−1 decoded for it (``earlier_answers``)."""
+    return config.seed * 1000 + 500
+
+
 def compare_tasks_step(config: LoopConfig, layout: Layout, store: Store, pool: Prompts,
-                       r: int) -> None:
-    """5a. One task per held-out prompt: a response of each compared policy (not deduplicated:
-    two equal answers are a tie for the annotator)."""
+                       r: int) -> list[str]:
+    """5a. One task per held-out prompt: ``compare_samples`` answers of each compared policy (not
+    deduplicated: two equal answers are a tie for the annotator). Answers round r−1's tasks
+    already hold (policy_r, policy_0) are reused, the others decoded → the reused models."""
     if tagged_task_ids(store, tag(r, COMPARE)):
-        return
-    seed = config.seed * 1000 + 500 + r  # the same sampling noise for every policy
-    answers = {i: sample_texts(config, layout.policy(i), pool.compare_messages, 1, seed)
-               for i in compare_models(r)}
+        return []
+    seed, n, models = compare_seed(config), config.compare_samples, compare_models(r)
     settings = {i: {**sampling(config, seed).__dict__, "checkpoint": layout.policy(i)}
-                for i in answers}
+                for i in models}
+    answers = earlier_answers(store, r - 1, pool.compare_messages, n,
+                              {policy_name(i): settings[i] for i in models}) if r > 0 else {}
+    reused = sorted(answers)
+    for i in models:
+        if policy_name(i) not in answers:
+            answers[policy_name(i)] = sample_texts(config, layout.policy(i),
+                                                   pool.compare_messages, n, seed)
     rng = random.Random(config.seed * 31 + 17 + r)
-    models = list(answers)
     with store.transaction() as conn:
         for p, messages in enumerate(pool.compare_messages):
-            add_task(conn, messages, [answers[i][p][0] for i in models],
-                     [policy_name(i) for i in models], [settings[i] for i in models], rng,
-                     tag(r, COMPARE))
+            add_task(conn, messages, [t for i in models for t in answers[policy_name(i)][p]],
+                     [policy_name(i) for i in models for _ in range(n)],
+                     [settings[i] for i in models for _ in range(n)], rng, tag(r, COMPARE))
+    return reused
+
+
+def earlier_answers(store: Store, r: int, messages: list, n: int,
+                    settings: dict[str, dict]) -> dict[str, list[list[str]]]:
+    """Model name → its ``n`` answers per prompt in round r's compare tasks, for each model of
+    ``settings`` whose every answer there was decoded with those settings (checkpoint, sampling,
+    seed) for exactly these prompts in this order; models that were not are left out."""
+    by_task: dict[int, tuple[list, dict]] = {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(tasks.c.id, prompts.c.messages, candidates.c.model,
+                                   candidates.c.text, candidates.c.settings)
+                            .join(prompts, prompts.c.id == tasks.c.prompt_id)
+                            .join(candidates, candidates.c.task_id == tasks.c.id)
+                            .where(tasks.c.tag == tag(r, COMPARE))
+                            .order_by(tasks.c.id, candidates.c.slot))
+        for task_id, stored_messages, model, text, setting in rows:
+            by_task.setdefault(task_id, (stored_messages, {}))[1].setdefault(
+                model, []).append((text, setting))
+    found = list(by_task.values())
+    if [[list(m) for m in stored] for stored, _ in found] != \
+            [[list(m) for m in wanted] for wanted in messages]:
+        return {}
+    out = {}
+    for model, wanted in settings.items():
+        per_prompt = [answers.get(model, []) for _, answers in found]
+        if all(len(a) == n and all(s == wanted for _, s in a) for a in per_prompt):
+            out[model] = [[text for text, _ in a] for a in per_prompt]
+    return out
 
 
 def compare_texts(store: Store, r: int) -> dict[str, tuple[list, list[str]]]:
@@ -347,7 +390,8 @@ def compare_texts(store: Store, r: int) -> dict[str, tuple[list, list[str]]]:
 def kl_to(policy: str, reference: str, messages: list, responses: list[str],
           config: LoopConfig) -> float:
     """Mean over responses of Σ_t log π(y_t) − log π_0(y_t) (the k1 estimate of KL(π‖π_0) in
-    nats per response, at the sampling temperature) on the responses re-tokenised from text."""
+    nats per response, at the sampling temperature) on the responses re-tokenised from text,
+    in passes of ``sample_batch_size`` responses."""
     from rlhfkit.models import load_causal_lm, load_tokenizer, resolve_device
     from rlhfkit.models.forward import response_logprobs
 
@@ -360,13 +404,18 @@ def kl_to(policy: str, reference: str, messages: list, responses: list[str],
     encoded = [e for e in encoded if e.response_ids]
     if not encoded:
         return 0.0
-    batch = collate_sequences(encoded, tokenizer.pad_token_id).to(device)
+    rows = config.sample_batch_size  # passes of this many responses: the logits' memory
     totals = []
     for name in (policy, reference):
         model = load_causal_lm(name, tokenizer).to(device).eval()
-        out = response_logprobs(model, batch.input_ids, batch.attention_mask,
-                                batch.response_mask, False, config.rollout.temperature)
-        totals.append(out.logprobs.double().sum(1))  # (B,) zeros off the response
+        sums = []
+        for start in range(0, len(encoded), rows):
+            batch = collate_sequences(encoded[start:start + rows],
+                                      tokenizer.pad_token_id).to(device)
+            out = response_logprobs(model, batch.input_ids, batch.attention_mask,
+                                    batch.response_mask, False, config.rollout.temperature)
+            sums.append(out.logprobs.double().sum(1))  # (B,) zeros off the response
+        totals.append(torch.cat(sums))
     return float((totals[0] - totals[1]).mean())
 
 

@@ -236,3 +236,90 @@ def test_grpo_and_online_dpo_rounds(tiny_example, tmp_path, algorithm, section):
         pairs = (output_dir / "round-0/pairs.jsonl").read_text().splitlines()
         assert pairs and str(output_dir / "round-0/pairs.jsonl") in stage
     assert (output_dir / "round-0/policy/final/config.json").exists()
+
+
+def test_compare_answers_are_decoded_once_then_reused(tiny_example, tmp_path, monkeypatch):
+    """Step 5a decodes a policy's compare answers in the first round that compares it, with one
+    seed for every round, and reads them back after: round 1 decodes policy_2 only, and its
+    tasks hold round 0's answers of policy_1 and policy_0, ``compare_samples`` of each. A rerun
+    of the step does nothing; answers decoded with other settings (another compare_samples,
+    another seed) are decoded again."""
+    from rlhfkit.config import load_config
+    from rlhfkit.label.store import init_store
+    from rlhfkit.loop import rounds
+    from rlhfkit.loop.config import LoopConfig
+
+    decoded = []
+
+    def decode(config, policy, messages, k, seed):  # stands in for the model
+        decoded.append((policy, k, seed))
+        return [[f"{policy} {seed} answers {p}.{j}" for j in range(k)]
+                for p in range(len(messages))]
+
+    monkeypatch.setattr(rounds, "sample_texts", decode)
+    example, overrides = tiny_example
+    config = load_config(LoopConfig, str(example), overrides(tmp_path) + ["compare_samples=2"])
+    layout = rounds.Layout(config)
+    pool = rounds.Prompts([], [], [(("user", f"Review {p}:"),) for p in range(3)])
+    store, _ = init_store(str(tmp_path / "labels.sqlite"))
+    try:
+        assert rounds.compare_tasks_step(config, layout, store, pool, 0) == []
+        assert decoded == [(layout.policy(1), 2, 500), (layout.policy(0), 2, 500)]
+        decoded.clear()
+        assert rounds.compare_tasks_step(config, layout, store, pool, 1) == ["policy_0",
+                                                                            "policy_1"]
+        assert decoded == [(layout.policy(2), 2, 500)]
+        first, second = rounds.compare_texts(store, 0), rounds.compare_texts(store, 1)
+        assert second["policy_1"] == first["policy_1"] and second["policy_0"] == first["policy_0"]
+        assert second["policy_1"][1] == [f"{layout.policy(1)} 500 answers {p}.{j}"
+                                         for p in range(3) for j in range(2)]
+        assert len(second["policy_2"][1]) == 6
+        decoded.clear()
+        assert rounds.compare_tasks_step(config, layout, store, pool, 1) == [] and decoded == []
+        one = load_config(LoopConfig, str(example), overrides(tmp_path) + ["compare_samples=1"])
+        assert rounds.compare_tasks_step(one, layout, store, pool, 2) == []
+        assert decoded == [(layout.policy(i), 1, 500) for i in (3, 2, 0)]
+        decoded.clear()
+        other = load_config(LoopConfig, str(example), overrides(tmp_path) + [
+            "compare_samples=1", "seed=1"])
+        assert rounds.compare_tasks_step(other, layout, store, pool, 3) == []
+        assert decoded == [(layout.policy(i), 1, 1500) for i in (4, 3, 0)]
+    finally:
+        store.close()
+
+
+def test_reused_compare_answers_are_what_decoding_gives(tiny_loop, tiny_example):
+    """In the tiny loop (compare_samples 2), round 1's tasks hold round 0's answers of policy_1
+    and policy_0, and policy_1 decoding again with the compare seed writes exactly them: the
+    reuse saves the decoding and changes nothing compared. Each ranking gives 2 × 2 comparisons
+    of policy_2 with policy_1, and the KL in passes of 3 responses is the one compare.json
+    holds (one pass of 16)."""
+    from rlhfkit.config import load_config
+    from rlhfkit.label.leaderboard import comparisons_by_judgment
+    from rlhfkit.loop import rounds
+    from rlhfkit.loop.config import LoopConfig
+
+    output_dir, _, _ = tiny_loop
+    example, overrides = tiny_example
+    config = load_config(LoopConfig, str(example), overrides(output_dir))
+    assert config.compare_samples == 2
+    layout = rounds.Layout(config)
+    store = open_store(str(output_dir / "labels.sqlite"))
+    try:
+        first, second = rounds.compare_texts(store, 0), rounds.compare_texts(store, 1)
+        groups = comparisons_by_judgment(store, tag_prefix="round-1/compare")
+    finally:
+        store.close()
+    assert sorted(second) == ["policy_0", "policy_1", "policy_2"]
+    assert second["policy_1"] == first["policy_1"] and second["policy_0"] == first["policy_0"]
+    pool = rounds.load_prompts(config)
+    again = rounds.sample_texts(config, layout.policy(1), pool.compare_messages, 2,
+                                rounds.compare_seed(config))
+    assert [t for answers in again for t in answers] == first["policy_1"][1]
+    assert len(first["policy_1"][1]) == 16
+    assert len(groups) == 8
+    assert [sum({a, b} == {"policy_2", "policy_1"} for a, b, _ in g) for g in groups] == [4] * 8
+    narrow = load_config(LoopConfig, str(example), overrides(output_dir) + ["sample_batch_size=3"])
+    kl = rounds.kl_to(layout.policy(2), layout.policy(0), *second["policy_2"], narrow)
+    stored = json.loads((output_dir / "round-1/compare.json").read_text())["kl_to_round0"]
+    assert kl == pytest.approx(stored, rel=1e-4, abs=1e-5)
