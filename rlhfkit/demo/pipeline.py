@@ -118,6 +118,10 @@ class DemoConfig(Validated):
         "positive share to ±2.5 points instead of ±5, for ~1.1 min more on a first run "
         "(SmolLM2, 2 cores: 256 continuations decoded and reference-scored in 46 s, 64 in 13 s; "
         "before and after).", min=1)
+    final_interpolation: float | None = option(
+        None, "Stage 3's final policy moved back towards the start: the LoRA adapter's weight "
+        "change × η (WARP's LITI; final_interpolation of the stage). 1 = the trained policy.",
+        above=0, max=1)
     reward_clip: float | None = option(None, "The reward model's normalised score is clipped to "
                                        "±reward_clip before the advantages "
                                        "(reward.reward_clip).", min=0)
@@ -149,7 +153,7 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "lr_scheduler": "linear", "kl_coef": 0.07, "kl_in_reward": True, "target_kl": 0.0,
            "entropy_coef": 0.0, "positive_weight": 1.0,
            "ppo_epochs": 2, "minibatches": 2, "eval_prompts": 64, "eval_samples_per_prompt": 1,
-           "reward_clip": 1.0}
+           "reward_clip": 1.0, "final_interpolation": 1.0}
 
 
 # A random 2-layer policy starts uniform over 49,152 tokens: LoRA on its attention cannot move
@@ -292,6 +296,7 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
         # 16.6 s in passes of 8 on 2 cores), scored in passes of batch_size as before.
         "eval_batch_size": config.eval_prompts,
         "eval_samples_per_prompt": config.eval_samples_per_prompt,
+        "final_interpolation": config.final_interpolation,
     }
     continuations = config.iterations * config.batch_size * (
         config.num_generations if config.algorithm == "grpo" else 1)

@@ -8,6 +8,10 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+import torch
+
+from rlhfkit.ops.weights import interpolate
+
 
 def apply_lora(model, lora, task_type: str = "CAUSAL_LM"):
     """Wrap ``model`` in a peft LoRA adapter. ``lora``: any object with ``r``, ``alpha``,
@@ -35,3 +39,33 @@ def adapter_disabled(model):
     """The base weights alone: a LoRA policy's reference without a second copy in memory."""
     with model.disable_adapter():
         yield model
+
+
+@contextlib.contextmanager
+def interpolated(model, eta: float, reference=None):
+    """The weights θ_init + η·(θ − θ_init) meanwhile (WARP's LITI, ``ops/weights.py``), the
+    trained ones back on exit. A LoRA model's weight W0 + s·B·A is linear in B, whose
+    initialisation is 0: its ``lora_B`` matrices are scaled by η, which is η·ΔW exactly. Any
+    other model interpolates every parameter towards ``reference`` (its initial weights, e.g.
+    the frozen reference copy; same architecture). η = 1: the model as it is."""
+    if eta == 1:
+        yield model
+        return
+    if is_peft(model):
+        pairs = [(p, torch.zeros((), dtype=p.dtype, device=p.device))
+                 for name, p in model.named_parameters() if ".lora_B." in name]
+    elif reference is not None:
+        pairs = list(zip(model.parameters(), reference.parameters(), strict=True))
+    else:
+        raise ValueError("interpolating a model that is not a LoRA adapter needs its initial "
+                         "weights (reference)")
+    saved = [p.detach().clone() for p, _ in pairs]
+    with torch.no_grad():
+        for p, start in pairs:
+            p.copy_(interpolate(start, p, eta))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for (p, _), kept in zip(pairs, saved):
+                p.copy_(kept)

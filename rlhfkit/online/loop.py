@@ -13,7 +13,7 @@ import torch
 
 from rlhfkit.config import StageConfig, Validated, option, require
 from rlhfkit.data import encode, load_splits, render_prompt
-from rlhfkit.models import load_tokenizer
+from rlhfkit.models import interpolated, load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.rewards import Prompt
@@ -129,6 +129,12 @@ class OnlineConfig(StageConfig):
                                           "1 continuation per prompt, 64 prompts measure a "
                                           "positive share of 0.85 to ±4.5 points (binomial sd).",
                                           min=1)
+    final_interpolation: float = option(1.0, "η of WARP's LITI (Ramé et al. 2024): the final "
+                                        "policy (the evaluation after, final/) is θ_init + "
+                                        "η·(θ − θ_init), the trained weights moved back "
+                                        "towards the start — for LoRA, the adapter's weight "
+                                        "change × η. Checkpoints keep θ (resume is exact). "
+                                        "1 = the trained policy.", above=0, max=1)
 
 
 def resolve_reference(reference: str, lora: bool) -> str:
@@ -405,8 +411,14 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
     logs.truncate_after(start if start else -1)  # a fresh run starts its logs empty
     summary: dict = {}
 
+    def final_weights(iteration: int):
+        """The final policy (``final_interpolation``) for the last evaluation and final/."""
+        eta = config.final_interpolation if iteration == iterations else 1.0
+        return interpolated(roles.policy(run_.accelerator), eta, roles.ref_policy)
+
     def held_out(iteration: int) -> dict:
-        metrics, rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
+        with final_weights(iteration):
+            metrics, rows = evaluate(run_, roles, config, tokenizer, eval_pool, iteration)
         summary["before" if iteration == 0 else "after"] = metrics
         logs.eval.write(rows)
         return metrics
@@ -424,7 +436,8 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
     summary["last"] = train_loop(run_, start, iterations, one_iteration,
                                  evaluate=held_out if eval_pool.ids else None, state=state,
                                  desc=stage, postfix=online_postfix)
-    common.save_final(run_, roles.policy(run_.accelerator), tokenizer)
+    with final_weights(iterations):
+        common.save_final(run_, roles.policy(run_.accelerator), tokenizer)
     run_.metrics.close()
     return summary
 

@@ -31,3 +31,53 @@ def test_apply_lora_from_plain_settings_without_warnings(tokenizer):
     assert trainable and all("lora_" in n and "q_proj" in n for n in trainable)
     lora_a = next(p for n, p in policy.named_parameters() if "lora_A" in n)
     assert lora_a.shape[0] == 4 and policy.peft_config["default"].lora_alpha == 8.0
+
+
+def test_interpolated_scales_the_adapters_weight_change_and_restores_it(tokenizer):
+    import torch
+
+    from rlhfkit.models import interpolated
+
+    settings = types.SimpleNamespace(r=4, alpha=8.0, dropout=0.0, target_modules=("q_proj",))
+    policy = apply_lora(load_causal_lm("tiny-llama", tokenizer), settings)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained adapter: B is no longer 0
+        for name, p in policy.named_parameters():
+            if ".lora_B." in name:
+                p.normal_()
+    layer = policy.base_model.model.model.layers[0].self_attn.q_proj
+    w0 = layer.base_layer.weight.detach().clone()
+    delta = layer.get_delta_weight("default").detach().clone()
+    before = [p.detach().clone() for p in policy.parameters()]
+    with interpolated(policy, 0.25) as model:
+        torch.testing.assert_close(layer.get_delta_weight("default"), 0.25 * delta)
+        torch.testing.assert_close(layer.base_layer.weight, w0)  # the base weights untouched
+        assert model is policy
+    for p, kept in zip(policy.parameters(), before, strict=True):
+        torch.testing.assert_close(p, kept)  # the trained adapter back
+    with interpolated(policy, 1.0):
+        torch.testing.assert_close(layer.get_delta_weight("default"), delta)
+
+
+def test_interpolated_moves_a_full_model_towards_its_reference(tokenizer):
+    import copy
+
+    import pytest
+    import torch
+
+    from rlhfkit.models import interpolated
+
+    reference = load_causal_lm("tiny-llama", tokenizer)
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(1.0)  # trained: every weight moved by +1
+    trained = [p.detach().clone() for p in policy.parameters()]
+    with interpolated(policy, 0.5, reference):
+        for p, r in zip(policy.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p, r + 0.5)
+    for p, kept in zip(policy.parameters(), trained, strict=True):
+        torch.testing.assert_close(p, kept)
+    with pytest.raises(ValueError, match="needs its initial weights"):
+        with interpolated(policy, 0.5):
+            pass

@@ -209,6 +209,35 @@ def test_lora_policy_with_adapter_reference_learns(repo_root, tmp_path, on_devic
     assert any(r["clipfrac"] >= 0.0 for r in rows)
 
 
+def test_final_interpolation_scales_the_final_adapter_not_the_checkpoint(repo_root, tmp_path,
+                                                                        on_device):
+    """final_interpolation η (WARP's LITI): final/ and the evaluation after hold the adapter's
+    weight change × η (lora_B × η); training and the checkpoint (resume) are the trained
+    policy's, the evaluation before is untouched."""
+    from safetensors.torch import load_file
+
+    args = (*on_device, "model.lora.enabled=true", "train.max_steps=2", "train.save_every=2",
+            "data.eval_fraction=0.25", "train.learning_rate=1e-2")
+    outs = {eta: tmp_path / f"eta{eta}" for eta in (1.0, 0.5)}
+    for eta, out in outs.items():
+        grpo.run(config(repo_root, out, *args, f"final_interpolation={eta}"))
+    checkpoints = {e: load_file(str(o / "checkpoint-2" / "model.safetensors")) for e, o in outs.items()}
+    for key, value in checkpoints[1.0].items():
+        torch.testing.assert_close(checkpoints[0.5][key], value)
+    finals = {e: load_file(str(o / "final" / "adapter" / "adapter_model.safetensors"))
+              for e, o in outs.items()}
+    lora_b = [k for k in finals[1.0] if "lora_B" in k]
+    assert lora_b and any(finals[1.0][k].abs().sum() > 0 for k in lora_b)
+    for key, value in finals[1.0].items():
+        torch.testing.assert_close(finals[0.5][key], 0.5 * value if key in lora_b else value)
+    evals = {e: [json.loads(r) for r in (o / "eval.jsonl").read_text().splitlines()]
+             for e, o in outs.items()}
+    before = lambda rows: [r for r in rows if r["iteration"] == 0]
+    after = lambda rows: [r["kl"] for r in rows if r["iteration"] == 2]
+    assert before(evals[0.5]) == before(evals[1.0])
+    assert after(evals[0.5]) and after(evals[0.5]) != after(evals[1.0])
+
+
 def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device):
     """Resume gives the uninterrupted run's metrics, adaptive β included; the β the controller
     logs for an iteration is the one its loss used."""
