@@ -51,9 +51,8 @@ def interpolated(model, eta: float, reference=None):
     if eta == 1:
         yield model
         return
-    if is_peft(model):
-        pairs = [(p, torch.zeros((), dtype=p.dtype, device=p.device))
-                 for name, p in model.named_parameters() if ".lora_B." in name]
+    if is_peft(model):  # interpolate(0, B, η) = η·B, in place (a sharded DTensor alike)
+        pairs = [(p, None) for name, p in model.named_parameters() if ".lora_B." in name]
     elif reference is not None:
         pairs = list(zip(model.parameters(), reference.parameters(), strict=True))
     else:
@@ -62,7 +61,10 @@ def interpolated(model, eta: float, reference=None):
     saved = [p.detach().clone() for p, _ in pairs]
     with torch.no_grad():
         for p, start in pairs:
-            p.copy_(interpolate(start, p, eta))
+            if start is None:
+                p.mul_(eta)
+            else:
+                p.copy_(interpolate(start, p, eta))
     try:
         yield model
     finally:

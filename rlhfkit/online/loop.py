@@ -398,6 +398,11 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
     reward.function (called as one: ``reward_fn(prompts, responses, **reward.function_kwargs)``)."""
     run_ = common.start_run(config, train_dataset)
     config.check_processes(run_.world_size)
+    # Sharded (FSDP2), a full model's parameters are shards and the reference copy is whole.
+    require(config.final_interpolation == 1 or config.model.lora.enabled
+            or not common.is_sharded(run_), "final_interpolation", config.final_interpolation,
+            "1 for a fully fine-tuned policy under FSDP (model.lora.enabled: true interpolates "
+            "sharded)")
     tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
     train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed,
                                                 train_dataset, eval_dataset)

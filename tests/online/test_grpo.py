@@ -238,6 +238,14 @@ def test_final_interpolation_scales_the_final_adapter_not_the_checkpoint(repo_ro
     assert after(evals[0.5]) and after(evals[0.5]) != after(evals[1.0])
 
 
+def test_final_interpolation_of_a_full_model_is_refused_sharded(repo_root, tmp_path, monkeypatch):
+    """Under FSDP a full model's parameters are shards and its reference copy whole: a clear
+    config error before anything loads (LoRA, scaled in place, is allowed)."""
+    monkeypatch.setattr(common, "is_sharded", lambda run: True)
+    with pytest.raises(ConfigError, match="final_interpolation=0.5 is invalid"):
+        grpo.run(config(repo_root, tmp_path / "full", "final_interpolation=0.5"))
+
+
 def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device):
     """Resume gives the uninterrupted run's metrics, adaptive β included; the β the controller
     logs for an iteration is the one its loss used."""
