@@ -342,22 +342,28 @@ def compare_tasks_step(config: LoopConfig, layout: Layout, store: Store, pool: P
     return reused
 
 
+def compare_rows(store: Store, r: int) -> list[tuple]:
+    """(task id, prompt messages, model, text, settings) of every candidate of round r's compare
+    tasks, in task then slot order."""
+    with store.engine.connect() as conn:
+        return list(conn.execute(
+            select(tasks.c.id, prompts.c.messages, candidates.c.model, candidates.c.text,
+                   candidates.c.settings)
+            .join(prompts, prompts.c.id == tasks.c.prompt_id)
+            .join(candidates, candidates.c.task_id == tasks.c.id)
+            .where(tasks.c.tag == tag(r, COMPARE))
+            .order_by(tasks.c.id, candidates.c.slot)))
+
+
 def earlier_answers(store: Store, r: int, messages: list, n: int,
                     settings: dict[str, dict]) -> dict[str, list[list[str]]]:
     """Model name → its ``n`` answers per prompt in round r's compare tasks, for each model of
     ``settings`` whose every answer there was decoded with those settings (checkpoint, sampling,
     seed) for exactly these prompts in this order; models that were not are left out."""
     by_task: dict[int, tuple[list, dict]] = {}
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(tasks.c.id, prompts.c.messages, candidates.c.model,
-                                   candidates.c.text, candidates.c.settings)
-                            .join(prompts, prompts.c.id == tasks.c.prompt_id)
-                            .join(candidates, candidates.c.task_id == tasks.c.id)
-                            .where(tasks.c.tag == tag(r, COMPARE))
-                            .order_by(tasks.c.id, candidates.c.slot))
-        for task_id, stored_messages, model, text, setting in rows:
-            by_task.setdefault(task_id, (stored_messages, {}))[1].setdefault(
-                model, []).append((text, setting))
+    for task_id, stored_messages, model, text, setting in compare_rows(store, r):
+        by_task.setdefault(task_id, (stored_messages, {}))[1].setdefault(
+            model, []).append((text, setting))
     found = list(by_task.values())
     if [[list(m) for m in stored] for stored, _ in found] != \
             [[list(m) for m in wanted] for wanted in messages]:
@@ -373,16 +379,10 @@ def earlier_answers(store: Store, r: int, messages: list, n: int,
 def compare_texts(store: Store, r: int) -> dict[str, tuple[list, list[str]]]:
     """Model name → (prompts' messages, its responses) of round r's compare tasks."""
     out: dict[str, tuple[list, list[str]]] = {}
-    with store.engine.connect() as conn:
-        rows = conn.execute(select(prompts.c.messages, candidates.c.model, candidates.c.text)
-                            .join(tasks, tasks.c.prompt_id == prompts.c.id)
-                            .join(candidates, candidates.c.task_id == tasks.c.id)
-                            .where(tasks.c.tag == tag(r, COMPARE))
-                            .order_by(tasks.c.id, candidates.c.slot))
-        for messages, model, text in rows:
-            out.setdefault(model, ([], []))
-            out[model][0].append(tuple(tuple(m) for m in messages))
-            out[model][1].append(text)
+    for _, messages, model, text, _ in compare_rows(store, r):
+        out.setdefault(model, ([], []))
+        out[model][0].append(tuple(tuple(m) for m in messages))
+        out[model][1].append(text)
     return out
 
 
