@@ -65,6 +65,7 @@ from rlhfkit.ops.grpo import (
     RATIOS,
     REWARD_SCALES,
     grpo_loss,
+    reverse_kl_from_reference_samples,
     weight_positive,
 )
 from rlhfkit.ops.ppo import apply_missing_eos_penalty, clip_scores, kl_k1
@@ -134,6 +135,14 @@ class GRPOPart(KLControl):
     reference: str = option("auto", "ref_policy: copy, adapter (LoRA with the adapter off), "
                             "auto = adapter with LoRA, else copy.",
                             choices=("auto", "copy", "adapter"))
+    sample_from: str = option("policy", "Who writes the rollouts: policy (GRPO, on-policy) or "
+                              "reference (the frozen start, every iteration: off-policy). With "
+                              "grpo.advantage=raft the update is then supervised fine-tuning on "
+                              "the best of G samples of the reference: best-of-G distillation "
+                              "(RAFT/ReST with the base as the sampler; BOND's target), whose "
+                              "KL to the reference is at most log G − (G − 1)/G nats. Needs "
+                              "grpo.beta 0 and grpo.kl_coef 0 (their estimators assume the "
+                              "policy's samples).", choices=("policy", "reference"))
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,10 @@ class GRPOConfig(OnlineConfig):
         require(grpo.advantage == "grpo" or grpo.scale_rewards == "group", "grpo.scale_rewards",
                 grpo.scale_rewards, f"the default 'group' with grpo.advantage={grpo.advantage} "
                 "(only grpo.advantage=grpo reads it)")
+        for key in ("beta", "kl_coef"):
+            require(grpo.sample_from == "policy" or getattr(grpo, key) == 0, f"grpo.{key}",
+                    getattr(grpo, key), "0 with grpo.sample_from=reference (the KL estimators "
+                    "assume the policy's own samples; the reference's best-of-G bounds the KL)")
         require(grpo.kl_controller == "fixed" or grpo.beta > 0 or grpo.kl_coef > 0,
                 "grpo.kl_controller", grpo.kl_controller,
                 "fixed when grpo.beta and grpo.kl_coef are both 0 (the adaptive controller "
@@ -191,6 +204,11 @@ class GRPOConfig(OnlineConfig):
     def reuses_rollout(self) -> bool:
         """More than one update per rollout: the old log-probs need their own forward pass."""
         return self.updates_per_iteration > 1
+
+    @property
+    def from_reference(self) -> bool:
+        """grpo.sample_from=reference: the rollouts are the reference's samples."""
+        return self.grpo.sample_from == "reference"
 
     @property
     def needs_old_logprobs(self) -> bool:
@@ -241,7 +259,8 @@ def policy_logprobs(run, roles: Roles, config: GRPOConfig, rollout, rows, refere
 def old_logprobs_forward(run, config: GRPOConfig) -> bool:
     """The old log-probs are needed (``needs_old_logprobs``) and come from a trainer forward,
     not from the sampling pass (``rollout.old_logprobs``, ``loop.sampler_stands_for_trainer``)."""
-    return config.needs_old_logprobs and not sampler_stands_for_trainer(run, config)
+    return config.needs_old_logprobs and (config.from_reference
+                                          or not sampler_stands_for_trainer(run, config))
 
 
 @torch.no_grad()
@@ -324,13 +343,17 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
                    size: int) -> dict:
     """One optimiser step on ``rows``, in micro-batches of ``size`` rows (0 = one; they
     accumulate), ``beta`` weighting the loss's KL term. The log-probs the loss saw go to
-    ``first_step`` while it records (the old ones when the rollout is used once)."""
+    ``first_step`` while it records (the old ones when the rollout is used once). Rows whose
+    loss is 0 whatever the weights are skipped (``rows_with_gradient``): the loss is unchanged,
+    kl_token_mean and clipfrac are then over the rows the update ran."""
     n_tokens = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
     n_rows = common.global_count(run.accelerator, len(rows))
     denominator = {"token": n_tokens, "sequence": n_rows,  # each shared by every process
                    "constant": n_rows * config.rollout.max_new_tokens}[config.loss_aggregation]
 
     entropy_coef = config.grpo.entropy_coef
+    rows = rows_with_gradient(run, batch, rows, beta, entropy_coef)
+    n_run = common.global_count(run.accelerator, batch.rollout.response_mask[rows].sum())
 
     def losses(chunk):
         mb = batch.select(chunk)
@@ -346,7 +369,7 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
                          config.grpo.clip_eps, beta, config.loss_aggregation,
                          denominator, config.grpo.ratio, tis_weights(config, old, mb.rollout))
         first_step.record(chunk, logprobs)
-        share = mask.sum() / n_tokens  # token-weighted over micro-batches
+        share = mask.sum() / n_run  # token-weighted over micro-batches
         # The entropy bonus: the mean entropy over the minibatch's tokens, as PPO's.
         bonus = (masked_sum(entropy.float(), mask) / n_tokens if entropy is not None
                  else torch.zeros((), device=run.device))
@@ -364,6 +387,22 @@ def minibatch_step(run: common.Run, roles: Roles, config: GRPOConfig, batch: GRP
     stats = common.global_sum(run.accelerator, sums)
     stats["grad_norm"] = grad_norm
     return stats
+
+
+def rows_with_gradient(run: common.Run, batch: GRPOBatch, rows: torch.Tensor, beta: float,
+                       entropy_coef: float) -> torch.Tensor:
+    """``rows`` without those whose loss is 0 whatever the weights: a response with advantage
+    0 (RAFT's losers, a group whose G scores are equal) adds nothing to the surrogate, and
+    nothing else when the loss has no KL term (β 0) and no entropy bonus — so the update skips
+    their forward and backward (the loss's denominator still counts them: the same gradient).
+    Only on one process (DDP needs as many micro-batches on each) and with the old log-probs
+    already computed (else the first update records them for the logs); at least one row is
+    kept so that the optimiser steps as before."""
+    if (run.world_size > 1 or beta or entropy_coef or batch.logprobs is None
+            or batch.advantages.dim() != 1):
+        return rows
+    kept = rows[batch.advantages[rows] != 0]
+    return kept if len(kept) else rows[:1]
 
 
 def rows_per_forward(run, roles: Roles, config: GRPOConfig, rollout) -> int:
@@ -408,7 +447,8 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
                                  config.train.seed)[run.rank::run.world_size]
         prompts = [pool.texts[i] for i in rows for _ in range(G)]
         rollout = generate_for(run, roles, config, tokenizer,
-                               [pool.ids[i] for i in rows for _ in range(G)])
+                               [pool.ids[i] for i in rows for _ in range(G)],
+                               reference=config.from_reference)
     # 2. Scoring and 3. advantages.
     with timer.phase("score"):
         ref_logprobs, old_logprobs = score_group_rollout(run, roles, config, rollout)
@@ -425,11 +465,18 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
         batch = GRPOBatch(rollout, ref_logprobs, old_logprobs, advantages)
         update, first_step = grpo_update(run, roles, config, batch, iteration, coefs["beta"])
     rollout_logprobs = old_logprobs if old_logprobs is not None else first_step.logprobs
-    # Rollout fidelity: the sampler's log-probs against the trainer's (the old log-prob forward,
-    # or without one the first update's, before it changes the weights).
-    fidelity, gap = (fidelity_for(run, rollout, old_logprobs) if old_logprobs_forward(run, config)
-                     else fidelity_for(run, rollout, first_step.logprobs, first_step.rows))
+    # Rollout fidelity: the sampler's log-probs against the trainer's forward of the same model
+    # (the reference's when it sampled; the old log-prob forward, or without one the first
+    # update's, before it changes the weights).
+    if config.from_reference:
+        fidelity, gap = fidelity_for(run, rollout, ref_logprobs)
+    elif old_logprobs_forward(run, config):
+        fidelity, gap = fidelity_for(run, rollout, old_logprobs)
+    else:
+        fidelity, gap = fidelity_for(run, rollout, first_step.logprobs, first_step.rows)
     kl = masked_sum(rollout_logprobs - ref_logprobs, mask, dim=1)  # (B,) k1 per response
+    if config.from_reference:  # the reference's samples: KL(π ‖ π_ref) by importance weights
+        kl = reverse_kl_from_reference_samples(gather_rows(run, kl)).expand(mask.shape[0])
     advantages = per_response(advantages, mask)  # (B,) for the logs
     metrics = {**group_metrics(run, config, scores, rewards, advantages, kl, mask, ended),
                **update, **fidelity, **coefs}

@@ -6,6 +6,7 @@ The stages themselves (rlhfkit/online/ppo.py, grpo.py) hold their config and one
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -177,11 +178,16 @@ def seed_sampling(seed: int, iteration: int, rank: int) -> None:
     torch.manual_seed((seed * 1_000_003 + iteration * 9_973 + rank) % 2**63)
 
 
-def generate_for(run, roles: Roles, config, tokenizer, prompt_ids):
-    return rollouts.generate(roles.policy(run.accelerator), prompt_ids,
-                             config.rollout.max_new_tokens, config.rollout.temperature,
-                             config.rollout.top_p, config.rollout.top_k, tokenizer.pad_token_id,
-                             tokenizer.eos_token_id, config.rollout.compile)
+def generate_for(run, roles: Roles, config, tokenizer, prompt_ids, reference: bool = False):
+    """The rollout of ``prompt_ids``, sampled by the policy (or by the reference: GRPO's
+    grpo.sample_from=reference)."""
+    with contextlib.ExitStack() as stack:
+        model = (stack.enter_context(roles.reference(run.accelerator)) if reference
+                 else roles.policy(run.accelerator))
+        return rollouts.generate(model, prompt_ids, config.rollout.max_new_tokens,
+                                 config.rollout.temperature, config.rollout.top_p,
+                                 config.rollout.top_k, tokenizer.pad_token_id,
+                                 tokenizer.eos_token_id, config.rollout.compile)
 
 
 # ----------------------------------------------------------------------------- scoring

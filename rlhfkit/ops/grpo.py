@@ -160,6 +160,15 @@ def weight_positive(advantages: torch.Tensor, positive_weight: float) -> torch.T
     return torch.where(advantages > 0, advantages * positive_weight, advantages)
 
 
+def reverse_kl_from_reference_samples(log_ratios: torch.Tensor) -> torch.Tensor:
+    """KL(π ‖ π_ref) per response from responses the reference sampled (GRPO's
+    grpo.sample_from=reference), by self-normalised importance weights: with l_i = log π(y_i) −
+    log π_ref(y_i), KL = E_ref[(π/π_ref)·l] ≈ Σ_i w_i·l_i, w = softmax(l). Consistent, biased
+    for few samples; 0 when π = π_ref. ``log_ratios`` (N,) → ()."""
+    log_ratios = log_ratios.float()
+    return (torch.softmax(log_ratios, dim=0) * log_ratios).sum()
+
+
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages,
               "reinforce++": reinforce_pp_advantages,
               "reinforce++_baseline": reinforce_pp_baseline_advantages, "raft": raft_advantages}

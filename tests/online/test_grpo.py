@@ -560,3 +560,76 @@ def test_old_logprobs_from_the_sampler_and_tis_wiring(repo_root, tmp_path, monke
         metrics, _, _ = grpo.grpo_iteration(run, roles, c, tokenizer, pool, 1)
         norms[cap] = metrics["grad_norm"]
     assert norms[0] > 1e-3 and norms[1e-6] < 1e-5 * norms[0], norms
+
+
+def test_sample_from_reference_distils_the_references_best(repo_root, tmp_path, monkeypatch,
+                                                            on_device):
+    """grpo.sample_from=reference: the frozen reference writes every rollout (its sampler's
+    log-probs equal its own forward: fidelity ~0 even after the policy moved), and with RAFT
+    the update is fine-tuning on each group's best — the winners' log-probs rise under the
+    policy. The KL logged is the importance-weighted KL(π ‖ π_ref): 0 at the start, then > 0."""
+    cfg = config(repo_root, tmp_path, *on_device, "grpo.sample_from=reference",
+                 "grpo.advantage=raft", "grpo.beta=0", "grpo.minibatches=2")
+    assert cfg.from_reference and cfg.needs_old_logprobs
+    run, tokenizer, roles, pool = setup(cfg)
+    samplers, batches = [], []
+    generate, update = rollouts.generate, grpo.grpo_update
+    monkeypatch.setattr(rollouts, "generate",
+                        lambda model, *a, **kw: samplers.append(model) or generate(model, *a, **kw))
+    monkeypatch.setattr(grpo, "grpo_update",
+                        lambda run_, roles_, config_, batch, *a: batches.append(batch)
+                        or update(run_, roles_, config_, batch, *a))
+    metrics = [grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, i)[0] for i in (1, 2, 3)]
+    assert samplers == [roles.ref_policy] * 3  # the frozen copy, never the policy
+    assert metrics[0]["kl_mean"] == pytest.approx(0.0, abs=1e-5) and metrics[-1]["kl_mean"] > 0
+    assert all(m["fidelity_abs_max"] < 1e-3 for m in metrics)
+    batch = batches[-1]
+    winners = batch.advantages == 1
+    assert int(winners.sum()) == 8 and set(batch.advantages.tolist()) == {0.0, 1.0}
+    rows = torch.arange(batch.rollout.input_ids.shape[0])
+    with torch.no_grad():
+        after = grpo.policy_logprobs(run, roles, cfg, batch.rollout, rows).float()
+    gain = ((after - batch.logprobs) * batch.rollout.response_mask).sum(dim=1)  # (B,) nats
+    assert gain[winners].mean() > 0.05 and gain[winners].mean() > gain[~winners].mean() + 0.02, \
+        gain
+    with pytest.raises(ConfigError, match=r"grpo.beta=0.04 is invalid: expected 0 with "
+                                          r"grpo.sample_from=reference"):
+        config(repo_root, tmp_path, "grpo.sample_from=reference")
+    with pytest.raises(ConfigError, match="grpo.kl_coef=0.1 is invalid"):
+        config(repo_root, tmp_path, "grpo.sample_from=reference", "grpo.beta=0",
+               "grpo.kl_coef=0.1")
+
+
+def test_rows_without_gradient_are_skipped_with_the_same_update(repo_root, tmp_path, monkeypatch,
+                                                                 on_device):
+    """RAFT's losers (advantage 0) add nothing to a loss without a KL term: the update runs only
+    the winners' forwards (8 of 32 rows) and takes the same step as over every row — equal
+    loss and gradient norm (the denominator still counts every row)."""
+    cfg = config(repo_root, tmp_path, *on_device, "grpo.advantage=raft", "grpo.beta=0",
+                 "grpo.minibatches=2")
+    seen, results = [], {}
+    accumulate = common.accumulate_step
+
+    def recording(run, models, optimizers, schedulers, chunks, *rest, **kw):
+        seen.append(sum(len(c) for c in chunks))
+        return accumulate(run, models, optimizers, schedulers, chunks, *rest, **kw)
+
+    monkeypatch.setattr(common, "accumulate_step", recording)
+    skip = grpo.rows_with_gradient
+    for name, rows_fn in (("skip", skip), ("all", lambda run, batch, rows, *a: rows)):
+        monkeypatch.setattr(grpo, "rows_with_gradient", rows_fn)
+        run, tokenizer, roles, pool = setup(cfg)
+        seen.clear()
+        results[name] = (grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)[0], list(seen))
+    (skipped, rows_skip), (full, rows_all) = results["skip"], results["all"]
+    assert rows_all == [16, 16] and sum(rows_skip) <= 8 and all(n >= 1 for n in rows_skip)
+    assert full["grad_norm"] > 1e-3
+    assert skipped["grad_norm"] == pytest.approx(full["grad_norm"], rel=1e-5)
+    assert skipped["loss"] == pytest.approx(full["loss"], abs=1e-6)
+    # a KL term in the loss keeps every row
+    run, tokenizer, roles, pool = setup(cfg)
+    batch = grpo.GRPOBatch(None, None, torch.zeros(4, 2), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    rows = torch.arange(4)
+    assert skip(run, batch, rows, 0.0, 0.0).tolist() == [1]
+    assert skip(run, batch, rows, 0.04, 0.0).tolist() == [0, 1, 2, 3]
+    assert skip(run, batch, rows[[0, 2]], 0.0, 0.0).tolist() == [0]  # one row kept: Adam steps

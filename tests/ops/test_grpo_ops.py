@@ -351,3 +351,15 @@ def test_constant_aggregation_divides_by_rows_times_width(on):
 def test_unknown_ratio_is_refused():
     with pytest.raises(ValueError, match="unknown ratio 'word'"):
         grpo_loss(LOGPROBS, LOGPROBS, None, torch.zeros(2), MASK, ratio="word")
+
+
+def test_reverse_kl_from_reference_samples_by_hand():
+    """π_ref = (1/2, 1/2), π = (0.8, 0.2), one reference sample of each outcome: the weights are
+    π/π_ref normalised = π, so Σ w·l is KL(π ‖ π_ref) = 0.8·log 1.6 + 0.2·log 0.4 exactly."""
+    from rlhfkit.ops.grpo import reverse_kl_from_reference_samples
+
+    log_ratios = torch.tensor([math.log(1.6), math.log(0.4)])
+    expected = 0.8 * math.log(1.6) + 0.2 * math.log(0.4)  # 0.19274
+    assert float(reverse_kl_from_reference_samples(log_ratios)) == pytest.approx(expected,
+                                                                                  abs=1e-6)
+    assert float(reverse_kl_from_reference_samples(torch.zeros(5))) == 0.0  # π = π_ref
