@@ -71,6 +71,12 @@ class LoopConfig(Validated):
                                     "each round).", min=1)
     labels_per_round: int = option(8, "Tasks ranked per round (≤ prompts_per_round; the "
                                    "others are left out by `selection`).", min=1)
+    first_round_labels: int = option(0, "Round 0 samples this many prompts of the pool and "
+                                     "ranks every one (0 = prompts_per_round and "
+                                     "labels_per_round, as every round): a larger first batch "
+                                     "of rankings for RM_0, which has no earlier round's to "
+                                     "learn from. Later rounds' slices follow round 0's.",
+                                     min=0)
     selection: str = option("random", "Which sampled prompts get ranked: random, or "
                             "uncertainty = smallest gap between the previous round's reward-"
                             "model scores of a prompt's candidates first (round 0: random).",

@@ -1,9 +1,10 @@
 """The five steps of a round of ``rlhfkit loop`` (Anthropic's iterated online RLHF, Bai et al.
 2022, arXiv 2204.05862 §4.5), each restartable on its own:
 
-  1. sample   — policy_r writes K candidates for each prompt of the round's fresh slice; the
-                ``selection`` keeps labels_per_round of them; one transaction adds them to the
-                store tagged ``round-<r>/sample`` (done = the tag has tasks).
+  1. sample   — policy_r writes K candidates for each prompt of the round's fresh slice
+                (``round_slice``); the ``selection`` keeps labels_per_round of them (round 0:
+                every prompt of its slice when first_round_labels is set); one transaction
+                adds them to the store tagged ``round-<r>/sample`` (done = the tag has tasks).
   2. rank     — the annotator ranks them (rlhfkit/loop/annotate.py; done = every task judged).
   3. rm       — the rm stage on every ranking so far (label/export.py's merge), held-out share
                 per round; warm start from RM_{r−1} or scratch (done = round-<r>/rm.json).
@@ -94,14 +95,33 @@ def load_prompts(config: LoopConfig) -> Prompts:
         compare = [e.messages for e in examples[-config.compare_prompts:]]
         records, examples = (records[:-config.compare_prompts],
                              examples[:-config.compare_prompts])
-    needed = config.rounds * config.prompts_per_round
+    needed = round_slice(config, config.rounds - 1)[1]
     if needed > len(examples):
-        raise ConfigError(f"prompts_per_round={config.prompts_per_round} × rounds="
-                          f"{config.rounds} = {needed} fresh prompts, but the pool "
+        P, R = config.prompts_per_round, config.rounds
+        rounds_ = (f"first_round_labels={config.first_round_labels} + prompts_per_round={P} × "
+                   f"{R - 1} more rounds" if config.first_round_labels else
+                   f"prompts_per_round={P} × rounds={R}")
+        raise ConfigError(f"{rounds_} = {needed} fresh prompts, but the pool "
                           f"({config.data.train_path}) has {len(examples)}"
                           + ("" if config.data.eval_path else
                              f" after the {config.compare_prompts} compare_prompts"))
     return Prompts([r.row for r in records], [e.messages for e in examples], compare)
+
+
+def round_slice(config: LoopConfig, r: int) -> tuple[int, int]:
+    """[start, stop) of round r's fresh prompts in the pool: round 0's first_round_labels
+    (when set, else prompts_per_round), then prompts_per_round a round, never overlapping."""
+    first = config.first_round_labels or config.prompts_per_round
+    if r == 0:
+        return 0, first
+    start = first + (r - 1) * config.prompts_per_round
+    return start, start + config.prompts_per_round
+
+
+def round_labels(config: LoopConfig, r: int) -> int:
+    """Tasks ranked in round r: first_round_labels in round 0 when set, else labels_per_round."""
+    return config.first_round_labels if r == 0 and config.first_round_labels \
+        else config.labels_per_round
 
 
 def sampling(config: LoopConfig, seed: int) -> Sampling:
@@ -129,7 +149,7 @@ def select_tasks(config: LoopConfig, layout: Layout, r: int, messages: list,
     uncertainty: smallest score gap first (rlhfkit/label/sources.py::smallest_gap, what the
     store's order=uncertainty sorts by); random (and round 0): a seeded sample."""
     usable = [i for i, s in enumerate(samples) if len({t for t in s if t.strip()}) >= 2]
-    n = min(config.labels_per_round, len(usable))
+    n = min(round_labels(config, r), len(usable))
     if config.selection == "random" or r == 0:
         return sorted(random.Random(config.seed * 7919 + r).sample(usable, n)), {}
     from rlhfkit.models.scoring import RewardScorer
@@ -160,8 +180,8 @@ def sample_step(config: LoopConfig, layout: Layout, store: Store, pool: Prompts,
     existing = tagged_task_ids(store, tag(r, SAMPLE))
     if existing:
         return len(existing)
-    P = config.prompts_per_round
-    messages = pool.pool_messages[r * P:(r + 1) * P]
+    start, stop = round_slice(config, r)
+    messages = pool.pool_messages[start:stop]
     policy = layout.policy(r)
     samples = sample_texts(config, policy, messages, config.k, config.seed * 1000 + r)
     chosen, scores = select_tasks(config, layout, r, messages, samples)

@@ -323,3 +323,56 @@ def test_reused_compare_answers_are_what_decoding_gives(tiny_loop, tiny_example)
     kl = rounds.kl_to(layout.policy(2), layout.policy(0), *second["policy_2"], narrow)
     stored = json.loads((output_dir / "round-1/compare.json").read_text())["kl_to_round0"]
     assert kl == pytest.approx(stored, rel=1e-4, abs=1e-5)
+
+
+def test_first_round_labels_sizes_round_0_and_shifts_the_later_slices(tiny_example, tmp_path,
+                                                                      monkeypatch):
+    """first_round_labels 5 with prompts_per_round 3 and labels_per_round 2: round 0 samples
+    prompts 0-4 and ranks all five; round 1 samples prompts 5-7 (never round 0's) and ranks two
+    of them; round 2 samples 8-10. Unset (0), round 0 samples prompts 0-2 and ranks two, as
+    every round. The pool must hold 5 + 3 × 2 prompts beside the compare prompts: one fewer is
+    a config error naming the keys."""
+    from rlhfkit.config import ConfigError, load_config
+    from rlhfkit.label.schema import prompts
+    from rlhfkit.label.store import init_store
+    from rlhfkit.loop import rounds
+    from rlhfkit.loop.config import LoopConfig
+
+    def decode(config, policy, messages, k, seed):  # stands in for the model
+        return [[f"{m[0][1]} answer {j}" for j in range(k)] for m in messages]
+
+    monkeypatch.setattr(rounds, "sample_texts", decode)
+    example, overrides = tiny_example
+    pool = rounds.Prompts([], [(("user", f"Review {p}:"),) for p in range(11)], [])
+
+    def sampled(extra: list[str], round_count: int) -> list[list[int]]:
+        out = tmp_path / "_".join(extra or ["unset"])
+        config = load_config(LoopConfig, str(example), overrides(out) + [
+            "prompts_per_round=3", "labels_per_round=2", *extra])
+        store, _ = init_store(str(tmp_path / f"{out.name}.sqlite"))
+        try:
+            per_round = []
+            for r in range(round_count):
+                rounds.sample_step(config, rounds.Layout(config), store, pool, r)
+                with store.engine.connect() as conn:
+                    per_round.append(sorted(int(text.split()[1][:-1]) for (text,) in conn.execute(
+                        select(prompts.c.text).join(tasks, tasks.c.prompt_id == prompts.c.id)
+                        .where(tasks.c.tag == rounds.tag(r, rounds.SAMPLE)))))
+            return per_round
+        finally:
+            store.close()
+
+    first, later, last = sampled(["first_round_labels=5"], 3)
+    assert first == [0, 1, 2, 3, 4]
+    assert len(later) == 2 and set(later) <= {5, 6, 7}
+    assert len(last) == 2 and set(last) <= {8, 9, 10}
+    unset = sampled([], 2)
+    assert len(unset[0]) == 2 and set(unset[0]) <= {0, 1, 2} and set(unset[1]) <= {3, 4, 5}
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(f'{{"prompt": "Review {p}:"}}\n' for p in range(18)))
+    config = load_config(LoopConfig, str(example), overrides(tmp_path) + [  # 8 compare prompts
+        f"data.train_path={short}", "prompts_per_round=3",
+        "labels_per_round=2", "first_round_labels=5", "rounds=3"])
+    with pytest.raises(ConfigError, match=r"first_round_labels=5 \+ prompts_per_round=3 × 2 "
+                                          r"more rounds = 11 fresh prompts, but the pool"):
+        rounds.load_prompts(config)
