@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhfkit.config import LR_SCHEDULERS, Validated, build, option, to_dict
+from rlhfkit.config import LR_SCHEDULERS, Validated, build, option, require, to_dict
 from rlhfkit.demo.judge import judge_fn
 from rlhfkit.demo.textstats import distinct_n, mean_repetition
 from rlhfkit.models.loading import cache_root
@@ -105,6 +105,13 @@ class DemoConfig(Validated):
                                            "of positive advantages (grpo.positive_weight; 1 = "
                                            "off, 0 = from the bad continuations only).",
                                            min=0, max=1)
+    sample_from: str | None = option(None, "algorithm=grpo: who writes the rollouts "
+                                     "(grpo.sample_from): policy, or reference — the frozen "
+                                     "start every iteration; with advantage=raft the policy is "
+                                     "fine-tuned on the best of num_generations samples of the "
+                                     "reference by the RM (best-of-n distillation; needs kl_coef "
+                                     "0: the KL is bounded by log n − (n − 1)/n).",
+                                     choices=("policy", "reference"))
     entropy_coef: float | None = option(None, "Entropy bonus weight (ppo.entropy_coef / "
                                         "grpo.entropy_coef; 0 = off).", min=0)
     ppo_epochs: int | None = option(None, "PPO passes over each batch of rollouts.", min=1)
@@ -126,6 +133,12 @@ class DemoConfig(Validated):
                                        "±reward_clip before the advantages "
                                        "(reward.reward_clip).", min=0)
     seed: int = option(0, "Seed for everything.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.sample_from != "reference" or not self.kl_coef, "kl_coef", self.kl_coef,
+                "0 with sample_from=reference (the KL estimators assume the policy's samples; "
+                "best-of-n bounds the KL instead)")
 
     @staticmethod
     def shown_default(name: str) -> str:
@@ -151,7 +164,7 @@ ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "
            "algorithm": "grpo", "advantage": "grpo", "num_generations": 4, "iterations": 20,
            "batch_size": 8, "max_new_tokens": 24, "top_k": 0, "learning_rate": 1e-3,
            "lr_scheduler": "linear", "kl_coef": 0.07, "kl_in_reward": True, "target_kl": 0.0,
-           "entropy_coef": 0.0, "positive_weight": 1.0,
+           "entropy_coef": 0.0, "positive_weight": 1.0, "sample_from": "policy",
            "ppo_epochs": 2, "minibatches": 2, "eval_prompts": 64, "eval_samples_per_prompt": 1,
            "reward_clip": 1.0, "final_interpolation": 1.0}
 
@@ -308,6 +321,7 @@ def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
         settings["grpo"] = {"num_generations": config.num_generations, **kl,
                             "advantage": config.advantage, "minibatches": config.minibatches,
                             "positive_weight": config.positive_weight,
+                            "sample_from": config.sample_from,
                             "entropy_coef": config.entropy_coef, **kl_control}
         return settings
     # The critic reads policy tokens: from the RM when it shares the policy's backbone.

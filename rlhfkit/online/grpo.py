@@ -263,25 +263,37 @@ def old_logprobs_forward(run, config: GRPOConfig) -> bool:
                                           or not sampler_stands_for_trainer(run, config))
 
 
+def reference_from_sampler(run, config: GRPOConfig) -> bool:
+    """grpo.sample_from=reference where the sampler stands for the trainer (float32, no bf16
+    autocast: ``loop.sampler_stands_for_trainer``): the sampler was the reference, so its
+    log-probs are the reference log-probs and no reference forward runs."""
+    return config.from_reference and sampler_stands_for_trainer(run, config)
+
+
 @torch.no_grad()
 def score_group_rollout(run, roles: Roles, config: GRPOConfig, rollout):
     """2. (ref_logprobs, old logprobs or None), each (B, R), in chunks of micro_batch_size. The
-    old log-probs are the sampler's where they stand for the trainer's (no forward for them)."""
+    old log-probs are the sampler's where they stand for the trainer's (no forward for them),
+    and so are the reference log-probs when the reference sampled (``reference_from_sampler``)."""
     n_rows = rollout.input_ids.shape[0]
     size = config.train.micro_batch_size or n_rows
     forward = old_logprobs_forward(run, config)
+    ref_sampled = reference_from_sampler(run, config)
     ref, old = [], []
     roles.actor.eval()
     for start in range(0, n_rows, size):
         rows = torch.arange(start, min(start + size, n_rows), device=rollout.input_ids.device)
         with run.accelerator.autocast():
-            ref.append(policy_logprobs(run, roles, config, rollout, rows, reference=True).float())
+            if not ref_sampled:
+                ref.append(policy_logprobs(run, roles, config, rollout, rows,
+                                           reference=True).float())
             if forward:
                 old.append(policy_logprobs(run, roles, config, rollout, rows).float())
     roles.actor.train()
+    ref = rollout.sampler_logprobs.float() if ref_sampled else torch.cat(ref)
     if config.needs_old_logprobs and not forward:
-        return torch.cat(ref), rollout.sampler_logprobs.float()
-    return torch.cat(ref), (torch.cat(old) if old else None)
+        return ref, rollout.sampler_logprobs.float()
+    return ref, (torch.cat(old) if old else None)
 
 
 def shaped_scores(config: GRPOConfig, scores: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
@@ -466,9 +478,11 @@ def grpo_iteration(run: common.Run, roles: Roles, config: GRPOConfig, tokenizer,
         update, first_step = grpo_update(run, roles, config, batch, iteration, coefs["beta"])
     rollout_logprobs = old_logprobs if old_logprobs is not None else first_step.logprobs
     # Rollout fidelity: the sampler's log-probs against the trainer's forward of the same model
-    # (the reference's when it sampled; the old log-prob forward, or without one the first
-    # update's, before it changes the weights).
-    if config.from_reference:
+    # (the reference's when it sampled, unless its log-probs are the sampler's; the old log-prob
+    # forward, or without one the first update's, before it changes the weights).
+    if reference_from_sampler(run, config):
+        fidelity, gap = {}, None  # no forward of the sampler's weights to compare with
+    elif config.from_reference:
         fidelity, gap = fidelity_for(run, rollout, ref_logprobs)
     elif old_logprobs_forward(run, config):
         fidelity, gap = fidelity_for(run, rollout, old_logprobs)

@@ -168,3 +168,14 @@ def test_distinct_2_is_the_mean_over_the_draws_and_shares_count_every_row():
     assert summarize(one)["distinct_2"] == 0.75
     assert summarize([{k: v for k, v in r.items() if k != "sample"} for r in rows[:2]]) == \
         summarize(one)  # rows written before the key: one draw
+
+
+def test_sample_from_reaches_the_grpo_stage_and_needs_kl_coef_0():
+    default = build(grpo.GRPOConfig, policy_settings(resolve(DemoConfig()), Path("rm")))
+    assert default.grpo.sample_from == "policy"
+    config = resolve(DemoConfig(sample_from="reference", advantage="raft", kl_coef=0.0))
+    built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
+    assert built.from_reference and (built.grpo.beta, built.grpo.kl_coef) == (0.0, 0.0)
+    with pytest.raises(ConfigError, match=r"kl_coef=0.07 is invalid: expected 0 with "
+                                          r"sample_from=reference"):
+        resolve(DemoConfig(sample_from="reference"))  # the English default kl_coef 0.07

@@ -565,9 +565,10 @@ def test_old_logprobs_from_the_sampler_and_tis_wiring(repo_root, tmp_path, monke
 def test_sample_from_reference_distils_the_references_best(repo_root, tmp_path, monkeypatch,
                                                             on_device):
     """grpo.sample_from=reference: the frozen reference writes every rollout (its sampler's
-    log-probs equal its own forward: fidelity ~0 even after the policy moved), and with RAFT
-    the update is fine-tuning on each group's best — the winners' log-probs rise under the
-    policy. The KL logged is the importance-weighted KL(π ‖ π_ref): 0 at the start, then > 0."""
+    log-probs stand for the reference forward; with rollout.old_logprobs=forward that forward
+    runs and equals them: fidelity ~0 even after the policy moved), and with RAFT the update is
+    fine-tuning on each group's best — the winners' log-probs rise under the policy. The KL
+    logged is the importance-weighted KL(π ‖ π_ref): 0 at the start, then > 0."""
     cfg = config(repo_root, tmp_path, *on_device, "grpo.sample_from=reference",
                  "grpo.advantage=raft", "grpo.beta=0", "grpo.minibatches=2")
     assert cfg.from_reference and cfg.needs_old_logprobs
@@ -582,7 +583,8 @@ def test_sample_from_reference_distils_the_references_best(repo_root, tmp_path, 
     metrics = [grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, i)[0] for i in (1, 2, 3)]
     assert samplers == [roles.ref_policy] * 3  # the frozen copy, never the policy
     assert metrics[0]["kl_mean"] == pytest.approx(0.0, abs=1e-5) and metrics[-1]["kl_mean"] > 0
-    assert all(m["fidelity_abs_max"] < 1e-3 for m in metrics)
+    assert grpo.reference_from_sampler(run, cfg) and "fidelity_abs_max" not in metrics[0]
+    torch.testing.assert_close(batches[-1].ref_logprobs, batches[-1].rollout.sampler_logprobs)
     batch = batches[-1]
     winners = batch.advantages == 1
     assert int(winners.sum()) == 8 and set(batch.advantages.tolist()) == {0.0, 1.0}
@@ -592,6 +594,11 @@ def test_sample_from_reference_distils_the_references_best(repo_root, tmp_path, 
     gain = ((after - batch.logprobs) * batch.rollout.response_mask).sum(dim=1)  # (B,) nats
     assert gain[winners].mean() > 0.05 and gain[winners].mean() > gain[~winners].mean() + 0.02, \
         gain
+    forward = config(repo_root, tmp_path, *on_device, "grpo.sample_from=reference",
+                     "grpo.advantage=raft", "grpo.beta=0", "rollout.old_logprobs=forward")
+    assert not grpo.reference_from_sampler(run, forward)
+    moved = grpo.grpo_iteration(run, roles, forward, tokenizer, pool, 4)[0]
+    assert moved["kl_mean"] > 0 and moved["fidelity_abs_max"] < 1e-3  # the reference forward
     with pytest.raises(ConfigError, match=r"grpo.beta=0.04 is invalid: expected 0 with "
                                           r"grpo.sample_from=reference"):
         config(repo_root, tmp_path, "grpo.sample_from=reference")
