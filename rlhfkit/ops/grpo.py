@@ -163,8 +163,10 @@ def weight_positive(advantages: torch.Tensor, positive_weight: float) -> torch.T
 def reverse_kl_from_reference_samples(log_ratios: torch.Tensor) -> torch.Tensor:
     """KL(π ‖ π_ref) per response from responses the reference sampled (GRPO's
     grpo.sample_from=reference), by self-normalised importance weights: with l_i = log π(y_i) −
-    log π_ref(y_i), KL = E_ref[(π/π_ref)·l] ≈ Σ_i w_i·l_i, w = softmax(l). Consistent, biased
-    for few samples; 0 when π = π_ref. ``log_ratios`` (N,) → ()."""
+    log π_ref(y_i), KL = E_ref[(π/π_ref)·l] ≈ Σ_i w_i·l_i, w = softmax(l). Consistent, but
+    biased low for few samples: where the policy's mass lies in what the reference rarely
+    samples, every l_i can be negative and so can the estimate (the held-out evaluation, on the
+    policy's own samples, is the measure to trust). 0 when π = π_ref. ``log_ratios`` (N,) → ()."""
     log_ratios = log_ratios.float()
     return (torch.softmax(log_ratios, dim=0) * log_ratios).sum()
 
