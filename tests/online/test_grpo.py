@@ -12,7 +12,7 @@ from rlhfkit.data import load_splits
 from rlhfkit.models import load_tokenizer
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.models.packing import can_pack
-from rlhfkit.online import grpo, loop
+from rlhfkit.online import grpo, grpo_train, loop
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.rewards import RewardSources
 from rlhfkit.online.roles import build_roles
@@ -141,7 +141,7 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
     groups = [pool.ids[i] for i in range(2) for _ in range(4)]  # 2 prompts × 4 samples
     rollout = loop.generate_for(run, roles, cfg, tokenizer, groups)
     rows = torch.arange(8, device=run.device)  # as update_epochs hands them
-    assert grpo.packed_rows(rollout, rows).input_ids.shape[0] == 2
+    assert grpo_train.packed_rows(rollout, rows).input_ids.shape[0] == 2
     ref, old = grpo.score_group_rollout(run, roles, cfg, rollout)
     assert old is None
     P = rollout.prompt_width
@@ -150,8 +150,8 @@ def test_on_policy_shortcut_equals_a_separate_old_logprob_forward(repo_root, tmp
                                      rollout.attention_mask, rollout.sequence_response_mask,
                                      False, cfg.rollout.temperature).logprobs[:, P - 1:]
     before = [p.detach().clone() for p in roles.policy(run.accelerator).parameters()]
-    batch = grpo.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8, device=run.device))
-    stats, first_step = grpo.grpo_update(run, roles, cfg, batch, 1, cfg.grpo.beta)
+    batch = grpo_train.GRPOBatch(rollout, ref, None, torch.linspace(-1, 1, 8, device=run.device))
+    stats, first_step = grpo_train.grpo_update(run, roles, cfg, batch, 1, cfg.grpo.beta)
     mask = rollout.response_mask
     assert first_step.rows.all()  # one update: every row seen at the rollout's weights
     torch.testing.assert_close(first_step.logprobs[mask], separate[mask], atol=1e-5, rtol=0)
@@ -169,7 +169,7 @@ def test_entropy_bonus_packed_equals_unpacked_and_raises_the_entropy(repo_root, 
     nothing moves)."""
     def mean_entropy(cfg, run, roles, rollout, rows):
         with torch.no_grad():
-            _, entropy = grpo.policy_logprobs(run, roles, cfg, rollout, rows, with_entropy=True)
+            _, entropy = grpo_train.policy_logprobs(run, roles, cfg, rollout, rows, with_entropy=True)
         return float(entropy[rollout.response_mask].mean()), entropy
 
     for coef, rises in ((0.0, False), (1.0, True)):
@@ -187,9 +187,9 @@ def test_entropy_bonus_packed_equals_unpacked_and_raises_the_entropy(repo_root, 
         torch.testing.assert_close(packed[mask], unpacked[mask], atol=1e-4, rtol=0)
         torch.testing.assert_close(packed[mask], rollout.sampler_entropy[mask].float(),
                                    atol=1e-3, rtol=0)
-        batch = grpo.GRPOBatch(rollout, torch.zeros_like(packed), None,
+        batch = grpo_train.GRPOBatch(rollout, torch.zeros_like(packed), None,
                                torch.zeros(8, device=run.device))
-        stats, _ = grpo.grpo_update(run, roles, cfg, batch, 1, cfg.grpo.beta)
+        stats, _ = grpo_train.grpo_update(run, roles, cfg, batch, 1, cfg.grpo.beta)
         after, _ = mean_entropy(cfg, run, roles, rollout, rows)
         if rises:
             assert stats["entropy_bonus"] == pytest.approx(before, abs=1e-4)
@@ -254,10 +254,11 @@ def test_resume_equals_uninterrupted(repo_root, tmp_path, monkeypatch, on_device
             "grpo.kl_controller=adaptive", "grpo.target_kl=0.01", "grpo.kl_horizon=50")
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     used = []
-    original = grpo.grpo_loss
-    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **kw: used.append(a[6]) or original(*a, **kw))
+    original = grpo_train.grpo_loss
+    monkeypatch.setattr(grpo_train, "grpo_loss",
+                        lambda *a, **kw: used.append(a[6]) or original(*a, **kw))
     grpo.run(config(repo_root, whole, *args))
-    monkeypatch.setattr(grpo, "grpo_loss", original)
+    monkeypatch.setattr(grpo_train, "grpo_loss", original)
     shutil.copytree(whole, broken)
     shutil.rmtree(broken / "checkpoint-3")
     shutil.rmtree(broken / "final")
@@ -543,7 +544,7 @@ def test_old_logprobs_from_the_sampler_and_tis_wiring(repo_root, tmp_path, monke
     forced = config(repo_root, tmp_path / "b", *on_device, "grpo.minibatches=2",
                     "rollout.old_logprobs=forward")
     calls = []
-    original = grpo.policy_logprobs
+    original = grpo_train.policy_logprobs
     monkeypatch.setattr(grpo, "policy_logprobs",
                         lambda *a, **kw: calls.append(kw) or original(*a, **kw))
     _, forward = grpo.score_group_rollout(run, roles, forced, rollout)
@@ -574,7 +575,7 @@ def test_sample_from_reference_distils_the_references_best(repo_root, tmp_path, 
     assert cfg.from_reference and cfg.needs_old_logprobs
     run, tokenizer, roles, pool = setup(cfg)
     samplers, batches = [], []
-    generate, update = rollouts.generate, grpo.grpo_update
+    generate, update = rollouts.generate, grpo_train.grpo_update
     monkeypatch.setattr(rollouts, "generate",
                         lambda model, *a, **kw: samplers.append(model) or generate(model, *a, **kw))
     monkeypatch.setattr(grpo, "grpo_update",
@@ -590,7 +591,7 @@ def test_sample_from_reference_distils_the_references_best(repo_root, tmp_path, 
     assert int(winners.sum()) == 8 and set(batch.advantages.tolist()) == {0.0, 1.0}
     rows = torch.arange(batch.rollout.input_ids.shape[0])
     with torch.no_grad():
-        after = grpo.policy_logprobs(run, roles, cfg, batch.rollout, rows).float()
+        after = grpo_train.policy_logprobs(run, roles, cfg, batch.rollout, rows).float()
     gain = ((after - batch.logprobs) * batch.rollout.response_mask).sum(dim=1)  # (B,) nats
     assert gain[winners].mean() > 0.05 and gain[winners].mean() > gain[~winners].mean() + 0.02, \
         gain
@@ -622,9 +623,9 @@ def test_rows_without_gradient_are_skipped_with_the_same_update(repo_root, tmp_p
         return accumulate(run, models, optimizers, schedulers, chunks, *rest, **kw)
 
     monkeypatch.setattr(common, "accumulate_step", recording)
-    skip = grpo.rows_with_gradient
+    skip = grpo_train.rows_with_gradient
     for name, rows_fn in (("skip", skip), ("all", lambda run, batch, rows, *a: rows)):
-        monkeypatch.setattr(grpo, "rows_with_gradient", rows_fn)
+        monkeypatch.setattr(grpo_train, "rows_with_gradient", rows_fn)
         run, tokenizer, roles, pool = setup(cfg)
         seen.clear()
         results[name] = (grpo.grpo_iteration(run, roles, cfg, tokenizer, pool, 1)[0], list(seen))
@@ -635,7 +636,7 @@ def test_rows_without_gradient_are_skipped_with_the_same_update(repo_root, tmp_p
     assert skipped["loss"] == pytest.approx(full["loss"], abs=1e-6)
     # a KL term in the loss keeps every row
     run, tokenizer, roles, pool = setup(cfg)
-    batch = grpo.GRPOBatch(None, None, torch.zeros(4, 2), torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    batch = grpo_train.GRPOBatch(None, None, torch.zeros(4, 2), torch.tensor([0.0, 1.0, 0.0, 0.0]))
     rows = torch.arange(4)
     assert skip(run, batch, rows, 0.0, 0.0).tolist() == [1]
     assert skip(run, batch, rows, 0.04, 0.0).tolist() == [0, 1, 2, 3]
