@@ -1,10 +1,11 @@
 """Label efficiency of the loop's ``selection`` (issue #14, "Which pairs to ask about"): with the
-simulated annotator on IMDB, how many labels the reward model needs under ``uncertainty`` to
-reach the held-out accuracy ``random`` reaches with its full budget (target: ≤ 60%).
+simulated annotator on IMDB, how many labels the reward model needs under ``uncertainty`` or
+``ensemble`` to reach the held-out accuracy ``random`` reaches with its full budget (target:
+≤ 60%).
 
     flock /tmp/rlhfkit-heavy.lock python bench/selection.py [--config examples/loop_imdb.yaml]
         [--out runs/selection] [--pool 300] [--heldout 100] [--start 16] [--batch 16]
-        [--budget 128] [--seeds 0,1] [--strategies random,uncertainty]
+        [--budget 128] [--seeds 0,1] [--strategies random,uncertainty,ensemble]
         [--figure docs/selection_curve.png] [loop-config key=value ...]
 
 Everything is the loop's own code, configured by the loop's YAML (docs/loop.md, "Which pairs to
@@ -20,7 +21,9 @@ ask about: measured"):
 - rounds: round 0 labels ``--start`` tasks picked at random (``rounds.select_tasks``: round 0 has
   no reward model), then each round picks ``--batch`` more with the strategy
   (``rounds.select_tasks`` with ``selection`` set: uncertainty = smallest gap between the
-  previous round's RM scores of a task's candidates), up to ``--budget``; after each round the
+  previous round's RM scores of a task's candidates; ensemble = largest disagreement of
+  ensemble_size bootstrap heads on the previous round's RM, fitted on the labels it was trained
+  on, ``loop/selection.py``), up to ``--budget``; after each round the
   ``rm`` stage trains on every label so far (``loop.config.stage_config`` of the loop's rm
   section, warm-started from the previous round's RM when rm_init is warm, ``rounds.run_stage``).
 - accuracy: ``rounds.pair_accuracy`` on the ``--heldout`` tasks ranked by the hidden truth
@@ -69,7 +72,8 @@ def check_settings(config, args, path: Path) -> None:
                 "start": args.start, "batch": args.batch,
                 "judge": {"temperature": config.judge.temperature,
                           "flip_prob": config.judge.flip_prob},
-                "rm": config.rm, "rm_init": config.rm_init}
+                "rm": config.rm, "rm_init": config.rm_init,
+                "ensemble": {"size": config.ensemble_size, "l2": config.ensemble_l2}}
     settings = json.loads(json.dumps(settings))  # as read back
     if path.exists():
         kept = json.loads(path.read_text())
@@ -201,7 +205,7 @@ def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, s
                                         [pool[i]["texts"] for i in remaining])
         picks = [remaining[j] for j in chosen]
         picked += picks
-        train_path = layout.round_dir(r) / "train.jsonl"
+        train_path = layout.rm_train_path(r)  # where selection: ensemble reads RM_r's labels
         rounds.write_jsonl(train_path, [labelled(pool[i], i + 1, judge) for i in picked])
         warm = str(layout.reward_model(r - 1)) if config.rm_init == "warm" and r > 0 else ""
         rounds.run_stage("rm", stage_config(config, "rm", str(layout.round_dir(r) / "rm"), warm,
@@ -305,7 +309,7 @@ def plot(curves: dict, summary: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"random": "tab:blue", "uncertainty": "tab:orange"}
+    colours = {"random": "tab:blue", "uncertainty": "tab:orange", "ensemble": "tab:green"}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for strategy, by_seed in curves.items():
         colour = colours.get(strategy)
@@ -341,7 +345,7 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=16, help="labels picked per round")
     parser.add_argument("--budget", type=int, default=128, help="random's full budget")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--strategies", default="random,uncertainty")
+    parser.add_argument("--strategies", default="random,uncertainty,ensemble")
     parser.add_argument("--figure", default="", help="PNG of the curves ('' = none)")
     parser.add_argument("overrides", nargs="*", help="loop config key=value, e.g. "
                         "rm.train.max_steps=20")

@@ -77,10 +77,21 @@ class LoopConfig(Validated):
                                      "of rankings for RM_0, which has no earlier round's to "
                                      "learn from. Later rounds' slices follow round 0's.",
                                      min=0)
-    selection: str = option("random", "Which sampled prompts get ranked: random, or "
+    selection: str = option("random", "Which sampled prompts get ranked: random; "
                             "uncertainty = smallest gap between the previous round's reward-"
-                            "model scores of a prompt's candidates first (round 0: random).",
-                            choices=("random", "uncertainty"))
+                            "model scores of a prompt's candidates first; ensemble = largest "
+                            "disagreement (BALD over candidate pairs) of ensemble_size bootstrap "
+                            "heads on the previous round's reward model first (round 0: random; "
+                            "rlhfkit/loop/selection.py).",
+                            choices=("random", "uncertainty", "ensemble"))
+    ensemble_size: int = option(8, "selection: ensemble — members M: linear heads on the previous "
+                                "round's reward model, each fitted on a bootstrap resample of "
+                                "its training rankings (no transformer is trained for them).",
+                                min=2)
+    ensemble_l2: float = option(0.01, "selection: ensemble — each member's pull back to the "
+                                "previous round's head w: ½·ensemble_l2·‖w_m − w‖² added to "
+                                "the ranking loss it is fitted with (larger: members closer to "
+                                "the reward model and to each other).", above=0)
     annotator: str = option("simulated", "Who ranks: simulated (the judge, automatic) or human "
                             "(the loop waits for judgments in the store).",
                             choices=("simulated", "human"))

@@ -37,6 +37,7 @@ from rlhfkit.label.schema import candidates, prompts, tasks
 from rlhfkit.label.sources import Sampling, distinct, sample_responses, smallest_gap
 from rlhfkit.label.store import Store, add_task
 from rlhfkit.loop.config import LoopConfig, stage_config
+from rlhfkit.loop.selection import distinct_index
 from rlhfkit.ops.ranking import ranking_loss
 
 SAMPLE, COMPARE = "sample", "compare"
@@ -69,6 +70,10 @@ class Layout:
 
     def reward_model(self, r: int) -> Path:
         return self.round_dir(r) / "rm" / "final"
+
+    def rm_train_path(self, r: int) -> Path:
+        """The rankings RM_r was trained on (ranked rows); selection: ensemble resamples them."""
+        return self.round_dir(r) / "rm_data" / "train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -146,33 +151,23 @@ def tagged_task_ids(store: Store, tag_: str) -> list[int]:
 def select_tasks(config: LoopConfig, layout: Layout, r: int, messages: list,
                  samples: list[list[str]]) -> tuple[list[int], dict]:
     """Indices of the prompts to rank, and {index: RM_{r−1} scores} when scored.
-    uncertainty: smallest score gap first (rlhfkit/label/sources.py::smallest_gap, what the
-    store's order=uncertainty sorts by); random (and round 0): a seeded sample."""
+    random (and round 0): a seeded sample; uncertainty (smallest score gap first) and ensemble
+    (largest disagreement of RM_{r−1}'s bootstrap heads first): rlhfkit/loop/selection.py."""
+    from rlhfkit.loop.selection import PRIORITIES
+
     usable = [i for i, s in enumerate(samples) if len({t for t in s if t.strip()}) >= 2]
     n = min(round_labels(config, r), len(usable))
     if config.selection == "random" or r == 0:
         return sorted(random.Random(config.seed * 7919 + r).sample(usable, n)), {}
-    from rlhfkit.models.scoring import RewardScorer
-
-    scorer = RewardScorer.from_pretrained(layout.reward_model(r - 1), config.model.device)
-    flat = scorer.score_messages([messages[i] for i in usable for _ in samples[i]],
-                                 [t for i in usable for t in samples[i]])
-    scores, start = {}, 0
-    for i in usable:
-        scores[i] = flat[start:start + len(samples[i])]
-        start += len(samples[i])
-    gaps = {i: smallest_gap(distinct_scores(samples[i], scores[i])) for i in usable}
-    return sorted(sorted(usable, key=lambda i: (gaps[i], i))[:n]), scores
+    priority, scores = PRIORITIES[config.selection](
+        config, r, layout.reward_model(r - 1), layout.rm_train_path(r - 1), messages, samples,
+        usable)
+    return sorted(sorted(usable, key=lambda i: (priority[i], i))[:n]), scores
 
 
 def distinct_scores(texts: list[str], scores: list[float]) -> list[float]:
     """The scores of a prompt's candidates as the store keeps them (identical texts once)."""
-    seen, out = set(), []
-    for text, score in zip(texts, scores):
-        if text.strip() and text not in seen:
-            seen.add(text)
-            out.append(score)
-    return out
+    return [scores[i] for i in distinct_index(texts)]
 
 
 def sample_step(config: LoopConfig, layout: Layout, store: Store, pool: Prompts, r: int) -> int:
@@ -269,16 +264,16 @@ def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int) -> dict:
     by_round = rankings_by_round(store, r + 1)
     splits = {j: split_heldout(by_round[j], config.heldout_share, config.seed * 7 + j)
               for j in range(r + 1)}
-    data_dir = layout.round_dir(r) / "rm_data"
+    data_dir = layout.rm_train_path(r).parent
     train_rows = [row for j in range(r + 1) for row in splits[j][0]]
-    write_jsonl(data_dir / "train.jsonl", train_rows)
+    write_jsonl(layout.rm_train_path(r), train_rows)
     for j in range(r + 1):
         write_jsonl(data_dir / f"heldout-{j}.jsonl", splits[j][1])
     heldout = data_dir / f"heldout-{r}.jsonl"
     warm = config.rm_init == "warm" and r > 0
     rm_config = stage_config(config, "rm", str(layout.round_dir(r) / "rm"),
                              str(layout.reward_model(r - 1)) if warm else "",
-                             str(data_dir / "train.jsonl"), str(heldout) if splits[r][1] else "")
+                             str(layout.rm_train_path(r)), str(heldout) if splits[r][1] else "")
     run_stage("rm", rm_config)
     accuracy = {}
     for j in range(r + 1):

@@ -30,6 +30,8 @@ def test_examples_load(repo_root):
     ({"labels_per_round": 9, "prompts_per_round": 8}, "labels_per_round=9"),
     ({"judge": {"reward": {"function": ""}}}, "judge.reward.function"),
     ({"selection": "greedy"}, "selection='greedy'"),
+    ({"selection": "ensemble", "ensemble_size": 1}, "ensemble_size=1"),
+    ({"ensemble_l2": 0}, "ensemble_l2=0"),
     ({"algorithm": "grpo", "grpo": {"grpo": {"num_generations": 0}}}, "grpo.grpo.num_generations"),
 ])
 def test_bad_values_name_their_key(values, message):

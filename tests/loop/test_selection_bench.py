@@ -1,7 +1,8 @@
 """bench/selection.py (the label-efficiency measurement of ``selection``, docs/loop.md) kept
 from breaking silently: its pure pieces by hand, and ``main`` end to end on the tiny loop
 (tiny-llama policy and reward model, the compressibility judge) — pool cached, round 0 shared
-by both strategies, labels exactly the simulated annotator's, a rerun continues."""
+by every strategy (random, uncertainty, ensemble), labels exactly the simulated annotator's,
+a rerun continues."""
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import bench_selection as bench  # bench/selection.py (tests/conftest.py: BenchM
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+STRATEGIES = ("random", "uncertainty", "ensemble")  # bench/selection.py's default --strategies
 
 
 def test_simulated_ranks_is_the_noise_model_seeded_by_task():
@@ -85,26 +87,28 @@ def test_main_on_the_tiny_loop(tmp_path):
             f"data.train_path={ROOT / 'data/tiny/prompts.jsonl'}", "rm.train.max_steps=2"]
     result = bench.main(argv)
     assert result["budgets"] == [3, 5] and result["heldout"] == 4
-    for strategy in ("random", "uncertainty"):
+    for strategy in STRATEGIES:
         curve = result["curves"][strategy]["0"]
         assert [labels for labels, _ in curve] == [3, 5]
         assert all(0 <= accuracy <= 1 for _, accuracy in curve)
-    assert result["curves"]["random"]["0"][0] == result["curves"]["uncertainty"]["0"][0]
+    for strategy in STRATEGIES[1:]:  # round 0 is random for every strategy: one training
+        assert result["curves"][strategy]["0"][0] == result["curves"]["random"]["0"][0]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
-    for strategy in ("random", "uncertainty"):  # the 2 tasks each picked in round 1
+    for strategy in STRATEGIES:  # the 2 tasks each picked in round 1
         assert result["label_quality"][strategy]["tasks"] == 2
         assert 0 <= result["label_quality"][strategy]["agreement"] <= 1
 
     seed_dir = out / "seed-0"
-    assert (seed_dir / "uncertainty/round-0").resolve() == (seed_dir / "round-0").resolve()
+    for strategy in STRATEGIES[1:]:
+        assert (seed_dir / strategy / "round-0").resolve() == (seed_dir / "round-0").resolve()
     pool = [json.loads(line) for line in (out / "pool.jsonl").read_text().splitlines()[1:]]
     config = load_config(LoopConfig, str(ROOT / "examples/loop_tiny.yaml"))
-    for strategy in ("random", "uncertainty"):
+    for strategy in STRATEGIES:
         picks = [json.loads((seed_dir / strategy / f"round-{r}/result.json").read_text())["picks"]
                  for r in (0, 1)]
         assert len(picks[0]) == 3 and len(picks[1]) == 2 and not set(picks[0]) & set(picks[1])
         rows = [json.loads(line) for line in
-                (seed_dir / strategy / "round-1/train.jsonl").read_text().splitlines()]
+                (seed_dir / strategy / "round-1/rm_data/train.jsonl").read_text().splitlines()]
         for i, row in zip(picks[0] + picks[1], rows):  # the annotator's noisy ranking of task i+1
             ranks = simulated_ranks(pool[i]["truth"], config.judge.temperature,
                                     config.judge.flip_prob, 0, i + 1)
