@@ -198,7 +198,9 @@ def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, s
         taken = set(picked)
         remaining = [i for i in range(len(pool)) if i not in taken]
         n = labels - len(picked)
-        round_config = replace(config, labels_per_round=n,
+        # n picks this round, round 0 too: the file's first_round_labels (loop_imdb: 192) is the
+        # loop's round 0, not this schedule's --start
+        round_config = replace(config, labels_per_round=n, first_round_labels=0,
                                prompts_per_round=max(n, config.prompts_per_round))
         chosen, _ = rounds.select_tasks(round_config, layout, r,
                                         [messages_of(pool[i]) for i in remaining],

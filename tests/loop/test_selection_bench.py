@@ -84,7 +84,8 @@ def test_main_on_the_tiny_loop(tmp_path):
     argv = ["--config", str(ROOT / "examples/loop_tiny.yaml"), "--out", str(out),
             "--pool", "10", "--heldout", "4", "--start", "3", "--batch", "2", "--budget", "5",
             "--seeds", "0", "--figure", str(tmp_path / "curve.png"),
-            f"data.train_path={ROOT / 'data/tiny/prompts.jsonl'}", "rm.train.max_steps=2"]
+            f"data.train_path={ROOT / 'data/tiny/prompts.jsonl'}", "rm.train.max_steps=2",
+            "first_round_labels=6"]  # the loop's round 0 (loop_imdb: 192); --start is the bench's
     result = bench.main(argv)
     assert result["budgets"] == [3, 5] and result["heldout"] == 4
     for strategy in STRATEGIES:
