@@ -98,6 +98,12 @@ class LoopConfig(Validated):
     algorithm: str = option("ppo", "Policy step: ppo, grpo (against the round's reward model) "
                             "or dpo (on the round's pairs); the section of the same name "
                             "applies.", choices=ALGORITHMS)
+    later_lr_scale: float = option(1.0, "The policy step's train.learning_rate × this in "
+                                   "rounds r ≥ 1 (round 0 trains at the section's): the first "
+                                   "step moves from the start, the later ones from a policy "
+                                   "already near what the annotator likes, where a full step "
+                                   "can overshoot and leave the next round nothing to rank "
+                                   "apart (docs/loop.md). 1 = every round alike.", above=0)
     rm_init: str = option("warm", "Round r's reward model starts from round r−1's (warm) or "
                           "from rm.model.name (scratch).", choices=("warm", "scratch"))
     heldout_share: float = option(0.25, "Share of each round's rankings held out of reward-"

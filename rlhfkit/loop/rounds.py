@@ -9,7 +9,8 @@
   3. rm       — the rm stage on every ranking so far (label/export.py's merge), held-out share
                 per round; warm start from RM_{r−1} or scratch (done = round-<r>/rm.json).
   4. policy   — ppo / grpo against RM_r, or dpo on the round's pairs, from policy_r →
-                policy_{r+1} (done = round-<r>/policy.json; the stage resumes its checkpoints).
+                policy_{r+1}, at the section's learning rate × later_lr_scale after round 0
+                (done = round-<r>/policy.json; the stage resumes its checkpoints).
   5. compare  — policy_{r+1}, policy_r and policy_0 answer the held-out prompts
                 (``compare_samples`` answers each, one sampling seed in every round: policy_r's
                 and policy_0's are round r−1's, read back from the store), one ranking task per
@@ -24,7 +25,7 @@ from __future__ import annotations
 import importlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -311,11 +312,25 @@ def policy_step(config: LoopConfig, layout: Layout, store: Store, r: int) -> dic
     else:
         stage = stage_config(config, config.algorithm, output_dir, layout.policy(r),
                              str(layout.root / "pool.jsonl"), str(layout.reward_model(r)))
-    summary = run_stage(config.algorithm, stage)
+    summary = run_stage(config.algorithm, with_round_learning_rate(config, stage, r))
     result = {"algorithm": config.algorithm,
               "summary": summary if isinstance(summary, dict) else {}}
     done.write_text(json.dumps(result, indent=2, default=float))
     return result
+
+
+def round_learning_rate(config: LoopConfig, learning_rate: float, r: int) -> float:
+    """The policy step's learning rate in round r: the section's, × later_lr_scale after
+    round 0."""
+    return learning_rate * (config.later_lr_scale if r > 0 else 1.0)
+
+
+def with_round_learning_rate(config: LoopConfig, stage, r: int):
+    """The policy stage's config with round r's learning rate (``round_learning_rate``)."""
+    learning_rate = round_learning_rate(config, stage.train.learning_rate, r)
+    if learning_rate == stage.train.learning_rate:
+        return stage
+    return replace(stage, train=replace(stage.train, learning_rate=learning_rate))
 
 
 # ----------------------------------------------------------------------------- 5. compare

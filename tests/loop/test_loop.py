@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import yaml
 from sqlalchemy import func, select
 
 from rlhfkit.label.schema import annotators, judgments, tasks
@@ -63,6 +64,10 @@ def test_tiny_loop_runs_in_under_a_minute(tiny_loop):
     # round 1's reward model trained on both rounds' rankings (warm start from RM_0)
     rm = [json.loads((output_dir / f"round-{r}/rm.json").read_text()) for r in (0, 1)]
     assert rm[1]["train_rankings"] > rm[0]["train_rankings"]
+    # round 1's policy step at round 0's learning rate × later_lr_scale (0.5 in the example)
+    lr = [yaml.safe_load((output_dir / f"round-{r}/policy/config.yaml").read_text())["train"]
+          ["learning_rate"] for r in (0, 1)]
+    assert lr[1] == pytest.approx(0.5 * lr[0]) and lr[0] > 0
     rm_config = (output_dir / "round-1/rm/config.yaml").read_text()
     assert str(output_dir / "round-0/rm/final") in rm_config
     page = (output_dir / "report.html").read_text()

@@ -32,6 +32,7 @@ def test_examples_load(repo_root):
     ({"selection": "greedy"}, "selection='greedy'"),
     ({"selection": "ensemble", "ensemble_size": 1}, "ensemble_size=1"),
     ({"ensemble_l2": 0}, "ensemble_l2=0"),
+    ({"later_lr_scale": 0}, "later_lr_scale=0"),
     ({"algorithm": "grpo", "grpo": {"grpo": {"num_generations": 0}}}, "grpo.grpo.num_generations"),
 ])
 def test_bad_values_name_their_key(values, message):
