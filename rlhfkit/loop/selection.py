@@ -4,13 +4,13 @@
 - ``uncertainty``: the smallest gap |r_i − r_j| between RM_{r−1}'s scores of a prompt's
   candidates first (``label/sources.py::smallest_gap``, the store's ``order: uncertainty``).
 - ``ensemble``: the largest disagreement of a small ensemble of reward models about the
-  candidates' pairwise preferences first (``pair_disagreement``, below).
+  candidates' pairwise preferences first (``ops/ranking.py::pair_disagreement``).
 
 The ensemble. M members share RM_{r−1}'s encoder and differ in their last layer: member m's
 score is φ(x)·w_m, with φ(x) (H,) what RM_{r−1}'s linear score head reads (``head_features``)
 and w_m fitted on a bootstrap resample of the rankings RM_{r−1} was trained on, by the rm
 stage's ranking loss plus ½·λ·‖w − w_{r−1}‖², from and towards RM_{r−1}'s own head (the warm
-start; ``fit_head``). So the loop still trains one reward model a round; the members cost one
+start; ``ops/ranking.py::fit_head``). So the loop still trains one reward model a round; the members cost one
 forward pass of the candidates and of the labelled rankings through RM_{r−1} (the pass
 ``uncertainty`` makes anyway, plus the labelled ones) and M fits of H weights — no transformer
 is trained for them. The price: members that share a torso disagree less than independently
@@ -23,7 +23,8 @@ p_m,ij = σ(s_m,i − s_m,j) and H the binary entropy (nats) — the information
 carries about which member is right. Why not the score gap: a pair that every member finds a
 coin toss (p ≈ ½ for all m; the annotator's own noise, e.g. two continuations the judge finds
 equally good) has I = 0, whereas the smallest gap ranks it first; a task is picked where the
-members are each sure and disagree. Tests: tests/loop/test_selection.py.
+members are each sure and disagree. Tests: tests/loop/test_selection.py, the math in
+tests/ops/test_ranking.py.
 """
 from __future__ import annotations
 
@@ -32,49 +33,7 @@ from pathlib import Path
 
 import torch
 
-from rlhfkit.ops.ranking import ranking_loss
-
-
-# ----------------------------------------------------------------------------- pure math
-def binary_entropy(p: torch.Tensor) -> torch.Tensor:
-    """H(p) = −p log p − (1 − p) log(1 − p) in nats, elementwise; H(0) = H(1) = 0."""
-    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
-
-
-def pair_disagreement(scores: torch.Tensor) -> torch.Tensor:
-    """BALD summed over a task's pairs: scores (M, K) of M members for K candidates → ()
-    Σ_{i<j} [H(p̄_ij) − mean_m H(p_m,ij)], p_m,ij = σ(s_m,i − s_m,j), p̄_ij = mean_m p_m,ij.
-    ≥ 0 (H is concave); 0 when the members agree, however unsure each is.
-    tests/loop/test_selection.py::test_pair_disagreement_by_hand."""
-    k = scores.shape[-1]
-    p = torch.sigmoid(scores[:, :, None] - scores[:, None, :])  # (M, K, K)
-    bald = binary_entropy(p.mean(0)) - binary_entropy(p).mean(0)  # (K, K)
-    upper = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1)
-    return bald[upper].sum()
-
-
-def fit_head(features: torch.Tensor, list_mask: torch.Tensor, ranks: torch.Tensor,
-             prior: torch.Tensor, l2: float, max_iter: int = 100) -> torch.Tensor:
-    """A linear score head on fixed features: argmin_w ranking_loss(features · w, ranks) +
-    ½·l2·‖w − prior‖², by L-BFGS from ``prior``. features (B, K, H), each list best first as
-    ranked rows are, list_mask (B, K) bool, ranks (B, K) int (tied pairs skipped), prior (H,) →
-    w (H,). The loss is the rm stage's
-    (``ops.ranking.ranking_loss``: each list averaged over its pairs, lists equally weighted);
-    the bias cancels in every pair and is not fitted."""
-    w = prior.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-10, tolerance_change=1e-12)
-
-    def closure():
-        optimizer.zero_grad()
-        rewards = features @ w  # (B, K)
-        loss = ranking_loss(rewards, list_mask, ranks=ranks).loss + \
-            0.5 * l2 * (w - prior).pow(2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    return w.detach()
+from rlhfkit.ops.ranking import fit_head, pair_disagreement
 
 
 # ----------------------------------------------------------------------------- features

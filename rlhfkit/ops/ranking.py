@@ -16,6 +16,9 @@ rank slot exists (valid slots are a prefix; column 0 is the best answer). Ties: 
 number of strictly ordered pairs of the list. Padding never
 reaches the arithmetic (``torch.where``, not multiplication), so NaN/inf at padded slots
 cannot leak into the loss or its gradient.
+Also the math of the loop's ``selection: ensemble`` (rlhfkit/loop/selection.py): the binary
+entropy, BALD over a task's candidate pairs (``pair_disagreement``) and a linear score head
+fitted by this loss on fixed features (``fit_head``).
 Tests: tests/ops/test_ranking.py.
 """
 from __future__ import annotations
@@ -84,3 +87,45 @@ def pairwise_loss(chosen: torch.Tensor, rejected: torch.Tensor,
     """Bradley–Terry loss −mean log σ(r_chosen − r_rejected − margin): ``ranking_loss`` at K = 2."""
     return ranking_loss(torch.stack([chosen, rejected], dim=1),
                         torch.ones(chosen.shape[0], 2, dtype=torch.bool, device=chosen.device), margin)
+
+
+# ----------------------------------------------------------------------------- selection: ensemble
+def binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = −p log p − (1 − p) log(1 − p) in nats, elementwise; H(0) = H(1) = 0."""
+    return -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+
+
+def pair_disagreement(scores: torch.Tensor) -> torch.Tensor:
+    """BALD summed over a task's pairs: scores (M, K) of M members for K candidates → ()
+    Σ_{i<j} [H(p̄_ij) − mean_m H(p_m,ij)], p_m,ij = σ(s_m,i − s_m,j), p̄_ij = mean_m p_m,ij.
+    ≥ 0 (H is concave); 0 when the members agree, however unsure each is.
+    tests/ops/test_ranking.py::test_pair_disagreement_by_hand."""
+    k = scores.shape[-1]
+    p = torch.sigmoid(scores[:, :, None] - scores[:, None, :])  # (M, K, K)
+    bald = binary_entropy(p.mean(0)) - binary_entropy(p).mean(0)  # (K, K)
+    upper = torch.ones(k, k, dtype=torch.bool, device=scores.device).triu(1)
+    return bald[upper].sum()
+
+
+def fit_head(features: torch.Tensor, list_mask: torch.Tensor, ranks: torch.Tensor,
+             prior: torch.Tensor, l2: float, max_iter: int = 100) -> torch.Tensor:
+    """A linear score head on fixed features: argmin_w ranking_loss(features · w, ranks) +
+    ½·l2·‖w − prior‖², by L-BFGS from ``prior``. features (B, K, H), each list best first as
+    ranked rows are, list_mask (B, K) bool, ranks (B, K) int (tied pairs skipped), prior (H,) →
+    w (H,). The loss is the rm stage's
+    (``ranking_loss`` above: each list averaged over its pairs, lists equally weighted);
+    the bias cancels in every pair and is not fitted."""
+    w = prior.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([w], max_iter=max_iter, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-10, tolerance_change=1e-12)
+
+    def closure():
+        optimizer.zero_grad()
+        rewards = features @ w  # (B, K)
+        loss = ranking_loss(rewards, list_mask, ranks=ranks).loss + \
+            0.5 * l2 * (w - prior).pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach()

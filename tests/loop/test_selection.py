@@ -1,70 +1,11 @@
-"""selection: ensemble (rlhfkit/loop/selection.py): the disagreement by hand, the heads' fit by
-its stationarity condition, the features that reproduce a reward model's scores (decoder and
-encoder), and select_tasks on the tiny loop's RM_0."""
-import math
-
+"""selection: ensemble (rlhfkit/loop/selection.py): the features that reproduce a reward model's
+scores (decoder and encoder), and select_tasks on the tiny loop's RM_0. The math (the
+disagreement by hand, the heads' fit by its stationarity condition): tests/ops/test_ranking.py."""
 import pytest
 import torch
 
-from rlhfkit.loop.selection import (
-    binary_entropy,
-    fit_head,
-    head_features,
-    pair_disagreement,
-)
+from rlhfkit.loop.selection import head_features
 
-LN2 = math.log(2)
-
-
-def test_pair_disagreement_by_hand():
-    """M = 2 members, K = 2: member 1 scores (ln 3, 0) → p = σ(ln 3) = 3/4; member 2 (0, ln 3)
-    → p = 1/4. p̄ = 1/2: H(1/2) = ln 2 = 0.693147; H(3/4) = H(1/4) = ¾ ln(4/3) + ¼ ln 4 =
-    0.215762 + 0.346574 = 0.562335 → I = 0.693147 − 0.562335 = 0.130812.
-    K = 3, member 1 (ln 3, 0, 0), member 2 (0, ln 3, 0): pair (0, 1) as above, 0.130812; pair
-    (0, 2): p = 3/4 and 1/2, p̄ = 5/8, H(5/8) = ⅝ ln(8/5) + ⅜ ln(8/3) = 0.293752 + 0.367811 =
-    0.661563, minus (0.562335 + 0.693147)/2 = 0.627741 → 0.033822; pair (1, 2) the same by
-    symmetry: 0.130812 + 2 × 0.033822 = 0.198456."""
-    ln3 = math.log(3)
-    two = torch.tensor([[ln3, 0.0], [0.0, ln3]], dtype=torch.float64)
-    assert float(pair_disagreement(two)) == pytest.approx(0.130812, abs=1e-6)
-    three = torch.tensor([[ln3, 0.0, 0.0], [0.0, ln3, 0.0]], dtype=torch.float64)
-    assert float(pair_disagreement(three)) == pytest.approx(0.198456, abs=1e-6)
-    assert float(binary_entropy(torch.tensor([0.0, 0.5, 1.0])).sum()) == pytest.approx(LN2)
-
-
-def test_pair_disagreement_is_zero_when_members_agree_however_unsure():
-    """Every member a coin toss on every pair (equal scores): the smallest score gap would rank
-    this task first (gap 0); the disagreement is 0 — the annotator's noise is not the model's
-    ignorance. Agreeing confident members: 0 too. Shifting one member's scores by a constant
-    or permuting members changes nothing."""
-    assert float(pair_disagreement(torch.zeros(4, 3, dtype=torch.float64))) == 0.0
-    same = torch.tensor([[2.0, -1.0, 0.5]] * 3, dtype=torch.float64)
-    assert float(pair_disagreement(same)) == pytest.approx(0.0, abs=1e-12)
-    scores = torch.tensor([[0.3, -1.2, 0.8, 0.0], [1.1, 0.4, -0.6, 0.2],
-                           [-0.5, 0.9, 0.1, 1.5]], dtype=torch.float64)
-    value = float(pair_disagreement(scores))
-    assert value > 0
-    shifted = scores + torch.tensor([[5.0], [-2.0], [0.0]], dtype=torch.float64)
-    assert float(pair_disagreement(shifted)) == pytest.approx(value, abs=1e-12)
-    assert float(pair_disagreement(scores[[2, 0, 1]])) == pytest.approx(value, abs=1e-12)
-
-
-def test_fit_head_by_its_stationarity_condition():
-    """One list, best candidate features (1, 0), worse (0, 0), prior 0, l2 = 1: minimise
-    −log σ(w₀) + ½(w₀² + w₁²) → w₁ = 0 and w₀ = σ(−w₀) (gradient −σ(−w₀) + w₀ = 0), ≈ 0.4013.
-    A huge l2 keeps the prior, and so does a tie (no pair to learn from)."""
-    features = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)  # (B=1, K=2, H=2)
-    mask = torch.ones(1, 2, dtype=torch.bool)
-    ranks = torch.tensor([[1, 2]])
-    prior = torch.zeros(2, dtype=torch.float64)
-    w = fit_head(features, mask, ranks, prior, 1.0)
-    assert float(w[1]) == pytest.approx(0.0, abs=1e-9)
-    assert float(w[0]) == pytest.approx(float(torch.sigmoid(-w[0])), abs=1e-6)
-    assert float(w[0]) == pytest.approx(0.4013, abs=1e-3)
-    kept = torch.tensor([0.3, -0.7], dtype=torch.float64)
-    assert torch.allclose(fit_head(features, mask, ranks, kept, 1e9), kept, atol=1e-6)
-    tied = fit_head(features, mask, torch.tensor([[1, 1]]), kept, 1.0)  # no pair: the prior
-    assert torch.allclose(tied, kept, atol=1e-9)
 
 
 def test_head_features_reproduce_the_scores(tiny_loop, tiny_bert, bert_tokenizer):
