@@ -40,13 +40,19 @@ def check_tag(tag: str | None) -> None:
                         "printable characters, no space at either end (e.g. round-1/sample)")
 
 
+def distinct_index(texts: list[str]) -> list[int]:
+    """Positions of the texts a task keeps: identical texts once (the first), blank ones out."""
+    seen, out = set(), []
+    for i, text in enumerate(texts):
+        if text.strip() and text not in seen:
+            seen.add(text)
+            out.append(i)
+    return out
+
+
 def distinct(responses: list[str], models: list[str], settings: list[dict]):
-    seen, keep = set(), []
-    for response, model, setting in zip(responses, models, settings):
-        if response.strip() and response not in seen:
-            seen.add(response)
-            keep.append((response, model, setting))
-    return [list(column) for column in zip(*keep)] if keep else [[], [], []]
+    keep = distinct_index(responses)
+    return [[column[i] for i in keep] for column in (responses, models, settings)]
 
 
 def read_candidates(path: str) -> list[tuple]:

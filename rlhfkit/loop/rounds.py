@@ -35,10 +35,15 @@ from rlhfkit.data import collate_sequences, encode, read_records, render_prompt
 from rlhfkit.data.formats import parse_prompt
 from rlhfkit.label.export import merged_tasks, pair_rows, ranked_rows
 from rlhfkit.label.schema import candidates, prompts, tasks
-from rlhfkit.label.sources import Sampling, distinct, sample_responses, smallest_gap
+from rlhfkit.label.sources import (
+    Sampling,
+    distinct,
+    distinct_index,
+    sample_responses,
+    smallest_gap,
+)
 from rlhfkit.label.store import Store, add_task
 from rlhfkit.loop.config import LoopConfig, stage_config
-from rlhfkit.loop.selection import distinct_index
 from rlhfkit.ops.ranking import ranking_loss
 
 SAMPLE, COMPARE = "sample", "compare"

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from rlhfkit.label.sources import distinct_index
 from rlhfkit.ops.ranking import fit_head, pair_disagreement
 
 
@@ -86,17 +87,6 @@ def head_features(scorer, messages_list: list, responses: list[str]):
 
 
 # ----------------------------------------------------------------------------- the strategies
-def distinct_index(texts: list[str]) -> list[int]:
-    """Positions of a prompt's candidates as the store keeps them (identical texts once, blank
-    ones out)."""
-    seen, out = set(), []
-    for i, text in enumerate(texts):
-        if text.strip() and text not in seen:
-            seen.add(text)
-            out.append(i)
-    return out
-
-
 def split_scores(flat: list, samples: list[list[str]], usable: list[int]) -> dict[int, list]:
     """Flat per-candidate values (in ``usable`` then candidate order) → {prompt index: its}."""
     out, start = {}, 0
