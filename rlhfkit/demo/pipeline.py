@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhfkit.config import LR_SCHEDULERS, Validated, build, option, require, to_dict
+from rlhfkit.data import read_records
 from rlhfkit.demo.judge import judge_fn
 from rlhfkit.demo.textstats import distinct_n, mean_repetition
 from rlhfkit.models.loading import cache_root
@@ -57,6 +58,12 @@ class DemoConfig(Validated):
     lora: bool | None = option(None, "Train a LoRA adapter (the reference is then the same "
                                "weights with the adapter disabled); false = full fine-tuning "
                                "against a frozen copy.")
+    sft_steps: int | None = option(None, "Stage 1: supervised fine-tuning of the policy on the "
+                                   "language's reviews of both sentiments (it learns to write "
+                                   "reviews, not which kind), before stage 3; its result is "
+                                   "stage 3's start and reference. 0 = no stage 1.", min=0)
+    sft_learning_rate: float | None = option(None, "Stage 1's learning rate (LoRA when `lora`).",
+                                             min=0)
     reward_backbone: str | None = option(None, "Backbone of the reward model.")
     reuse_reward_model: bool = option(True, "Reuse a cached reward model trained with the same "
                                       "settings (in the model cache dir, demo-rm/<hash>).")
@@ -158,7 +165,8 @@ class DemoConfig(Validated):
 # trial D8; 256 held-out continuations): 65.2% → 93.0% positive, KL 3.08 nats, distinct-2 0.841
 # at seed 0, 4 iterations fewer than the former 24 at a constant 5e-4 (X6: 93.0% at 2.52).
 # PPO (algorithm=ppo; ppo_epochs below is its own key) reached 87.5% at 4.71 nats in 11.3 min.
-ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "reward_backbone": "all-minilm-l6-v2",
+ENGLISH = {"policy": "smollm2-135m-instruct", "lora": True, "sft_steps": 0,
+           "sft_learning_rate": 1e-3, "reward_backbone": "all-minilm-l6-v2",
            "rm_steps": 60, "rm_batch_size": 16, "rm_freeze_layers": 0, "rm_learning_rate": 2e-4,
            "rm_head_learning_rate": 0.0, "rm_max_length": 64, "rm_warmup_steps": 10,
            "algorithm": "grpo", "advantage": "grpo", "num_generations": 4, "iterations": 20,
@@ -193,7 +201,9 @@ LANGUAGES = {
                      "notes": "policy {policy} ({tuning}), reward model on {backbone}, "
                               "{iterations} {stage} iterations × {batch} prompts{per_prompt}, "
                               "{eval} held-out IMDB test openings; total {minutes:.1f} min.",
-                     "per_prompt": " × {n} continuations", "metrics": {}}},
+                     "per_prompt": " × {n} continuations",
+                     "sft": "stage 1: {policy} fine-tuned for {steps} steps on reviews of both "
+                            "sentiments; ", "metrics": {}}},
     "zh": {"rm_train": "sentiment_zh/pairs_train.jsonl.gz",
            "rm_eval": "sentiment_zh/pairs_test.jsonl.gz",
            "prompts_train": "sentiment_zh/openings_train.jsonl",
@@ -208,7 +218,9 @@ LANGUAGES = {
            # 16.9 min as a first run. lr 3e-4 reached 5.8 nats with 90% / 75%: on this policy
            # the SnowNLP share costs KL. (GRPO β 0.1, 24 iterations, 64 continuations: 95% /
            # 84% at 7.3 nats; β 0.2: 58% / 70% at 2.5.)
+           "sft_train": "sentiment_zh/pairs_train.jsonl.gz",
            "defaults": {"policy": "gemma3-270m", "reward_backbone": "gemma3-270m",
+                        "sft_steps": 0,
                         "rm_steps": 30, "rm_freeze_layers": 4, "rm_learning_rate": 3e-5,
                         "rm_head_learning_rate": 1e-3, "rm_max_length": 160,
                         "rm_warmup_steps": 5,
@@ -224,6 +236,7 @@ LANGUAGES = {
                               "{stage} 共 {iterations} 轮迭代 × 每轮 {batch} 个开头{per_prompt}，"
                               "在 {eval} 个留出的评论开头上评估；总用时 {minutes:.1f} 分钟。",
                      "per_prompt": " × 每个开头 {n} 条续写",
+                     "sft": "第 1 阶段：{policy} 在正负两类评论上监督微调 {steps} 步；",
                      "metrics": {"positive_share": "正面占比（奖励模型）",
                                  "score_mean": "平均得分（奖励模型，标准化）",
                                  "kl_mean": "与参考模型的平均 KL（奈特）",
@@ -288,11 +301,57 @@ def train_reward_model(config: DemoConfig) -> Path:
     return cached / "final"
 
 
-def policy_settings(config: DemoConfig, reward_model: Path) -> dict:
-    """Stage 3 settings (PPO or GRPO), as the nested dict the stage's config is built from."""
+SFT_OPENING_CHARS = 10  # as long as the held-out openings (scripts/build_sentiment_zh.py)
+SFT_BATCH_SIZE = 8
+
+
+def review_continuations(path: Path, opening_chars: int = SFT_OPENING_CHARS) -> list[dict]:
+    """Stage 1's rows from preference pairs of whole reviews: each review of either side, cut
+    into an opening (its first ``opening_chars`` characters) and the rest, in file order
+    (chosen, rejected, chosen, ...): as many positive as negative reviews."""
+    rows = []
+    for record in read_records(str(path)):
+        for side in ("chosen", "rejected"):
+            text = record.row[side]
+            if len(text) > opening_chars:
+                rows.append({"prompt": text[:opening_chars], "response": text[opening_chars:]})
+    return rows
+
+
+def sft_settings(config: DemoConfig) -> dict:
+    """Stage 1 settings, as the nested dict an SFTConfig is built from."""
+    return {
+        "output_dir": str(Path(config.output_dir) / "sft"),
+        "model": {"name": config.policy, "lora": {"enabled": config.lora}},
+        "data": {"template": "plain", "max_prompt_length": 32,
+                 "max_length": 32 + config.max_new_tokens, "eval_fraction": 0.0},
+        "train": {"learning_rate": config.sft_learning_rate, "batch_size": SFT_BATCH_SIZE,
+                  "max_steps": config.sft_steps, "warmup_steps": max(1, config.sft_steps // 10),
+                  "lr_scheduler": "linear", "seed": config.seed},
+    }
+
+
+def fine_tune_policy(config: DemoConfig) -> str:
+    """Stage 1 (when sft_steps > 0): the policy that stage 3 starts from and stays near."""
+    if not config.sft_steps:
+        return config.policy
+    from rlhfkit.trainers import sft
+
+    source = LANGUAGES[config.lang]["sft_train"]
+    rows = review_continuations(DATA / source)
+    print(f"[demo] stage 1: supervised fine-tuning of {config.policy} on {len(rows)} reviews "
+          f"of {source}, both sentiments ({config.sft_steps} steps)")
+    settings = sft_settings(config)
+    sft.run(build(sft.SFTConfig, settings), train_dataset=rows)
+    return str(Path(settings["output_dir"]) / "final")
+
+
+def policy_settings(config: DemoConfig, reward_model: Path, policy: str | None = None) -> dict:
+    """Stage 3 settings (PPO or GRPO), as the nested dict the stage's config is built from;
+    ``policy``: stage 1's model, where there was one."""
     settings = {
         "output_dir": str(Path(config.output_dir) / config.algorithm),
-        "model": {"name": config.policy, "lora": {"enabled": config.lora}},
+        "model": {"name": policy or config.policy, "lora": {"enabled": config.lora}},
         "data": {"train_path": str(DATA / LANGUAGES[config.lang]["prompts_train"]),
                  "eval_path": str(DATA / LANGUAGES[config.lang]["prompts_eval"]),
                  "max_eval_rows": config.eval_prompts, "template": "plain",
@@ -393,7 +452,8 @@ def write_report(config: DemoConfig, stage_dir: Path, table: list[list], before_
         words["title"].format(stage=name), rows,
         [words["metric"], words["before"].format(stage=name), words["after"].format(stage=name)],
         metrics, samples, rollouts, stage=name, lang=config.lang,
-        notes=words["notes"].format(
+        notes=(words["sft"].format(policy=config.policy, steps=config.sft_steps)
+               if config.sft_steps else "") + words["notes"].format(
             policy=config.policy, tuning="LoRA" if config.lora else "full", stage=name,
             backbone=config.reward_backbone, iterations=config.iterations,
             batch=config.batch_size, per_prompt=per_prompt, eval=config.eval_prompts,
@@ -421,11 +481,11 @@ def stage_name(config: DemoConfig) -> str:
     return CRITIC_FREE[config.advantage]
 
 
-def optimise_policy(config: DemoConfig, reward_model: Path) -> Path:
+def optimise_policy(config: DemoConfig, reward_model: Path, policy: str | None = None) -> Path:
     """Stage 3 with the configured algorithm; returns its output folder."""
     from rlhfkit.online import grpo, ppo
 
-    settings = policy_settings(config, reward_model)
+    settings = policy_settings(config, reward_model, policy)
     reference = "adapter disabled" if config.lora else "frozen copy"
     actor = f"{'LoRA ' if config.lora else ''}policy"
     if config.algorithm == "grpo":
@@ -446,9 +506,11 @@ def run(config: DemoConfig) -> dict:
     config = resolve(config)
     start = time.perf_counter()
     Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    policy = fine_tune_policy(config)
+    sft_seconds = time.perf_counter() - start
     reward_model = train_reward_model(config)
-    rm_seconds = time.perf_counter() - start
-    stage_dir = optimise_policy(config, reward_model)
+    rm_seconds = time.perf_counter() - start - sft_seconds
+    stage_dir = optimise_policy(config, reward_model, policy)
     before_rows, after_rows = before_after(stage_dir)
     judge = LANGUAGES[config.lang]["judge"]
     before, after = summarize(before_rows, judge), summarize(after_rows, judge)
@@ -456,6 +518,7 @@ def run(config: DemoConfig) -> dict:
     seconds = time.perf_counter() - start
     report = write_report(config, stage_dir, table, before_rows, after_rows, seconds)
     summary = {"before": before, "after": after, "seconds_total": seconds,
+               "seconds_sft": sft_seconds,
                "seconds_reward_model": rm_seconds, "report": str(report)}
     (Path(config.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n[demo] done in {seconds / 60:.1f} min; report: {report}")

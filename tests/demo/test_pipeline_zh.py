@@ -17,7 +17,9 @@ import pytest
 from rlhfkit.config import build
 from rlhfkit.demo.judge import judge_fn
 from rlhfkit.demo.pipeline import (DATA, LANGUAGES, DemoConfig, policy_settings, resolve,
-                                   reward_model_settings, summarize)
+                                   review_continuations, reward_model_settings, sft_settings,
+                                   summarize)
+from rlhfkit.trainers import sft
 from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
 
@@ -77,6 +79,34 @@ def test_every_file_a_language_names_exists():
     for language in LANGUAGES.values():
         for key in ("rm_train", "rm_eval", "prompts_train", "prompts_eval"):
             assert (DATA / language[key]).is_file()
+        assert "sft_train" not in language or (DATA / language["sft_train"]).is_file()
+
+
+def test_review_continuations_cut_both_sides_into_opening_and_rest(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in [
+        {"prompt": "", "chosen": "这本书写得很好，值得一读再读", "rejected": "太短了"},
+        {"prompt": "", "chosen": "房间干净，服务周到", "rejected": "酒店很差，房间又小又吵，不会再来"},
+    ]) + "\n", encoding="utf-8")
+    rows = review_continuations(path, opening_chars=4)
+    # chosen then rejected, pair by pair; a review no longer than the opening is left out
+    assert rows == [{"prompt": "这本书写", "response": "得很好，值得一读再读"},
+                    {"prompt": "房间干净", "response": "，服务周到"},
+                    {"prompt": "酒店很差", "response": "，房间又小又吵，不会再来"}]
+    assert len(review_continuations(DATA / LANGUAGES["zh"]["sft_train"])) > 5000
+
+
+def test_stage_1_is_chinese_only_and_feeds_stage_3():
+    """sft_steps > 0: SFT on the reviews first, its final/ is stage 3's start and reference.
+    Off by default in both languages (measured, docs/grpo.md "Session 15")."""
+    assert resolve(DemoConfig(lang="zh")).sft_steps == 0 == resolve(DemoConfig()).sft_steps
+    config = resolve(DemoConfig(lang="zh", output_dir="out", sft_steps=60))
+    built = build(sft.SFTConfig, sft_settings(config))
+    assert (built.model.name, built.train.max_steps, built.data.template) == (
+        "gemma3-270m", config.sft_steps, "plain")
+    assert built.data.max_length == 32 + config.max_new_tokens  # continuation-sized responses
+    stage3 = build(grpo.GRPOConfig, policy_settings(config, Path("rm"), "out/sft/final"))
+    assert stage3.model.name == "out/sft/final"
 
 
 def test_summary_adds_the_judges_positive_share():
@@ -106,7 +136,7 @@ def test_gemma_alias_without_its_package_is_one_clear_line(monkeypatch, tmp_path
 def quick_run(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("demo_zh") / "demo"
     result = subprocess.run([sys.executable, "-m", "rlhfkit", "demo", "--lang", "zh", "--quick",
-                             f"output_dir={out}", "reuse_reward_model=false"], cwd=repo_root,
+                             f"output_dir={out}", "reuse_reward_model=false", "sft_steps=4"], cwd=repo_root,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
@@ -120,11 +150,15 @@ def test_quick_zh_runs_chinese_text_through_the_whole_path(quick_run):
         assert 0.0 <= summary["after"]["snownlp_positive_share"] <= 1.0
     rm_config = (out / "reward_model" / "config.yaml").read_text(encoding="utf-8")
     assert "sentiment_zh/pairs_train" in rm_config
+    assert "stage 1: supervised fine-tuning" in stdout  # stage 3 starts from its final/
+    assert (out / "sft" / "final" / "config.json").is_file()
+    assert str(out / "sft" / "final") in (out / "grpo" / "config.yaml").read_text()
     page = (out / "report.html").read_text(encoding="utf-8")
     held_out = [json.loads(line)["prompt"]
                 for line in (DATA / "sentiment_zh/openings_test.jsonl").open(encoding="utf-8")]
     assert sum(prompt in page for prompt in held_out[:32]) >= 4  # Chinese samples in the table
     assert '<html lang="zh-CN">' in page and "训练前后对比" in page and "一次采样的内部" in page
+    assert "监督微调" in page  # the notes name stage 1
     assert "正面占比（奖励模型）" in page and page.count("data:image/png;base64,") >= 3
 
 

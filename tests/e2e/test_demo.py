@@ -22,3 +22,4 @@ def test_demo_quick_writes_report_and_the_score_rises(repo_root, tmp_path):
     assert page.count("data:image/png;base64,") >= 3 and "Inside a rollout" in page
     assert "<b>fidelity</b>" in page  # the fourth token row: sampler vs trainer log-probs
     assert (out / "grpo" / "final" / "config.json").exists()  # the default stage 3: GRPO
+    assert not (out / "sft").exists() and "stage 1" not in result.stdout  # English: no SFT
