@@ -218,7 +218,6 @@ LANGUAGES = {
            # 16.9 min as a first run. lr 3e-4 reached 5.8 nats with 90% / 75%: on this policy
            # the SnowNLP share costs KL. (GRPO β 0.1, 24 iterations, 64 continuations: 95% /
            # 84% at 7.3 nats; β 0.2: 58% / 70% at 2.5.)
-           "sft_train": "sentiment_zh/pairs_train.jsonl.gz",
            "defaults": {"policy": "gemma3-270m", "reward_backbone": "gemma3-270m",
                         "sft_steps": 0,
                         "rm_steps": 30, "rm_freeze_layers": 4, "rm_learning_rate": 3e-5,
@@ -337,7 +336,7 @@ def fine_tune_policy(config: DemoConfig) -> str:
         return config.policy
     from rlhfkit.trainers import sft
 
-    source = LANGUAGES[config.lang]["sft_train"]
+    source = LANGUAGES[config.lang]["rm_train"]  # the reward model's reviews, both sides
     rows = review_continuations(DATA / source)
     print(f"[demo] stage 1: supervised fine-tuning of {config.policy} on {len(rows)} reviews "
           f"of {source}, both sentiments ({config.sft_steps} steps)")

@@ -79,7 +79,6 @@ def test_every_file_a_language_names_exists():
     for language in LANGUAGES.values():
         for key in ("rm_train", "rm_eval", "prompts_train", "prompts_eval"):
             assert (DATA / language[key]).is_file()
-        assert "sft_train" not in language or (DATA / language["sft_train"]).is_file()
 
 
 def test_review_continuations_cut_both_sides_into_opening_and_rest(tmp_path):
@@ -93,7 +92,9 @@ def test_review_continuations_cut_both_sides_into_opening_and_rest(tmp_path):
     assert rows == [{"prompt": "这本书写", "response": "得很好，值得一读再读"},
                     {"prompt": "房间干净", "response": "，服务周到"},
                     {"prompt": "酒店很差", "response": "，房间又小又吵，不会再来"}]
-    assert len(review_continuations(DATA / LANGUAGES["zh"]["sft_train"])) > 5000
+    # stage 1 reads the language's reward-model pairs: English (sft_steps set by hand) too
+    assert len(review_continuations(DATA / LANGUAGES["zh"]["rm_train"])) > 5000
+    assert review_continuations(DATA / LANGUAGES["en"]["rm_train"])
 
 
 def test_stage_1_is_chinese_only_and_feeds_stage_3():
