@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from rlhfkit.config import ConfigError, build
-from rlhfkit.demo.pipeline import (ENGLISH, LANGUAGES, QUICK, DemoConfig, policy_settings,
-                                   report_samples, resolve, reward_model_settings, stage_name,
-                                   summarize)
+from rlhfkit.demo.pipeline import report_samples, summarize
+from rlhfkit.demo.settings import DemoConfig, ENGLISH, LANGUAGES, QUICK, resolve, stage_name
+from rlhfkit.demo.stages import policy_settings, reward_model_settings
 from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
 

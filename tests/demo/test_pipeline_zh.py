@@ -16,9 +16,10 @@ import pytest
 
 from rlhfkit.config import build
 from rlhfkit.demo.judge import judge_fn
-from rlhfkit.demo.pipeline import (DATA, LANGUAGES, DemoConfig, policy_settings, resolve,
-                                   review_continuations, reward_model_settings, sft_settings,
-                                   summarize)
+from rlhfkit.demo.pipeline import summarize
+from rlhfkit.demo.settings import DATA, DemoConfig, LANGUAGES, resolve
+from rlhfkit.demo.stages import (policy_settings, review_continuations, reward_model_settings,
+                                 sft_settings)
 from rlhfkit.trainers import sft
 from rlhfkit.online import grpo, ppo
 from rlhfkit.trainers import reward
@@ -92,6 +93,8 @@ def test_review_continuations_cut_both_sides_into_opening_and_rest(tmp_path):
     assert rows == [{"prompt": "这本书写", "response": "得很好，值得一读再读"},
                     {"prompt": "房间干净", "response": "，服务周到"},
                     {"prompt": "酒店很差", "response": "，房间又小又吵，不会再来"}]
+    # sft_reviews=chosen: the preferred side only (Preferred-FT)
+    assert review_continuations(path, opening_chars=4, sides=("chosen",)) == [rows[0], rows[1]]
     # stage 1 reads the language's reward-model pairs: English (sft_steps set by hand) too
     assert len(review_continuations(DATA / LANGUAGES["zh"]["rm_train"])) > 5000
     assert review_continuations(DATA / LANGUAGES["en"]["rm_train"])

@@ -1,7 +1,8 @@
 """The demo's cached reward model is named by its settings and its data's content, not paths."""
 import shutil
 
-from rlhfkit.demo.pipeline import DemoConfig, reward_model_key, reward_model_settings, resolve
+from rlhfkit.demo.settings import DemoConfig, resolve
+from rlhfkit.demo.stages import reward_model_key, reward_model_settings
 
 
 def settings_reading(tmp_path, folder):
