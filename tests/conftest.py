@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhfkit.allocator import keep_freed_memory
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# As a notebook gets it from the first stage it runs: glibc keeps freed blocks in the process
+# (rlhfkit/allocator.py), here from the first test on, ops and model tests included.
+keep_freed_memory()
 
 
 class BenchModules(importlib.abc.MetaPathFinder):

@@ -59,8 +59,10 @@ def start_run(config, train_dataset=None) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    from rlhfkit.allocator import keep_freed_memory
     from rlhfkit.models import resolve_device, resolve_dtype
 
+    keep_freed_memory()  # a notebook or script did not come through the entry point's re-exec
     device = resolve_device(config.model.device)
     mixed = "bf16" if config.train.mixed_precision == "bf16" else "no"
     output_dir = Path(config.output_dir)
