@@ -32,9 +32,9 @@ class DemoConfig(Validated):
                                "weights with the adapter disabled); false = full fine-tuning "
                                "against a frozen copy.")
     sft_steps: int | None = option(None, "Stage 1: supervised fine-tuning of the policy on the "
-                                   "language's reviews of both sentiments (it learns to write "
-                                   "reviews, not which kind), before stage 3; its result is "
-                                   "stage 3's start and reference. 0 = no stage 1.", min=0)
+                                   "language's reviews (which: sft_reviews), before stage 3; "
+                                   "its result is stage 3's start and reference. 0 = no stage "
+                                   "1.", min=0)
     sft_learning_rate: float | None = option(None, "Stage 1's learning rate (LoRA when `lora`).",
                                              min=0)
     sft_reviews: str | None = option(None, "Stage 1's demonstrations: the reward model's "
