@@ -15,6 +15,9 @@ DATA = Path(__file__).resolve().parents[2] / "data"  # the bundled data (editabl
 # algorithm=grpo's estimators the demo offers (grpo.advantage), by the name the report gives them.
 CRITIC_FREE = {"grpo": "GRPO", "dr_grpo": "Dr. GRPO", "rloo": "RLOO", "raft": "RAFT"}
 
+# sft_reviews: which sides of the reward model's preference pairs stage 1 learns to write.
+SFT_REVIEW_SIDES = {"both": ("chosen", "rejected"), "chosen": ("chosen",)}
+
 
 # The keys a language or --quick sets are None ("unset") in DemoConfig: ``resolve`` fills each
 # unset key from --quick's tiny settings, else the language's, else ENGLISH; a value the user
@@ -41,7 +44,8 @@ class DemoConfig(Validated):
                                      "reviews of both sentiments (both: the policy learns to "
                                      "write reviews, not which kind), or only the preferred "
                                      "side of its pairs (chosen: the DPO paper's Preferred-FT, "
-                                     "SFT on the desired behaviour).", choices=("both", "chosen"))
+                                     "SFT on the desired behaviour).",
+                                     choices=tuple(SFT_REVIEW_SIDES))
     reward_backbone: str | None = option(None, "Backbone of the reward model.")
     reuse_reward_model: bool = option(True, "Reuse a cached reward model trained with the same "
                                       "settings (in the model cache dir, demo-rm/<hash>).")

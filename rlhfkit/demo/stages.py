@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhfkit.config import build
 from rlhfkit.data import read_records
-from rlhfkit.demo.settings import DATA, LANGUAGES, DemoConfig, stage_name
+from rlhfkit.demo.settings import DATA, LANGUAGES, SFT_REVIEW_SIDES, DemoConfig, stage_name
 from rlhfkit.models.loading import cache_root
 
 
@@ -65,7 +65,7 @@ SFT_BATCH_SIZE = 8
 
 
 def review_continuations(path: Path, opening_chars: int = SFT_OPENING_CHARS,
-                         sides: tuple[str, ...] = ("chosen", "rejected")) -> list[dict]:
+                         sides: tuple[str, ...] = SFT_REVIEW_SIDES["both"]) -> list[dict]:
     """Stage 1's rows from preference pairs of whole reviews: each review of the given ``sides``
     cut into an opening (its first ``opening_chars`` characters) and the rest, in file order
     (chosen, rejected, chosen, ...): with both sides, as many positive as negative reviews."""
@@ -98,7 +98,7 @@ def fine_tune_policy(config: DemoConfig) -> str:
     from rlhfkit.trainers import sft
 
     source = LANGUAGES[config.lang]["rm_train"]  # the reward model's reviews
-    sides = ("chosen", "rejected") if config.sft_reviews == "both" else ("chosen",)
+    sides = SFT_REVIEW_SIDES[config.sft_reviews]
     rows = review_continuations(DATA / source, sides=sides)
     print(f"[demo] stage 1: supervised fine-tuning of {config.policy} on {len(rows)} reviews "
           f"of {source}, {' and '.join(sides)} ({config.sft_steps} steps)")
