@@ -5,7 +5,8 @@ simulated annotator on IMDB, how many labels the reward model needs under ``unce
 
     flock /tmp/rlhfkit-heavy.lock python bench/selection.py [--config examples/loop_imdb.yaml]
         [--out runs/selection] [--pool 300] [--heldout 100] [--start 16] [--batch 16]
-        [--budget 128] [--seeds 0,1] [--strategies random,uncertainty,ensemble]
+        [--budget 128] [--seeds 0,1] [--strategies random,uncertainty,ensemble[,oracle_spread,
+        oracle_close]]
         [--figure docs/selection_curve.png] [loop-config key=value ...]
 
 Everything is the loop's own code, configured by the loop's YAML (docs/loop.md, "Which pairs to
@@ -23,7 +24,8 @@ ask about: measured"):
   (``rounds.select_tasks`` with ``selection`` set: uncertainty = smallest gap between the
   previous round's RM scores of a task's candidates; ensemble = largest disagreement of
   ensemble_size bootstrap heads on the previous round's RM, fitted on the labels it was trained
-  on, ``loop/selection.py``), up to ``--budget``; after each round the
+  on, ``loop/selection.py``; or, bench only, an oracle reading the hidden truth: ``ORACLES``),
+  up to ``--budget``; after each round the
   ``rm`` stage trains on every label so far (``loop.config.stage_config`` of the loop's rm
   section, warm-started from the previous round's RM when rm_init is warm, ``rounds.run_stage``).
 - accuracy: ``rounds.pair_accuracy`` on the ``--heldout`` tasks ranked by the hidden truth
@@ -172,6 +174,27 @@ class Judge:
         self.seed = config.seed
 
 
+# Bench-only strategies that read the hidden truth (no loop can): upper bounds on what any
+# selection of these tasks could save. oracle_spread: largest mean true gap between a task's
+# candidates first (the labels the annotator's noise spoils least); oracle_close: smallest first
+# (what the score gap tries to find, known exactly: the pairs the truth can hardly tell apart).
+ORACLES = {"oracle_spread": -1.0, "oracle_close": 1.0}
+
+
+def mean_true_gap(truth: list[float]) -> float:
+    """Mean |t_i − t_j| over a task's candidate pairs."""
+    from itertools import combinations
+
+    gaps = [abs(a - b) for a, b in combinations(truth, 2)]
+    return sum(gaps) / len(gaps)
+
+
+def oracle_picks(pool: list[dict], remaining: list[int], n: int, strategy: str) -> list[int]:
+    """The n remaining pool indices an oracle picks (ties by index)."""
+    sign = ORACLES[strategy]
+    return sorted(sorted(remaining, key=lambda i: (sign * mean_true_gap(pool[i]["truth"]), i))[:n])
+
+
 def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, seed: int,
                  budgets: list[int], out: Path) -> list[dict]:
     """Rounds of pick → label → rm for one strategy and seed → one result per round:
@@ -179,7 +202,8 @@ def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, s
     from rlhfkit.loop import rounds
     from rlhfkit.loop.config import stage_config
 
-    config = replace(config, seed=seed, selection=strategy, output_dir=str(out))
+    config = replace(config, seed=seed, selection="random" if strategy in ORACLES else strategy,
+                     output_dir=str(out))
     layout, judge = rounds.Layout(config), Judge(config)
     shared = out.parent / "round-0"  # round 0 is random for every strategy: trained once
     out.mkdir(parents=True, exist_ok=True)
@@ -202,10 +226,13 @@ def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, s
         # loop's round 0, not this schedule's --start
         round_config = replace(config, labels_per_round=n, first_round_labels=0,
                                prompts_per_round=max(n, config.prompts_per_round))
-        chosen, _ = rounds.select_tasks(round_config, layout, r,
-                                        [messages_of(pool[i]) for i in remaining],
-                                        [pool[i]["texts"] for i in remaining])
-        picks = [remaining[j] for j in chosen]
+        if strategy in ORACLES and r > 0:
+            picks = oracle_picks(pool, remaining, n, strategy)
+        else:
+            chosen, _ = rounds.select_tasks(round_config, layout, r,
+                                            [messages_of(pool[i]) for i in remaining],
+                                            [pool[i]["texts"] for i in remaining])
+            picks = [remaining[j] for j in chosen]
         picked += picks
         train_path = layout.rm_train_path(r)  # where selection: ensemble reads RM_r's labels
         rounds.write_jsonl(train_path, [labelled(pool[i], i + 1, judge) for i in picked])

@@ -10,7 +10,7 @@ import bench_selection as bench  # bench/selection.py (tests/conftest.py: BenchM
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STRATEGIES = ("random", "uncertainty", "ensemble")  # bench/selection.py's default --strategies
+STRATEGIES = ("random", "uncertainty", "ensemble", "oracle_spread")  # the default + an oracle
 
 
 def test_simulated_ranks_is_the_noise_model_seeded_by_task():
@@ -60,6 +60,19 @@ def test_label_quality_by_hand():
                     "agreement": None}
 
 
+def test_oracles_pick_by_the_mean_true_gap_by_hand():
+    """Mean |t_i − t_j|: (0, 1, 3) → (1 + 3 + 2)/3 = 2; (0, 0.5) → 0.5; (2, 2, 3) → 2/3.
+    oracle_spread takes the widest first, oracle_close the narrowest; ties by index; picks
+    come back sorted, from the remaining indices only."""
+    pool = [{"truth": [0.0, 1.0, 3.0]}, {"truth": [0.0, 0.5]}, {"truth": [2.0, 2.0, 3.0]},
+            {"truth": [1.0, 1.5]}]
+    assert bench.mean_true_gap(pool[0]["truth"]) == pytest.approx(2.0)
+    assert bench.mean_true_gap(pool[2]["truth"]) == pytest.approx(2 / 3)
+    assert bench.oracle_picks(pool, [0, 1, 2, 3], 2, "oracle_spread") == [0, 2]
+    assert bench.oracle_picks(pool, [0, 1, 2, 3], 2, "oracle_close") == [1, 3]
+    assert bench.oracle_picks(pool, [1, 2, 3], 1, "oracle_spread") == [2]
+
+
 def test_summarize_target_is_randoms_full_budget_mean():
     """target = random's mean at the budget (0.7 + 0.8)/2 = 0.75; uncertainty's mean curve
     (0.7, 0.76) reaches it at 16 labels = 50% of 32; per seed, against that seed's random:
@@ -83,7 +96,8 @@ def test_main_on_the_tiny_loop(tmp_path):
     out = tmp_path / "selection"
     argv = ["--config", str(ROOT / "examples/loop_tiny.yaml"), "--out", str(out),
             "--pool", "10", "--heldout", "4", "--start", "3", "--batch", "2", "--budget", "5",
-            "--seeds", "0", "--figure", str(tmp_path / "curve.png"),
+            "--seeds", "0", "--strategies", ",".join(STRATEGIES),
+            "--figure", str(tmp_path / "curve.png"),
             f"data.train_path={ROOT / 'data/tiny/prompts.jsonl'}", "rm.train.max_steps=2",
             "first_round_labels=6"]  # the loop's round 0 (loop_imdb: 192); --start is the bench's
     result = bench.main(argv)
