@@ -114,6 +114,9 @@ def round_row(store, r: int, rm: dict, compare: dict) -> dict:
            "rm_train_rankings": rm["train_rankings"], "rm_heldout_accuracy": this,
            "rm_heldout_accuracy_earlier": rounds.mean(earlier),
            "rm0_accuracy_on_this_round": rm["rm0_accuracy_on_this_round"],
+           # against the judge without noise (None: no judge, or a run from before the key)
+           "rm_truth_accuracy": rm.get("truth_accuracy", {}).get("rm"),
+           "rm0_truth_accuracy": rm.get("truth_accuracy", {}).get("rm0"),
            "score_rm": compare["score_rm"].get(new),
            "score_rm_previous": compare["score_rm"].get(policy_name(r)),
            "score_judge": compare["score_judge"].get(new),
@@ -133,7 +136,7 @@ def run_round(config: LoopConfig, layout: Layout, store, pool, judge, annotation
     print(f"[loop] round {r}: 1 sample — {n} tasks of {config.k} candidates from "
           f"{layout.policy(r)} ({tag(r, SAMPLE)})", flush=True)
     annotation.rank(tag(r, SAMPLE))  # 2. rank
-    rm = rounds.rm_step(config, layout, store, r)
+    rm = rounds.rm_step(config, layout, store, r, judge)
     print(f"[loop] round {r}: 3 reward model — {rm['train_rankings']} rankings, held-out "
           f"accuracy {rm['heldout_accuracy']}", flush=True)
     rounds.policy_step(config, layout, store, r)

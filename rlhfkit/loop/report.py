@@ -24,7 +24,8 @@ CURVES = (
 )
 
 HEADERS = ["round", "labels", "RM held-out acc. (this round)", "RM acc. (earlier rounds)",
-           "RM_0 acc. (this round)", "score by RM_r", "score by judge", "KL to round 0",
+           "RM_0 acc. (this round)", "RM_r / RM_0 acc. by the judge (this round)",
+           "score by RM_r", "score by judge", "KL to round 0",
            "win rate vs previous [95%]", "win rate vs round 0 [95%]", "leaderboard (Elo [95%])"]
 
 
@@ -49,7 +50,9 @@ def table_rows(layout: Layout, rows: list[dict]) -> list[list]:
         compare = json.loads((layout.round_dir(row["round"]) / "compare.json").read_text())
         out.append([row["round"], row["labels"], number(row["rm_heldout_accuracy"]),
                     number(row["rm_heldout_accuracy_earlier"]),
-                    number(row["rm0_accuracy_on_this_round"]), number(row["score_rm"]),
+                    number(row["rm0_accuracy_on_this_round"]),
+                    f"{number(row.get('rm_truth_accuracy'))} / "
+                    f"{number(row.get('rm0_truth_accuracy'))}", number(row["score_rm"]),
                     number(row["score_judge"]), number(row["kl_to_round0"]),
                     interval(row, "win_rate_previous"), interval(row, "win_rate_round0"),
                     board_text(compare["leaderboard"])])

@@ -262,8 +262,39 @@ def pair_accuracy(model_dir, rows: list[dict], device: str) -> tuple[float | Non
     return float(out.pair_accuracy), int(out.num_pairs)
 
 
-def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int) -> dict:
-    """3. RM_r on every ranking so far; held-out accuracy on each round's held-out share."""
+def truth_rows(rows: list[dict], judge) -> list[dict]:
+    """Held-out ranked rows re-ranked by the judge's noise-free scores (``judge(prompts,
+    responses) -> (B,)``; a simulated annotator's hidden truth): the same pairs without the
+    annotator's noise, so a reward model is measured against what the labels were drawn from."""
+    from rlhfkit.loop.annotate import simulated_ranks
+
+    if not rows:
+        return []
+    flat = judge([row["prompt"] for row in rows for _ in row["responses"]],
+                 [text for row in rows for text in row["responses"]])
+    out, start = [], 0
+    for row in rows:
+        n = len(row["responses"])
+        scores = [float(s) for s in flat[start:start + n]]
+        start += n
+        out.append({**row, "ranks": simulated_ranks(scores, 0.0, 0.0, 0, row["task_id"])})
+    return out
+
+
+def truth_accuracy(config: LoopConfig, layout: Layout, r: int, heldout: list[dict],
+                   judge) -> dict:
+    """RM_r's and RM_0's pair accuracy on round r's held-out rankings re-ranked by the judge
+    without noise (``truth_rows``): {"rm", "rm0", "pairs"}; RM_0 is RM_r in round 0."""
+    truth = truth_rows(heldout, judge)
+    accuracy, pairs = pair_accuracy(layout.reward_model(r), truth, config.model.device)
+    rm0 = (pair_accuracy(layout.reward_model(0), truth, config.model.device)[0]
+           if r > 0 else accuracy)
+    return {"rm": accuracy, "rm0": rm0, "pairs": pairs}
+
+
+def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int, judge=None) -> dict:
+    """3. RM_r on every ranking so far; held-out accuracy on each round's held-out share, and
+    with a judge (its noise-free scores) RM_r's and RM_0's on this round's against it."""
     done = layout.round_dir(r) / "rm.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -290,6 +321,8 @@ def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int) -> dict:
                   if r > 0 else accuracy[0]["accuracy"])
     result = {"train_rankings": len(train_rows), "heldout_accuracy": accuracy,
               "rm0_accuracy_on_this_round": rm0_on_new}
+    if judge is not None:
+        result["truth_accuracy"] = truth_accuracy(config, layout, r, splits[r][1], judge)
     done.write_text(json.dumps(result, indent=2))
     return json.loads(done.read_text())  # as a rerun reads it (round keys as strings)
 

@@ -74,6 +74,55 @@ def test_tiny_loop_runs_in_under_a_minute(tiny_loop):
     assert page.count("<tr>") >= 3 and "Curves over rounds" in page and "policy_2" in page
 
 
+def test_truth_rows_rerank_by_the_judge_without_noise():
+    """A judge that scores a text by its length ranks ("ccc", "bb", "a") 1, 2, 3, whatever
+    order the noisy labels gave; every other key of the row is kept."""
+    from rlhfkit.loop.rounds import truth_rows
+
+    rows = [{"prompt": "p", "responses": ["a", "bb", "ccc"], "ranks": [1, 2, 3], "task_id": 7,
+             "judgments": 1}]
+    seen = []
+
+    def judge(prompts, responses):
+        seen.append((prompts, responses))
+        return [float(len(t)) for t in responses]
+
+    assert truth_rows(rows, judge) == [{**rows[0], "ranks": [3, 2, 1]}]
+    assert seen == [(["p", "p", "p"], ["a", "bb", "ccc"])]
+    assert truth_rows([], judge) == []
+
+
+def test_reward_models_are_measured_against_the_judge_without_noise(tiny_loop, tiny_example):
+    """rm.json's truth_accuracy: RM_r and RM_0 on the round's held-out rankings re-ranked by the
+    judge's noise-free scores — recomputed here from heldout-<r>.jsonl; in round 0 RM_0 is RM_r;
+    metrics.jsonl and the report carry them."""
+    from rlhfkit.config import load_config
+    from rlhfkit.loop import pipeline, rounds
+    from rlhfkit.loop.config import LoopConfig
+
+    output_dir, _, result = tiny_loop
+    example, overrides = tiny_example
+    config = load_config(LoopConfig, str(example), overrides(output_dir))
+    layout, judge = rounds.Layout(config), pipeline.build_judge(config)
+    relabelled = []
+    for r in (0, 1):
+        stored = json.loads((output_dir / f"round-{r}/rm.json").read_text())["truth_accuracy"]
+        heldout = [json.loads(line) for line in
+                   (output_dir / f"round-{r}/rm_data/heldout-{r}.jsonl").read_text().splitlines()]
+        truth = rounds.truth_rows(heldout, judge)
+        relabelled += [a["ranks"] != b["ranks"] for a, b in zip(truth, heldout)]
+        assert stored["rm"] == pytest.approx(
+            rounds.pair_accuracy(layout.reward_model(r), truth, "cpu")[0])
+        assert stored["rm0"] == pytest.approx(
+            rounds.pair_accuracy(layout.reward_model(0), truth, "cpu")[0])
+        assert stored["pairs"] > 0
+        row = result.history[r]
+        assert (row["rm_truth_accuracy"], row["rm0_truth_accuracy"]) == (stored["rm"],
+                                                                          stored["rm0"])
+    assert any(relabelled)  # the annotator's noise reordered some: the truth is another measure
+    assert "RM_r / RM_0 acc. by the judge" in (output_dir / "report.html").read_text()
+
+
 def test_store_holds_each_task_and_judgment_once(tiny_loop):
     output_dir, _, _ = tiny_loop
     counts = per_tag(output_dir / "labels.sqlite")
