@@ -123,4 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:  # bad input: say where, no traceback
         print(f"rlhfkit {stage}: {err}", file=sys.stderr)
         return 2
+    finish_processes()
     return 0
+
+
+def finish_processes() -> None:
+    """A distributed run (accelerate launch, torchrun) ends together: every process waits for
+    the others, then destroys the process group before the interpreter exits. Left to the exit,
+    gloo's threads were torn down while another process still talked to them, and a process
+    aborted after a finished stage ("terminate called without an active exception": seen in
+    tests/e2e/test_fsdp2.py, twice in one CI run). No-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

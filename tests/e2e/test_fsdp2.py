@@ -216,6 +216,7 @@ if rank == 0:
 else:
     assert torch.equal(sharded.ids, plain.ids), (sharded.ids, plain.ids)
 pathlib.Path(sys.argv[1], f"rank{rank}.ok").write_text("ok")  # one file each: stdout lines interleave
+dist.barrier()  # neither process tears gloo down while the other still uses it
 dist.destroy_process_group()
 """
 
@@ -232,3 +233,28 @@ def test_generation_steps_together_when_sharded(repo_root, tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.glob("*.ok")) == ["rank0.ok", "rank1.ok"]
+
+
+def test_the_cli_ends_a_distributed_run_by_destroying_its_process_group(tmp_path, monkeypatch,
+                                                                       repo_root):
+    """cli.finish_processes: nothing to do without a process group; with one (a one-process
+    gloo group here) a barrier, then destroy_process_group — so no process of a launched run
+    exits with gloo still up while another uses it. A stage run through ``cli.main`` ends with
+    it."""
+    import torch.distributed as dist
+
+    from rlhfkit import cli
+
+    cli.finish_processes()
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                            world_size=1)
+    cli.finish_processes()
+    assert not dist.is_initialized()
+
+    calls = []
+    monkeypatch.setattr(cli, "finish_processes", lambda: calls.append("finished"))
+    monkeypatch.chdir(repo_root)
+    assert cli.main(["sft", "--config", "examples/sft_tiny.yaml", f"output_dir={tmp_path / 'sft'}",
+                     "train.max_steps=1", "train.save_every=0", "train.eval_every=0"]) == 0
+    assert calls == ["finished"]
