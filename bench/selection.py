@@ -148,9 +148,9 @@ def labelled(row: dict, task_id: int, judge) -> dict:
 
 def truth_row(row: dict, task_id: int) -> dict:
     """A held-out task ranked by the hidden truth: the judge's scores without noise."""
-    from rlhfkit.loop.annotate import simulated_ranks
+    from rlhfkit.loop.annotate import truth_ranks
 
-    return ranked(row, task_id, simulated_ranks(row["truth"], 0.0, 0.0, 0, task_id))
+    return ranked(row, task_id, truth_ranks(row["truth"], task_id))
 
 
 # ----------------------------------------------------------------------------- one strategy
@@ -239,8 +239,8 @@ def run_strategy(config, pool: list[dict], heldout: list[dict], strategy: str, s
         warm = str(layout.reward_model(r - 1)) if config.rm_init == "warm" and r > 0 else ""
         rounds.run_stage("rm", stage_config(config, "rm", str(layout.round_dir(r) / "rm"), warm,
                                             str(train_path), ""))
-        accuracy, pairs = rounds.pair_accuracy(layout.reward_model(r), heldout,
-                                               config.model.device)
+        accuracy, pairs = rounds.pair_accuracy(
+            rounds.reward_scorer(layout.reward_model(r), config.model.device), heldout)
         result = {"strategy": strategy if r else "random", "seed": seed, "round": r,
                   "labels": len(picked), "accuracy": accuracy, "pairs": pairs, "picks": picks,
                   "seconds": round(time.perf_counter() - began, 1)}

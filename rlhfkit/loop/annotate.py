@@ -74,6 +74,12 @@ def simulated_ranks(scores, temperature: float, flip_prob: float, seed: int,
     return [int(r) for r in noisy_ranks(scores[None], temperature, flip_prob, generator)[0]]
 
 
+def truth_ranks(scores, task_id: int) -> list[int]:
+    """The judge's own ranking of one task, without the annotator's noise (the hidden truth a
+    reward model is measured against): ``simulated_ranks`` at temperature 0 without flips."""
+    return simulated_ranks(scores, 0.0, 0.0, 0, task_id)
+
+
 def progress(store: Store, tag: str) -> tuple[int, int]:
     """(judgments stored, judgments needed) for the tasks tagged ``tag``: ``overlap`` each."""
     with store.engine.connect() as conn:

@@ -238,13 +238,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
-def pair_accuracy(model_dir, rows: list[dict], device: str) -> tuple[float | None, int]:
-    """(share of strictly ordered pairs the reward model orders right, pairs) on ranked rows."""
-    if not rows:
-        return None, 0
+def reward_scorer(model_dir, device: str):
+    """A trained reward model, loaded once for every accuracy measured on it."""
     from rlhfkit.models.scoring import RewardScorer
 
-    scorer = RewardScorer.from_pretrained(model_dir, device)
+    return RewardScorer.from_pretrained(model_dir, device)
+
+
+def pair_accuracy(scorer, rows: list[dict]) -> tuple[float | None, int]:
+    """(share of strictly ordered pairs the reward model ``scorer`` (``reward_scorer``) orders
+    right, pairs) on ranked rows."""
+    if not rows:
+        return None, 0
     flat = scorer([row["prompt"] for row in rows for _ in row["responses"]],
                   [text for row in rows for text in row["responses"]])
     k = max(len(row["responses"]) for row in rows)
@@ -266,7 +271,7 @@ def truth_rows(rows: list[dict], judge) -> list[dict]:
     """Held-out ranked rows re-ranked by the judge's noise-free scores (``judge(prompts,
     responses) -> (B,)``; a simulated annotator's hidden truth): the same pairs without the
     annotator's noise, so a reward model is measured against what the labels were drawn from."""
-    from rlhfkit.loop.annotate import simulated_ranks
+    from rlhfkit.loop.annotate import truth_ranks
 
     if not rows:
         return []
@@ -277,19 +282,18 @@ def truth_rows(rows: list[dict], judge) -> list[dict]:
         n = len(row["responses"])
         scores = [float(s) for s in flat[start:start + n]]
         start += n
-        out.append({**row, "ranks": simulated_ranks(scores, 0.0, 0.0, 0, row["task_id"])})
+        out.append({**row, "ranks": truth_ranks(scores, row["task_id"])})
     return out
 
 
-def truth_accuracy(config: LoopConfig, layout: Layout, r: int, heldout: list[dict],
-                   judge) -> dict:
-    """RM_r's and RM_0's pair accuracy on round r's held-out rankings re-ranked by the judge
-    without noise (``truth_rows``): {"rm", "rm0", "pairs"}; RM_0 is RM_r in round 0."""
+def truth_accuracy(rm, rm0, heldout: list[dict], judge) -> dict:
+    """RM_r's and RM_0's pair accuracy (loaded scorers; RM_0 is RM_r in round 0) on round r's
+    held-out rankings re-ranked by the judge without noise (``truth_rows``): {"rm", "rm0",
+    "pairs"}."""
     truth = truth_rows(heldout, judge)
-    accuracy, pairs = pair_accuracy(layout.reward_model(r), truth, config.model.device)
-    rm0 = (pair_accuracy(layout.reward_model(0), truth, config.model.device)[0]
-           if r > 0 else accuracy)
-    return {"rm": accuracy, "rm0": rm0, "pairs": pairs}
+    accuracy, pairs = pair_accuracy(rm, truth)
+    return {"rm": accuracy, "rm0": pair_accuracy(rm0, truth)[0] if rm0 is not rm else accuracy,
+            "pairs": pairs}
 
 
 def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int, judge=None) -> dict:
@@ -312,17 +316,18 @@ def rm_step(config: LoopConfig, layout: Layout, store: Store, r: int, judge=None
                              str(layout.reward_model(r - 1)) if warm else "",
                              str(layout.rm_train_path(r)), str(heldout) if splits[r][1] else "")
     run_stage("rm", rm_config)
+    rm = reward_scorer(layout.reward_model(r), config.model.device)
+    rm0 = reward_scorer(layout.reward_model(0), config.model.device) if r > 0 else rm
     accuracy = {}
     for j in range(r + 1):
-        acc, pairs = pair_accuracy(layout.reward_model(r), splits[j][1], config.model.device)
+        acc, pairs = pair_accuracy(rm, splits[j][1])
         accuracy[j] = {"accuracy": acc, "pairs": pairs}
     # the point of iterating: is RM_0 still as good on the newest policy's samples?
-    rm0_on_new = (pair_accuracy(layout.reward_model(0), splits[r][1], config.model.device)[0]
-                  if r > 0 else accuracy[0]["accuracy"])
+    rm0_on_new = pair_accuracy(rm0, splits[r][1])[0] if r > 0 else accuracy[0]["accuracy"]
     result = {"train_rankings": len(train_rows), "heldout_accuracy": accuracy,
               "rm0_accuracy_on_this_round": rm0_on_new}
     if judge is not None:
-        result["truth_accuracy"] = truth_accuracy(config, layout, r, splits[r][1], judge)
+        result["truth_accuracy"] = truth_accuracy(rm, rm0, splits[r][1], judge)
     done.write_text(json.dumps(result, indent=2))
     return json.loads(done.read_text())  # as a rerun reads it (round keys as strings)
 

@@ -112,9 +112,9 @@ def test_reward_models_are_measured_against_the_judge_without_noise(tiny_loop, t
         truth = rounds.truth_rows(heldout, judge)
         relabelled += [a["ranks"] != b["ranks"] for a, b in zip(truth, heldout)]
         assert stored["rm"] == pytest.approx(
-            rounds.pair_accuracy(layout.reward_model(r), truth, "cpu")[0])
+            rounds.pair_accuracy(rounds.reward_scorer(layout.reward_model(r), "cpu"), truth)[0])
         assert stored["rm0"] == pytest.approx(
-            rounds.pair_accuracy(layout.reward_model(0), truth, "cpu")[0])
+            rounds.pair_accuracy(rounds.reward_scorer(layout.reward_model(0), "cpu"), truth)[0])
         assert stored["pairs"] > 0
         row = result.history[r]
         assert (row["rm_truth_accuracy"], row["rm0_truth_accuracy"]) == (stored["rm"],

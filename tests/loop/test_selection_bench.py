@@ -26,6 +26,14 @@ def test_simulated_ranks_is_the_noise_model_seeded_by_task():
     assert len(draws) > 5  # T = 5 on gaps of 0.1: nearly uniform orders
 
 
+def test_truth_ranks_is_the_judges_order_without_noise():
+    """The hidden truth: competition ranks of the scores (ties shared), whatever the task id."""
+    from rlhfkit.loop.annotate import truth_ranks
+
+    assert truth_ranks([0.3, 2.0, -1.0, 0.3], 7) == [2, 1, 4, 2]
+    assert truth_ranks([0.1, 0.2, 0.3], 11) == truth_ranks([0.1, 0.2, 0.3], 12) == [3, 2, 1]
+
+
 def test_schedule_and_labels_to_reach_by_hand():
     assert bench.schedule(16, 16, 64) == [16, 32, 48, 64]
     assert bench.schedule(10, 16, 40) == [10, 26, 40]  # the last batch is short
