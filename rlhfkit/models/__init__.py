@@ -11,10 +11,17 @@ from rlhfkit.models.loading import (
                                     resolve_dtype,
                                     smollm2_dir,
 )
-from rlhfkit.models.lora import adapter_disabled, apply_lora, interpolated, is_peft
+from rlhfkit.models.lora import (
+    adapter_disabled,
+    apply_lora,
+    averaged,
+    interpolated,
+    is_peft,
+    trained_weights,
+)
 
 __all__ = [
     "MINILM", "SMOLLM2", "TINY_LLAMA", "ModelLoadError", "load_causal_lm", "load_scalar_model",
     "load_tokenizer", "resolve_device", "resolve_dtype", "smollm2_dir", "adapter_disabled",
-    "apply_lora", "interpolated", "is_peft",
+    "apply_lora", "averaged", "interpolated", "is_peft", "trained_weights",
 ]

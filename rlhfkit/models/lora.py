@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from rlhfkit.ops.weights import interpolate
+from rlhfkit.ops.weights import interpolate, mean_of_products
 
 
 def apply_lora(model, lora, task_type: str = "CAUSAL_LM"):
@@ -71,3 +71,57 @@ def interpolated(model, eta: float, reference=None):
         with torch.no_grad():
             for (p, _), kept in zip(pairs, saved):
                 p.copy_(kept)
+
+
+def trained_weights(model) -> dict[str, torch.Tensor]:
+    """A copy on the CPU of the parameters that train (a LoRA policy's: its adapter): one
+    iterate for ``averaged``."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()
+            if p.requires_grad}
+
+
+@contextlib.contextmanager
+def averaged(model, iterates: list[dict[str, torch.Tensor]]):
+    """The mean of the policies ``iterates`` (``trained_weights`` of each) meanwhile, the
+    trained weights back on exit. A LoRA adapter's weight change is averaged exactly — mean_k
+    s·B_k·A_k, the adapter swapped for one of rank n·r (``ops/weights.py::mean_of_products``;
+    its scaling s kept, so the saved config's r and alpha are × n) —, every other trained
+    parameter is averaged as it is. The optimiser's parameters are the ones put back.
+    No iterates: the model as it is."""
+    if not iterates:
+        yield model
+        return
+    n = len(iterates)
+    params = dict(model.named_parameters())
+    plain = [name for name in iterates[0] if ".lora_A." not in name and ".lora_B." not in name]
+    swapped = []  # (the LoRA layer, adapter, its A and B modules) to put back
+    saved = [params[name].detach().clone() for name in plain]
+    with torch.no_grad():
+        for name in plain:
+            params[name].copy_(sum(it[name] for it in iterates).to(params[name]) / n)
+        for prefix, module in model.named_modules():
+            for adapter in list(getattr(module, "lora_A", {}) or {}):
+                a_key, b_key = (f"{prefix}.lora_{x}.{adapter}.weight" for x in "AB")
+                if a_key not in iterates[0]:
+                    continue
+                a, b = mean_of_products([it[a_key] for it in iterates],
+                                        [it[b_key] for it in iterates])
+                old_a, old_b = module.lora_A[adapter], module.lora_B[adapter]
+                module.lora_A[adapter] = torch.nn.Linear(a.shape[1], a.shape[0], bias=False)
+                module.lora_B[adapter] = torch.nn.Linear(b.shape[1], b.shape[0], bias=False)
+                module.lora_A[adapter].weight.data = a.to(old_a.weight)
+                module.lora_B[adapter].weight.data = b.to(old_b.weight)
+                swapped.append((module, adapter, old_a, old_b))
+    configs = [(c, c.r, c.lora_alpha) for c in getattr(model, "peft_config", {}).values()]
+    for config, r, alpha in configs:  # what save_pretrained writes: rank n·r, the same scaling
+        config.r, config.lora_alpha = r * n, alpha * n
+    try:
+        yield model
+    finally:
+        for config, r, alpha in configs:
+            config.r, config.lora_alpha = r, alpha
+        for module, adapter, old_a, old_b in swapped:
+            module.lora_A[adapter], module.lora_B[adapter] = old_a, old_b
+        with torch.no_grad():
+            for name, kept in zip(plain, saved):
+                params[name].copy_(kept)

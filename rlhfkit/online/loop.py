@@ -14,7 +14,7 @@ import torch
 
 from rlhfkit.config import StageConfig, Validated, option, require
 from rlhfkit.data import encode, load_splits, render_prompt
-from rlhfkit.models import interpolated, load_tokenizer
+from rlhfkit.models import averaged, interpolated, load_tokenizer, trained_weights
 from rlhfkit.models.forward import response_logprobs
 from rlhfkit.online import rollout as rollouts
 from rlhfkit.online.rewards import Prompt
@@ -136,6 +136,15 @@ class OnlineConfig(StageConfig):
                                         "towards the start — for LoRA, the adapter's weight "
                                         "change × η. Checkpoints keep θ (resume is exact). "
                                         "1 = the trained policy.", above=0, max=1)
+    final_average_from: int = option(0, "Iterate averaging (Polyak–Ruppert): the final policy "
+                                     "(the evaluation after, final/) is the mean of the "
+                                     "policies after iterations N, N+1, … the last — for "
+                                     "LoRA the mean of the adapters' weight changes, exactly "
+                                     "(an adapter of rank r × their count); then "
+                                     "final_interpolation. The random walk of single updates "
+                                     "averages out, what they share stays. Checkpoints keep "
+                                     "the trained policy and the iterates (resume is exact). "
+                                     "0 = off.", min=0)
 
 
 def resolve_reference(reference: str, lora: bool) -> str:
@@ -152,6 +161,21 @@ def require_reward_and_reference(config, reference: str, key: str) -> None:
             "a reward model folder, or set reward.url or reward.function")
     require(reference != "adapter" or config.model.lora.enabled, key, reference,
             "copy or auto when model.lora.enabled is false")
+
+
+class Iterates:
+    """The policy's trained weights after each iteration from ``final_average_from`` on, for
+    the final average (``models.averaged``); saved with every checkpoint (accelerate's
+    ``register_for_checkpointing``), so a resumed run averages the same iterates."""
+
+    def __init__(self):
+        self.weights: list[dict[str, torch.Tensor]] = []
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weights = list(state["weights"])
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -409,6 +433,9 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
             or not common.is_sharded(run_), "final_interpolation", config.final_interpolation,
             "1 for a fully fine-tuned policy under FSDP (model.lora.enabled: true interpolates "
             "sharded)")
+    require(config.final_average_from == 0 or not common.is_sharded(run_), "final_average_from",
+            config.final_average_from, "0 under FSDP (the iterates are kept whole, on one "
+            "process)")
     tokenizer = tokenizer or load_tokenizer(config.model.name, config.model.cache_dir)
     train_examples, eval_examples = load_splits(config.data, "prompt", config.train.seed,
                                                 train_dataset, eval_dataset)
@@ -416,6 +443,9 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
     eval_pool = encode_prompts(eval_examples, tokenizer, config.data)
     iterations = common.total_steps(config.train, len(pool.ids))
     roles = build_roles(run_, config, tokenizer, iterations, model, reward_fn)
+    iterates = Iterates()
+    if config.final_average_from:
+        run_.accelerator.register_for_checkpointing(iterates)
     start, extra = checkpoints.maybe_resume(run_)
     state = {key: extra.get(key, value) for key, value in state.items()}
     logs = rollouts.RolloutLogs(run_.output_dir, run_.is_main, stage)
@@ -423,9 +453,15 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
     summary: dict = {}
 
     def final_weights(iteration: int):
-        """The final policy (``final_interpolation``) for the last evaluation and final/."""
-        eta = config.final_interpolation if iteration == iterations else 1.0
-        return interpolated(roles.policy(run_.accelerator), eta, roles.ref_policy)
+        """The final policy (``final_average_from``, then ``final_interpolation``) for the last
+        evaluation and final/."""
+        last = iteration == iterations
+        stack = contextlib.ExitStack()
+        policy = stack.enter_context(averaged(roles.policy(run_.accelerator),
+                                              iterates.weights if last else []))
+        stack.enter_context(interpolated(policy, config.final_interpolation if last else 1.0,
+                                         roles.ref_policy))
+        return stack
 
     def held_out(iteration: int) -> dict:
         with final_weights(iteration):
@@ -438,6 +474,8 @@ def train_online(config, stage: str, step, state: dict, train_dataset=None, eval
         metrics, samples, token_rows, next_state = step(run_, roles, config, tokenizer, pool,
                                                         iteration, state)
         state.update(next_state)  # the checkpoint of this iteration holds the next state
+        if config.final_average_from and iteration >= config.final_average_from:
+            iterates.weights.append(trained_weights(roles.policy(run_.accelerator)))
         if common.should(config.sample_every, iteration, iterations):
             logs.write_samples(samples, token_rows, iteration)
         return metrics

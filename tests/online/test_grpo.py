@@ -238,6 +238,55 @@ def test_final_interpolation_scales_the_final_adapter_not_the_checkpoint(repo_ro
     assert after(evals[0.5]) and after(evals[0.5]) != after(evals[1.0])
 
 
+def test_final_average_is_the_mean_of_the_iterates_and_resumes_exactly(repo_root, tmp_path,
+                                                                       on_device):
+    """final_average_from=2 over 3 iterations: final/adapter holds the mean of the adapter's
+    weight changes after iterations 2 and 3 (rank 2r), the checkpoints hold the trained policy
+    (a run without averaging's), the evaluation after is the average's; a run resumed from
+    checkpoint-2 averages the same iterates (they are in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    args = (*on_device, "model.lora.enabled=true", "train.max_steps=3", "train.save_every=1",
+            "data.eval_fraction=0.25", "train.learning_rate=1e-2")
+    plain, avg, broken = tmp_path / "plain", tmp_path / "avg", tmp_path / "broken"
+    grpo.run(config(repo_root, plain, *args))
+    cfg = config(repo_root, avg, *args, "final_average_from=2")
+    grpo.run(cfg)
+    trained = {s: load_file(str(plain / f"checkpoint-{s}" / "model.safetensors")) for s in (2, 3)}
+    for key, value in load_file(str(avg / "checkpoint-3" / "model.safetensors")).items():
+        torch.testing.assert_close(value, trained[3][key])
+    final = load_file(str(avg / "final" / "adapter" / "adapter_model.safetensors"))
+    saved = json.loads((avg / "final" / "adapter" / "adapter_config.json").read_text())
+    r, alpha = cfg.model.lora.r, cfg.model.lora.alpha
+    assert (saved["r"], saved["lora_alpha"]) == (2 * r, 2 * alpha)
+    a_keys = [k for k in trained[3] if ".lora_A.default." in k]
+    assert a_keys
+    for a_key in a_keys:
+        b_key = a_key.replace(".lora_A.", ".lora_B.")
+        mean = sum(trained[s][b_key] @ trained[s][a_key] for s in (2, 3)) / 2
+        name = a_key.removeprefix("policy.").replace(".default", "")
+        got = final[name.replace(".lora_A.", ".lora_B.")] @ final[name]
+        torch.testing.assert_close(got, mean, rtol=1e-5, atol=1e-6)
+    after = lambda out: [json.loads(r)["kl"] for r in (out / "eval.jsonl").read_text().splitlines()
+                         if json.loads(r)["iteration"] == 3]
+    assert after(avg) and after(avg) != after(plain)
+    shutil.copytree(avg, broken)
+    shutil.rmtree(broken / "checkpoint-3")
+    shutil.rmtree(broken / "final")
+    grpo.run(config(repo_root, broken, *args, "final_average_from=2", "resume=true"))
+    resumed = load_file(str(broken / "final" / "adapter" / "adapter_model.safetensors"))
+    assert resumed.keys() == final.keys()
+    for key, value in final.items():
+        torch.testing.assert_close(resumed[key], value)
+
+
+def test_final_average_is_refused_sharded(repo_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "is_sharded", lambda run: True)
+    with pytest.raises(ConfigError, match="final_average_from=2 is invalid"):
+        grpo.run(config(repo_root, tmp_path / "sharded", "model.lora.enabled=true",
+                        "final_average_from=2"))
+
+
 def test_final_interpolation_of_a_full_model_is_refused_sharded(repo_root, tmp_path, monkeypatch):
     """Under FSDP a full model's parameters are shards and its reference copy whole: a clear
     config error before anything loads (LoRA, scaled in place, is allowed)."""
