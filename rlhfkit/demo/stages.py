@@ -130,6 +130,7 @@ def policy_settings(config: DemoConfig, reward_model: Path, policy: str | None =
         "eval_batch_size": config.eval_prompts,
         "eval_samples_per_prompt": config.eval_samples_per_prompt,
         "final_interpolation": config.final_interpolation,
+        "final_average_from": config.final_average_from,
     }
     continuations = config.iterations * config.batch_size * (
         config.num_generations if config.algorithm == "grpo" else 1)

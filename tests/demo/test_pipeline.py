@@ -78,6 +78,15 @@ def test_final_interpolation_reaches_the_stage(algorithm):
     assert build(stage, policy_settings(config, Path("rm"))).final_interpolation == 0.6
 
 
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_final_average_from_reaches_the_stage(algorithm):
+    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
+    default = build(stage, policy_settings(resolve(DemoConfig(algorithm=algorithm)), Path("rm")))
+    assert default.final_average_from == 0
+    config = resolve(DemoConfig(algorithm=algorithm, final_average_from=5))
+    assert build(stage, policy_settings(config, Path("rm"))).final_average_from == 5
+
+
 def test_positive_weight_reaches_the_grpo_stage():
     default = build(grpo.GRPOConfig, policy_settings(resolve(DemoConfig()), Path("rm")))
     assert default.grpo.positive_weight == 1.0

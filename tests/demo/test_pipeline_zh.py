@@ -43,14 +43,17 @@ def test_lang_zh_swaps_data_and_models_and_keeps_explicit_overrides():
     assert (config.policy, config.reward_backbone) == ("gemma3-270m", "gemma3-270m")
     rm = build(reward.RMConfig, {"output_dir": "x", **reward_model_settings(config)})
     assert rm.data.train_path == str(DATA / "sentiment_zh/pairs_train.jsonl.gz")
-    # stage 3 as measured on Gemma (LANGUAGES["zh"]["defaults"]): Dr. GRPO, scores clipped at
-    # ±1, evaluated on 64 openings × 4 continuations as the English demo
+    # stages 1 and 3 as measured on Gemma (LANGUAGES["zh"]["defaults"]): stage 1 on both
+    # sentiments; Dr. GRPO with 16 continuations, scores clipped at ±2, the final policy the
+    # mean of iterations 3 … 12 × 0.9; evaluated on 64 openings × 4 continuations
+    assert (config.sft_steps, config.sft_reviews) == (60, "both")
     built = build(grpo.GRPOConfig, policy_settings(config, Path("rm")))
     assert built.data.eval_path == str(DATA / "sentiment_zh/openings_test.jsonl")
     assert (built.grpo.advantage, built.grpo.num_generations, built.grpo.beta,
             built.grpo.minibatches, built.reward.reward_clip, built.train.batch_size,
             built.train.max_steps, built.train.learning_rate, built.train.lr_scheduler) == \
-        ("dr_grpo", 4, 0.05, 2, 1.0, 8, 20, 5e-4, "constant")
+        ("dr_grpo", 16, 0.05, 2, 2.0, 8, 12, 5e-4, "constant")
+    assert (built.final_average_from, built.final_interpolation) == (3, 0.9)
     assert (built.data.max_eval_rows, built.eval_samples_per_prompt) == (64, 4)
     assert resolve(DemoConfig(lang="zh", advantage="grpo")).advantage == "grpo"
     with_ppo = resolve(DemoConfig(lang="zh", algorithm="ppo"))  # explicit
@@ -102,8 +105,9 @@ def test_review_continuations_cut_both_sides_into_opening_and_rest(tmp_path):
 
 def test_stage_1_is_chinese_only_and_feeds_stage_3():
     """sft_steps > 0: SFT on the reviews first, its final/ is stage 3's start and reference.
-    Off by default in both languages (measured, docs/grpo.md "Session 15")."""
-    assert resolve(DemoConfig(lang="zh")).sft_steps == 0 == resolve(DemoConfig()).sft_steps
+    On by default in Chinese (60 steps, docs/grpo.md "Session 19"), off in English."""
+    assert resolve(DemoConfig(lang="zh")).sft_steps == 60
+    assert resolve(DemoConfig()).sft_steps == 0
     config = resolve(DemoConfig(lang="zh", output_dir="out", sft_steps=60))
     built = build(sft.SFTConfig, sft_settings(config))
     assert (built.model.name, built.train.max_steps, built.data.template) == (
