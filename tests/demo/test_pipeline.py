@@ -69,22 +69,15 @@ def test_lr_scheduler_reaches_the_stage(algorithm):
     assert build(stage, policy_settings(config, Path("rm"))).train.lr_scheduler == "linear"
 
 
+@pytest.mark.parametrize("key, default, value", [("final_interpolation", 1.0, 0.6),
+                                                 ("final_average_from", 0, 5)])
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_final_interpolation_reaches_the_stage(algorithm):
+def test_the_final_policys_keys_reach_the_stage(algorithm, key, default, value):
     stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
-    default = build(stage, policy_settings(resolve(DemoConfig(algorithm=algorithm)), Path("rm")))
-    assert default.final_interpolation == 1.0
-    config = resolve(DemoConfig(algorithm=algorithm, final_interpolation=0.6))
-    assert build(stage, policy_settings(config, Path("rm"))).final_interpolation == 0.6
-
-
-@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
-def test_final_average_from_reaches_the_stage(algorithm):
-    stage = {"ppo": ppo.PPOConfig, "grpo": grpo.GRPOConfig}[algorithm]
-    default = build(stage, policy_settings(resolve(DemoConfig(algorithm=algorithm)), Path("rm")))
-    assert default.final_average_from == 0
-    config = resolve(DemoConfig(algorithm=algorithm, final_average_from=5))
-    assert build(stage, policy_settings(config, Path("rm"))).final_average_from == 5
+    built = build(stage, policy_settings(resolve(DemoConfig(algorithm=algorithm)), Path("rm")))
+    assert getattr(built, key) == default
+    config = resolve(DemoConfig(algorithm=algorithm, **{key: value}))
+    assert getattr(build(stage, policy_settings(config, Path("rm"))), key) == value
 
 
 def test_positive_weight_reaches_the_grpo_stage():
